@@ -1,0 +1,122 @@
+"""The checkpoint format: one safetensors file per pre-trained model.
+
+Tensors live under `encoder.` and (optionally) `decoder.` prefixes; a JSON metadata block under
+the safetensors metadata key `depth2seg` records arch, method, data, steps, input normalisation,
+seed, harness version and the decoder's kind. Files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from bench import __version__
+from bench.errors import UserError
+
+META_KEY = "depth2seg"
+REQUIRED_META = ("arch", "method", "data", "steps", "normalization", "seed", "harness_version")
+
+
+@dataclass
+class Checkpoint:
+    encoder: dict[str, torch.Tensor]
+    decoder: dict[str, torch.Tensor] | None
+    meta: dict
+    path: Path | None = None
+
+
+def _plain(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared or non-contiguous storage; copies are cheap at save time.
+    return {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+
+
+def save_checkpoint(path, encoder_state, meta: dict, decoder_state=None) -> Path:
+    path = Path(path)
+    meta = {"harness_version": __version__, **meta}
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ValueError(f"checkpoint metadata lacks {missing}")
+    tensors = {f"encoder.{k}": v for k, v in _plain(encoder_state).items()}
+    if decoder_state is not None:
+        tensors.update({f"decoder.{k}": v for k, v in _plain(decoder_state).items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_checkpoint(path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = (f.metadata() or {}).get(META_KEY)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    if raw_meta is None:
+        raise UserError(f"{path}: no depth2seg metadata; import foreign checkpoints with `bench submit`")
+    meta = json.loads(raw_meta)
+    encoder = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
+    decoder = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")}
+    if not encoder:
+        raise UserError(f"{path}: no tensors under the 'encoder.' prefix")
+    return Checkpoint(encoder=encoder, decoder=decoder or None, meta=meta, path=path)
+
+
+def load_encoder_weights(encoder: torch.nn.Module, state: dict, *, allow_partial=False, source="") -> dict:
+    """Load `state` into `encoder` and report key coverage; anything short of full is an error
+    unless `allow_partial`."""
+    own = encoder.state_dict()
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    loadable = {k: v for k, v in state.items() if k in own and k not in mismatched}
+    report = {
+        "loaded": len(loadable),
+        "total": len(own),
+        "missing": sorted(set(own) - set(loadable) - set(mismatched)),
+        "unexpected": sorted(set(state) - set(own)),
+        "shape_mismatched": sorted(mismatched),
+    }
+    if report["loaded"] < report["total"] and not allow_partial:
+        first = (report["missing"] + report["shape_mismatched"])[:3]
+        raise UserError(
+            f"{source or 'checkpoint'}: loads {report['loaded']}/{report['total']} encoder tensors "
+            f"(e.g. {', '.join(first)}); pass allow_partial to accept a partial load"
+        )
+    encoder.load_state_dict(loadable, strict=False)
+    return report
+
+
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """Digest of tensor names, dtypes, shapes and bytes: equal iff the tensors are bit-identical."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous().reshape(-1)  # 0-d tensors (BN counters) too
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()

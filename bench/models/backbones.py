@@ -1,0 +1,104 @@
+"""Backbone registry: named encoders that return multi-scale feature maps.
+
+Every entry wraps a `timm` model built with `features_only=True`, so the encoder's state-dict
+keys are exactly timm's (and, for ResNets, torchvision's): foreign weights load without renaming.
+The built module carries `feature_info` (channels and strides per level, as timm defines it) and
+the input normalisation its weights expect, which checkpoints record.
+
+Add a backbone with the decorator:
+
+    @register_backbone("my_net")
+    def my_net() -> BackboneSpec:
+        return BackboneSpec(timm_name="my_net_from_timm")
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+from bench.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    timm_name: str
+    # Which of timm's feature levels to return; None means all of them.
+    out_indices: tuple[int, ...] | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    timm_kwargs: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, Callable[[], BackboneSpec]] = {}
+
+
+def register_backbone(name: str):
+    def decorator(fn: Callable[[], BackboneSpec]):
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return decorator
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def backbone_spec(arch: str) -> BackboneSpec:
+    if arch not in _REGISTRY:
+        raise UserError(f"unknown arch {arch!r}; registered: {', '.join(list_backbones())}")
+    return _REGISTRY[arch]()
+
+
+def create_encoder(arch: str) -> nn.Module:
+    """Build a randomly initialised encoder; weights come from checkpoints, never the network."""
+    import timm
+
+    spec = backbone_spec(arch)
+    kwargs = dict(spec.timm_kwargs)
+    if spec.out_indices is not None:
+        kwargs["out_indices"] = spec.out_indices
+    model = timm.create_model(spec.timm_name, pretrained=False, features_only=True, **kwargs)
+    model.arch = arch
+    model.channels = list(model.feature_info.channels())
+    model.strides = list(model.feature_info.reduction())
+    model.normalization = {"mean": list(spec.mean), "std": list(spec.std)}
+    return model
+
+
+def normalize(images: torch.Tensor, normalization: dict) -> torch.Tensor:
+    """uint8-range-free normalisation: `images` are float in [0, 1], NCHW."""
+    mean = torch.tensor(normalization["mean"], device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(normalization["std"], device=images.device).view(1, -1, 1, 1)
+    return (images - mean) / std
+
+
+# ResNets: five levels at strides 2, 4, 8, 16, 32 -- the monodepth2 encoder layout.
+@register_backbone("resnet18")
+def _resnet18() -> BackboneSpec:
+    return BackboneSpec(timm_name="resnet18")
+
+
+@register_backbone("resnet34")
+def _resnet34() -> BackboneSpec:
+    return BackboneSpec(timm_name="resnet34")
+
+
+@register_backbone("resnet50")
+def _resnet50() -> BackboneSpec:
+    return BackboneSpec(timm_name="resnet50")
+
+
+# A ~5M-parameter ResNet for quick CPU runs and tests.
+@register_backbone("resnet10t")
+def _resnet10t() -> BackboneSpec:
+    return BackboneSpec(timm_name="resnet10t")

@@ -1,0 +1,66 @@
+"""Run records: one JSON file per matrix cell, the single source of truth for results.
+
+Writes are atomic (temp file in the same folder, fsync, rename), so a crash at any moment leaves
+either the old file or the new one, never a torn one. A cell is finished when its record exists,
+parses, carries the same config fingerprint, and has a final status (`ok` or `diverged`);
+`failed` cells are retried on the next run because failures are usually environmental.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+FINAL_STATUSES = ("ok", "diverged")
+
+
+def fingerprint(config: dict) -> str:
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def write_json_atomic(path, obj) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_json(path) -> dict | None:
+    """The parsed file, or None when it is missing or unreadable (treated as not done)."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def is_finished(record_path, expected_fingerprint: str) -> bool:
+    record = read_json(record_path)
+    return (
+        record is not None
+        and record.get("fingerprint") == expected_fingerprint
+        and record.get("status") in FINAL_STATUSES
+    )
+
+
+def iter_records(results_dir):
+    """All parseable run records below `results_dir` (corrupt ones are skipped)."""
+    for path in sorted(Path(results_dir).glob("runs/*/record.json")):
+        record = read_json(path)
+        if record is not None and "cell" in record:
+            yield path, record

@@ -1,0 +1,37 @@
+"""The generated world's fixed train/val split, shared by pre-training and transfer.
+
+Held-out sequences are never seen by any pre-training or transfer run, so transfer numbers are
+not inflated by pre-training on the evaluation frames.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.errors import UserError
+
+
+def load_world_meta(root) -> dict:
+    path = Path(root) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{root}: no generated world here (missing meta.json); create one with `bench data synth --out {root}`") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: corrupt world metadata ({exc}); regenerate with `bench data synth`") from None
+    if meta.get("format") != "depth2seg-synth":
+        raise UserError(f"{path}: not a depth2seg-synth world")
+    return meta
+
+
+def split_sequences(meta: dict) -> dict[str, list[str]]:
+    names = sorted(s["name"] for s in meta["sequences"])
+    if len(names) < 2:
+        raise UserError("the generated world needs at least 2 sequences (one is held out for evaluation)")
+    n_val = max(1, round(0.25 * len(names)))
+    return {"train": names[:-n_val], "val": names[-n_val:]}
+
+
+def frame_ids(root, sequence: str) -> list[str]:
+    return sorted(p.stem for p in (Path(root) / sequence / "rgb").glob("*.png"))
