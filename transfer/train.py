@@ -1,0 +1,151 @@
+"""One transfer cell: fine-tune or probe a checkpoint on a few-shot split, evaluate, record.
+
+`run_transfer(config, out_dir)` is what `bench transfer` and the manifest runner call; it writes
+`OUT/record.json` atomically (the run record of DESIGN.md) and `OUT/log.txt`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import platform
+import resource
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from bench import __version__
+from bench.augment import flip_batch, step_generator
+from bench.checkpoint import load_checkpoint, state_sha256
+from bench.metrics import ConfusionMatrix
+from bench.records import write_json_atomic
+from transfer.datasets import load_dataset
+from transfer.model import build_model
+from transfer.protocols import param_groups
+from transfer.splits import few_shot_indices
+
+RECORD_SCHEMA = 1
+
+
+def poly_factor(step: int, steps: int, warmup: int, power: float = 0.9) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return (1.0 - (step - warmup) / max(1, steps - warmup)) ** power
+
+
+@torch.no_grad()
+def evaluate(model, images, labels, num_classes, ignore_index, batch_size=16) -> dict:
+    model.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    for i in range(0, images.shape[0], batch_size):
+        cm.update(model(images[i:i + batch_size]).argmax(1), labels[i:i + batch_size])
+    model.train()
+    return cm.compute()
+
+
+def run_transfer(config: dict, out_dir, *, progress: bool = True) -> dict:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cell = config["cell"]
+    log_file = open(out_dir / "log.txt", "w")
+
+    def log(msg: str) -> None:
+        log_file.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {msg}\n")
+        log_file.flush()
+
+    t_start = time.perf_counter()
+    seed, steps = int(cell["seed"]), int(config["steps"])
+    torch.manual_seed(seed)
+    data = load_dataset(cell["dataset"], config["dataset_root"])
+    train_idx = few_shot_indices(data.train_images.shape[0], int(cell["train_size"]), seed)
+    checkpoint = load_checkpoint(config["checkpoint"]) if config.get("checkpoint") else None
+    model, init_info = build_model(cell["arch"], checkpoint, cell["decoder"], config.get("init", "auto"),
+                                   data.num_classes)
+    groups = param_groups(model, cell["protocol"], float(config["lr"]), float(config.get("encoder_lr_mult", 1.0)))
+    optimizer = torch.optim.AdamW(groups, weight_decay=float(config.get("weight_decay", 1e-4)))
+    sha_before = state_sha256(model.encoder.state_dict())
+    log(f"cell {cell} init {init_info['effective']} train images {train_idx}")
+
+    images, labels = data.train_images[train_idx], data.train_labels[train_idx]
+    eval_every = int(config.get("eval_every", steps)) or steps
+    warmup = min(int(config.get("warmup_steps", max(1, steps // 20))), steps)
+    curve, status, error, eval_s, steps_done = [], "ok", None, 0.0, 0
+    model.train()
+    t_train = time.perf_counter()
+    bar = tqdm(range(steps), desc=f"{cell['backbone']}/{cell['protocol']}/s{seed}", unit="step",
+               disable=not progress, leave=False, dynamic_ncols=True)
+    for step in bar:
+        for g in groups:
+            g["lr"] = g["base_lr"] * poly_factor(step, steps, warmup)
+        gen = step_generator(seed, step)
+        pick = torch.randint(len(train_idx), (int(config["batch_size"]),), generator=gen)
+        x, y = flip_batch(gen, images[pick], labels[pick])
+        loss = F.cross_entropy(model(x), y, ignore_index=data.ignore_index)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            status, error = "diverged", f"loss became {value} at step {step + 1}"
+            log(error)
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps_done = step + 1
+        bar.set_postfix(loss=f"{value:.3f}")
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            t_eval = time.perf_counter()
+            m = evaluate(model, data.val_images, data.val_labels, data.num_classes, data.ignore_index)
+            eval_s += time.perf_counter() - t_eval
+            curve.append({"step": step + 1, "loss": value, "miou": m["miou"], "pixel_acc": m["pixel_acc"],
+                          "mean_class_acc": m["mean_class_acc"], "per_class_iou": m["per_class_iou"]})
+            log(f"step {step + 1} loss {value:.4f} mIoU {m['miou']:.4f} pixAcc {m['pixel_acc']:.4f}")
+    bar.close()
+    train_s = time.perf_counter() - t_train - eval_s
+
+    final = curve[-1] if curve and status == "ok" else None
+    best = max(curve, key=lambda r: r["miou"]) if curve else None
+    named = lambda ious: dict(zip(data.class_names, ious))  # noqa: E731
+    record = {
+        "schema": RECORD_SCHEMA,
+        "cell": cell,
+        "fingerprint": config["fingerprint"],
+        "status": status,
+        "error": error,
+        "metrics": None if final is None else {
+            "miou": final["miou"], "pixel_acc": final["pixel_acc"], "mean_class_acc": final["mean_class_acc"],
+            "per_class_iou": named(final["per_class_iou"]),
+        },
+        "best": None if best is None else {"step": best["step"], "miou": best["miou"], "pixel_acc": best["pixel_acc"]},
+        "curve": [{k: v for k, v in r.items() if k != "per_class_iou"} for r in curve],
+        "class_names": data.class_names,
+        "train_indices": train_idx,
+        "init": init_info,
+        "encoder_sha256_before": sha_before,
+        "encoder_sha256_after": state_sha256(model.encoder.state_dict()),
+        "checkpoint": None if checkpoint is None else {
+            "path": str(checkpoint.path), "sha256": config.get("checkpoint_sha256"),
+            "method": checkpoint.meta.get("method"), "steps": checkpoint.meta.get("steps"),
+        },
+        "timings": {
+            "wall_s": time.perf_counter() - t_start, "train_s": train_s, "eval_s": eval_s,
+            "steps_done": steps_done, "steps_per_s": steps_done / train_s if train_s > 0 else None,
+            # Peak resident memory of the process that ran the cell (KiB on Linux).
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        },
+        "versions": {"harness": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                     "timm": _timm_version()},
+        "config": config,
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(out_dir / "record.json", record)
+    log(f"status {status}; record written")
+    log_file.close()
+    return record
+
+
+def _timm_version() -> str:
+    import timm
+
+    return timm.__version__
