@@ -1,0 +1,198 @@
+"""The `bench` command line. Each verb is a thin layer over a library function.
+
+User mistakes (`UserError`) print one line, `error: ...`, and exit with status 2; there is no
+traceback for them. Set BENCH_DEBUG=1 to see one anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bench import __version__
+from bench.errors import UserError
+
+
+def _cmd_run(args) -> int:
+    from bench.runner import run_manifest
+
+    return run_manifest(args.manifest, out=args.out, workers=args.workers, dry_run=args.dry_run,
+                        as_json=args.json, progress=not args.no_progress)
+
+
+def _cmd_data_synth(args) -> int:
+    from bench.synth import render_world
+
+    out = Path(args.out)
+    if out.exists():
+        raise UserError(f"{out}: already exists; choose a new --out (worlds are never overwritten)")
+    path = render_world(out, sequences=args.sequences, frames=args.frames, height=args.height,
+                        width=args.width, seed=args.seed, crops_per_class=args.crops_per_class)
+    print(path)
+    return 0
+
+
+def _cmd_pretrain(args) -> int:
+    from pretrain.api import run_pretrain
+
+    root = Path(args.root).resolve()
+    if not root.is_dir():
+        raise UserError(f"--root {root}: folder not found")
+    config = {
+        "name": Path(args.out).name, "method": args.method, "arch": args.arch, "dataset": args.dataset,
+        "root": str(root), "data_id": str(root), "steps": args.steps, "batch_size": args.batch_size,
+        "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed, "state_every": args.state_every,
+        "head_init_std": args.head_init_std, "silog_lambda": args.silog_lambda, "silog_eps": args.silog_eps,
+        "silog_unbiased": args.silog_unbiased, "silog_sqrt": args.silog_sqrt,
+    }
+    from bench.models.backbones import backbone_spec
+
+    backbone_spec(args.arch)  # unknown arch: one line before any work
+    print(run_pretrain(config, Path(args.out), progress=not args.no_progress))
+    return 0
+
+
+def _cmd_transfer(args) -> int:
+    from bench.checkpoint import file_sha256, load_checkpoint
+    from bench.manifest import _default_presets
+    from bench.matrix import Cell
+    from bench.records import fingerprint
+    from transfer.protocols import decoder_for
+    from transfer.train import run_transfer
+
+    root = Path(args.root).resolve()
+    if not root.is_dir():
+        raise UserError(f"--root {root}: folder not found")
+    if args.checkpoint == "none":
+        if not args.arch:
+            raise UserError("--checkpoint none (random init) needs --arch")
+        arch, method, ckpt, sha = args.arch, "none", None, None
+    else:
+        meta = load_checkpoint(args.checkpoint).meta
+        arch, method = meta["arch"], meta["method"]
+        ckpt, sha = str(Path(args.checkpoint).resolve()), file_sha256(args.checkpoint)
+    preset = _default_presets()[args.protocol]
+    cell = Cell(args.name or (Path(args.checkpoint).parent.name if ckpt else "random"), method, arch,
+                args.dataset, args.protocol, decoder_for(args.protocol, args.decoder), args.train_size, args.seed)
+    config = {
+        "cell": cell.as_dict(), "data_id": str(root), "checkpoint_sha256": sha, "init": args.init,
+        "steps": args.steps, "batch_size": args.batch_size, "eval_every": args.eval_every or args.steps,
+        "lr": args.lr or preset.lr, "encoder_lr_mult": args.encoder_lr_mult, "weight_decay": args.weight_decay,
+    }
+    config["fingerprint"] = fingerprint(config)
+    config["dataset_root"], config["checkpoint"] = str(root), ckpt
+    record = run_transfer(config, Path(args.out), progress=not args.no_progress)
+    m = record["metrics"]
+    print(f"{record['status']}: mIoU {100 * m['miou']:.2f} pixel acc {100 * m['pixel_acc']:.2f} -> "
+          f"{Path(args.out) / 'record.json'}" if m else f"{record['status']}: {record['error']}")
+    return 0 if record["status"] == "ok" else 1
+
+
+def _cmd_aggregate(args) -> int:
+    from bench.aggregate import write_leaderboard
+
+    table = write_leaderboard(Path(args.results_dir))
+    print(table["markdown"])
+    print(f"\nleaderboard: {table['csv']}\n             {table['md']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="depth2seg-bench: pre-train encoders, transfer them to "
+                                "semantic segmentation, and compare the results.")
+    p.add_argument("--version", action="version", version=f"depth2seg-bench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a benchmark matrix from a manifest", description=
+                       "Render data, pre-train, transfer every matrix cell, and write the leaderboard. "
+                       "Finished cells (same config fingerprint) are skipped, so re-running resumes.")
+    r.add_argument("manifest", help="manifest YAML file (see README, 'Manifest format')")
+    r.add_argument("--out", help="results folder (default: the manifest's `out`, else results/<name>)")
+    r.add_argument("--workers", type=int, help="cells run in this many parallel processes (default: manifest's `workers`)")
+    r.add_argument("--dry-run", action="store_true", help="list the cells and exit; nothing is written")
+    r.add_argument("--json", action="store_true", help="with --dry-run: print the cells as a JSON list")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(fn=_cmd_run)
+
+    pt = sub.add_parser("pretrain", help="pre-train one encoder and write a checkpoint", description=
+                        "Writes OUT/checkpoint.safetensors and OUT/history.csv; an interrupted run resumes "
+                        "from OUT/state.pt, and a finished one with the same config is skipped.")
+    pt.add_argument("--method", required=True, choices=["depth_supervised", "classification"], help="pre-training method")
+    pt.add_argument("--arch", required=True, help="registered backbone name, e.g. resnet18")
+    pt.add_argument("--dataset", default="synth", choices=["synth"], help="pre-training data (default: synth)")
+    pt.add_argument("--root", required=True, help="dataset folder (for synth: a folder written by `bench data synth`)")
+    pt.add_argument("--steps", type=int, required=True, help="optimisation steps")
+    pt.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
+    pt.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: 1e-3)")
+    pt.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
+    pt.add_argument("--seed", type=int, default=0, help="seed for initialisation, batches and augmentation")
+    pt.add_argument("--state-every", type=int, default=100, help="snapshot for resume every N steps (default: 100)")
+    pt.add_argument("--head-init-std", type=float, default=0.5, help="std of the depth head's last layer (default: 0.5; the NaN paper's safe range is 0.1-1)")
+    pt.add_argument("--silog-lambda", type=float, default=0.85, help="lambda of the scale-invariant log loss (default: 0.85)")
+    pt.add_argument("--silog-eps", type=float, default=1e-24, help="eps in log(y + eps) (default: 1e-24)")
+    pt.add_argument("--silog-unbiased", action="store_true", help="use the unbiased variance (unsafe; for study)")
+    pt.add_argument("--silog-sqrt", action="store_true", help="minimise sqrt of the loss (unsafe late in training; for study)")
+    pt.add_argument("--out", required=True, help="output folder")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pt.set_defaults(fn=_cmd_pretrain)
+
+    t = sub.add_parser("transfer", help="train and evaluate one segmentation transfer cell", description=
+                       "Fine-tunes or probes a checkpoint on a seeded few-shot split and writes OUT/record.json.")
+    t.add_argument("--checkpoint", required=True, help="harness checkpoint (.safetensors), or 'none' for random init")
+    t.add_argument("--arch", help="backbone for --checkpoint none")
+    t.add_argument("--name", help="backbone name in the record (default: the checkpoint's folder name)")
+    t.add_argument("--dataset", default="synth", choices=["synth"], help="segmentation dataset (default: synth)")
+    t.add_argument("--root", required=True, help="dataset folder")
+    t.add_argument("--protocol", required=True, choices=["full", "frozen", "linear"], help="what trains (see README)")
+    t.add_argument("--decoder", default="monodepth2", choices=["monodepth2", "linear"], help="decoder (protocol linear always uses linear)")
+    t.add_argument("--init", default="auto", choices=["auto", "encoder+decoder", "encoder"], help="reuse the checkpoint's decoder (auto: when it has one)")
+    t.add_argument("--train-size", type=int, default=16, help="labelled training images, drawn with --seed (default: 16)")
+    t.add_argument("--steps", type=int, default=300, help="optimisation steps (default: 300)")
+    t.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default: the protocol's preset)")
+    t.add_argument("--encoder-lr-mult", type=float, default=1.0, help="encoder learning-rate multiplier for protocol full")
+    t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
+    t.add_argument("--eval-every", type=int, help="evaluate every K steps for the learning curve (default: only at the end)")
+    t.add_argument("--seed", type=int, default=0, help="seed for the few-shot split, initialisation and batches")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(fn=_cmd_transfer)
+
+    a = sub.add_parser("aggregate", help="rebuild the leaderboard from run records", description=
+                       "Reads RESULTS_DIR/runs/*/record.json and writes leaderboard.csv and leaderboard.md.")
+    a.add_argument("results_dir", help="results folder of a `bench run`")
+    a.set_defaults(fn=_cmd_aggregate)
+
+    d = sub.add_parser("data", help="generate or inspect data")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    s = dsub.add_parser("synth", help="render the procedural driving world", description=
+                        "RGB (left/right), metric depth, forward flow, semantic labels, poses and object crops.")
+    s.add_argument("--out", required=True, help="new output folder")
+    s.add_argument("--sequences", type=int, default=4, help="driving sequences (default: 4; at least 2)")
+    s.add_argument("--frames", type=int, default=10, help="frames per sequence (default: 10)")
+    s.add_argument("--height", type=int, default=64, help="image height in pixels (default: 64)")
+    s.add_argument("--width", type=int, default=192, help="image width in pixels (default: 192)")
+    s.add_argument("--seed", type=int, default=0, help="world seed; the same seed gives identical files")
+    s.add_argument("--crops-per-class", type=int, default=40, help="object-centric crops per class (default: 40)")
+    s.set_defaults(fn=_cmd_data_synth)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as exc:
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

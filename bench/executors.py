@@ -1,0 +1,49 @@
+"""Executors run independent jobs (pre-trainings, transfer cells) and report each result.
+
+`local` is a process pool (spawned processes, so CUDA and thread pools start clean) or, with one
+worker, the current process. Each job is a picklable (function, kwargs) pair whose function
+writes its own outputs atomically; the executor only returns what each job returned or raised.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Callable, Iterator
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _call(fn: Callable, kwargs: dict):
+    return fn(**kwargs)
+
+
+class LocalExecutor:
+    def __init__(self, workers: int = 1):
+        self.workers = max(1, workers)
+        # Share the cores: N workers each with all cores' threads would oversubscribe the CPU.
+        self.threads = max(1, (os.cpu_count() or 1) // self.workers)
+
+    def run(self, jobs: list[tuple[Callable, dict]]) -> Iterator[tuple[int, object, BaseException | None]]:
+        """Yield (job index, result, exception) as jobs finish."""
+        if self.workers == 1 or len(jobs) <= 1:
+            for i, (fn, kwargs) in enumerate(jobs):
+                try:
+                    yield i, fn(**kwargs), None
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as exc:  # noqa: BLE001 -- reported per job by the caller
+                    yield i, None, exc
+            return
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(self.threads,)) as pool:
+            futures = {pool.submit(_call, fn, kwargs): i for i, (fn, kwargs) in enumerate(jobs)}
+            for fut in as_completed(futures):
+                exc = fut.exception()
+                yield futures[fut], (None if exc else fut.result()), exc

@@ -1,0 +1,212 @@
+"""The manifest: a YAML file describing a benchmark matrix, validated before anything runs.
+
+Every mistake -- an unknown key, a wrong type, a missing file -- is reported as one line naming
+the file and the field (`configs/x.yaml: backbones[1].pretrain.steps: ...`), and nothing is
+written. Relative paths are resolved against the manifest's folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.errors import UserError
+from bench.models.backbones import list_backbones
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+Protocol = Literal["full", "frozen", "linear"]
+Decoder = Literal["monodepth2"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SynthWorld(_Strict):
+    """Parameters of `bench data synth` for the generated world."""
+
+    sequences: int = Field(4, ge=2)
+    frames: int = Field(10, ge=2)
+    height: int = Field(64, ge=32)
+    width: int = Field(192, ge=32)
+    seed: int = 0
+    crops_per_class: int = Field(40, ge=1)
+
+
+class DataSection(_Strict):
+    synth: SynthWorld = SynthWorld()
+
+
+class PretrainSpec(_Strict):
+    method: Literal["depth_supervised", "classification"]
+    dataset: Literal["synth"] = "synth"
+    root: Path | None = None  # default: the generated world of the `data.synth` section
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = 0
+    state_every: int = Field(100, ge=1)
+    # Supervised-depth knobs (the NaN-divergence paper's safe defaults; change them to study it).
+    head_init_std: float = Field(0.5, gt=0)
+    silog_lambda: float = Field(0.85, ge=0, le=1)
+    silog_eps: float = Field(1e-24, ge=0)
+    silog_unbiased: bool = False
+    silog_sqrt: bool = False
+
+
+class Backbone(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    arch: str
+    pretrain: PretrainSpec | None = None
+    checkpoint: Path | None = None
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        if v not in list_backbones():
+            raise ValueError(f"unknown arch {v!r}; registered: {', '.join(list_backbones())}")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.pretrain is not None and self.checkpoint is not None:
+            raise ValueError("give either pretrain or checkpoint, not both")
+        return self
+
+    @property
+    def method(self) -> str:
+        if self.pretrain is not None:
+            return self.pretrain.method
+        return "checkpoint" if self.checkpoint is not None else "none"
+
+
+class DatasetSpec(_Strict):
+    name: Literal["synth"]
+    root: Path | None = None  # default (synth): the generated world
+
+
+class OptimizerPreset(_Strict):
+    lr: float = Field(gt=0)
+    encoder_lr_mult: float = Field(1.0, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+
+
+def _default_presets() -> dict[str, OptimizerPreset]:
+    # AdamW with warm-up + poly decay. The linear probe takes a larger step: it has few weights
+    # and a BatchNorm in front of them.
+    return {
+        "full": OptimizerPreset(lr=1e-3, encoder_lr_mult=1.0),
+        "frozen": OptimizerPreset(lr=1e-3),
+        "linear": OptimizerPreset(lr=1e-2),
+    }
+
+
+class TransferSection(_Strict):
+    protocols: list[Protocol] = Field(default_factory=lambda: ["full", "frozen", "linear"], min_length=1)
+    decoders: list[Decoder] = Field(default_factory=lambda: ["monodepth2"], min_length=1)
+    train_sizes: list[int] = Field(default_factory=lambda: [16], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    init: Literal["auto", "encoder+decoder", "encoder"] = "auto"
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    eval_every: int = Field(50, ge=1)
+    optimizer: dict[Protocol, OptimizerPreset] = Field(default_factory=dict)
+
+    @field_validator("train_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(n < 1 for n in v):
+            raise ValueError("train sizes must be at least 1")
+        return v
+
+    def preset(self, protocol: str) -> OptimizerPreset:
+        return self.optimizer.get(protocol) or _default_presets()[protocol]
+
+
+class Manifest(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    out: Path | None = None  # default: results/<name>
+    workers: int = Field(1, ge=1)
+    data: DataSection = DataSection()
+    backbones: list[Backbone] = Field(min_length=1)
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    transfer: TransferSection = TransferSection()
+
+    @model_validator(mode="after")
+    def _unique_names(self):
+        names = [b.name for b in self.backbones]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"backbone names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    # pydantic adds the union/literal branch to the location; keep only the user's keys.
+    loc = _loc(tuple(p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function")))))
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling against the README's manifest reference)"
+    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], (dict, list)):
+        msg += f" (got {first['input']!r})"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{path}: {loc or '<top level>'}: {msg}{more}"
+
+
+def load_manifest(path) -> Manifest:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: manifest not found") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read manifest ({exc.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a manifest is a YAML mapping with keys name, backbones, datasets, ...")
+    try:
+        manifest = Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(_format_error(path, exc)) from None
+    _resolve_paths(manifest, path.parent, path)
+    return manifest
+
+
+def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
+    """Make relative paths absolute (against the manifest's folder) and check they exist."""
+    def resolve(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
+
+    for i, b in enumerate(m.backbones):
+        if b.checkpoint is not None:
+            b.checkpoint = resolve(b.checkpoint)
+            if not b.checkpoint.is_file():
+                raise UserError(f"{path}: backbones[{i}].checkpoint: file not found: {b.checkpoint}")
+        if b.pretrain is not None and b.pretrain.root is not None:
+            b.pretrain.root = resolve(b.pretrain.root)
+            if not b.pretrain.root.is_dir():
+                raise UserError(f"{path}: backbones[{i}].pretrain.root: folder not found: {b.pretrain.root}")
+    for i, d in enumerate(m.datasets):
+        if d.root is not None:
+            d.root = resolve(d.root)
+            if not d.root.is_dir():
+                raise UserError(f"{path}: datasets[{i}].root: folder not found: {d.root}")

@@ -1,0 +1,181 @@
+"""`bench run`: manifest -> generated data -> pre-trained checkpoints -> transfer cells -> leaderboard.
+
+Every stage is idempotent and keyed by a fingerprint of its resolved config, so a re-run (after
+a crash, a `kill -9`, or a manifest edit) redoes exactly the work whose inputs changed:
+the world is rendered once per parameter set, a pre-training resumes from its snapshot or is
+skipped when its checkpoint is current, and a cell whose record matches is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from bench.aggregate import write_leaderboard
+from bench.checkpoint import file_sha256, load_checkpoint
+from bench.errors import UserError
+from bench.executors import LocalExecutor
+from bench.manifest import Manifest, SynthWorld, load_manifest
+from bench.matrix import Cell, expand
+from bench.records import fingerprint, is_finished, write_json_atomic
+
+RECORD_NAME = "record.json"
+
+
+def _say(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+def world_fingerprint(world: SynthWorld) -> str:
+    return fingerprint({"synth": world.model_dump()})
+
+
+def ensure_world(world: SynthWorld, out_dir: Path) -> Path:
+    """The generated world for these parameters, rendered on first use (atomically)."""
+    from bench.synth import render_world
+
+    path = out_dir / "data" / f"synth-{world_fingerprint(world)[:12]}"
+    if not (path / "meta.json").is_file():
+        t0 = time.perf_counter()
+        render_world(path, **world.model_dump())
+        _say(f"rendered world {path} in {time.perf_counter() - t0:.1f}s")
+    return path
+
+
+def pretrain_config(backbone, world_root: Path, world_id: str) -> dict:
+    spec = backbone.pretrain.model_dump(mode="json")
+    root = spec.pop("root")
+    return {"name": backbone.name, "arch": backbone.arch, **spec,
+            "root": str(root or world_root), "data_id": str(root) if root else world_id}
+
+
+def _pretrain_job(config: dict, out_dir: str, progress: bool) -> str:
+    from pretrain.api import run_pretrain
+
+    return str(run_pretrain(config, Path(out_dir), progress=progress, log=_say))
+
+
+def _transfer_job(config: dict, out_dir: str, progress: bool) -> str:
+    from transfer.train import run_transfer
+
+    try:
+        return run_transfer(config, Path(out_dir), progress=progress)["status"]
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 -- recorded, then retried on the next run
+        write_json_atomic(Path(out_dir) / RECORD_NAME, {
+            "schema": 1, "cell": config["cell"], "fingerprint": config["fingerprint"], "status": "failed",
+            "error": f"{type(exc).__name__}: {exc}", "config": config,
+        })
+        return "failed"
+
+
+def _checkpoint_methods(m: Manifest) -> dict[str, str]:
+    """Imported checkpoints carry their own method label."""
+    methods = {}
+    for b in m.backbones:
+        if b.checkpoint is not None:
+            ckpt = load_checkpoint(b.checkpoint)
+            if ckpt.meta["arch"] != b.arch:
+                raise UserError(f"{b.checkpoint}: checkpoint arch {ckpt.meta['arch']!r} but backbone "
+                                f"{b.name!r} says arch {b.arch!r}")
+            methods[b.name] = ckpt.meta["method"]
+    return methods
+
+
+def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, progress=True) -> int:
+    m = load_manifest(path)
+    cells = expand(m, _checkpoint_methods(m))
+    if dry_run:
+        if as_json:
+            print(json.dumps([{"id": c.id, **c.as_dict()} for c in cells], indent=2))
+        else:
+            for c in cells:
+                print(c.id)
+            print(f"{len(cells)} cells", file=sys.stderr)
+        return 0
+
+    out_dir = Path(out or m.out or Path("results") / m.name).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "manifest.resolved.json", m.model_dump(mode="json"))
+    executor = LocalExecutor(workers or m.workers)
+    inline = executor.workers == 1
+    t0 = time.perf_counter()
+
+    world_root = ensure_world(m.data.synth, out_dir)
+    world_id = world_fingerprint(m.data.synth)
+
+    # Stage 1: pre-training, one job per backbone that asks for it.
+    checkpoints: dict[str, Path | None] = {b.name: b.checkpoint for b in m.backbones}
+    jobs, names = [], []
+    for b in m.backbones:
+        if b.pretrain is not None:
+            cfg = pretrain_config(b, world_root, world_id)
+            jobs.append((_pretrain_job, {"config": cfg, "out_dir": str(out_dir / "pretrain" / b.name),
+                                         "progress": progress and inline}))
+            names.append(b.name)
+    broken: set[str] = set()
+    for i, result, exc in executor.run(jobs):
+        if exc is not None:
+            broken.add(names[i])
+            _say(f"pre-training {names[i]} failed: {exc}; its cells are skipped")
+        else:
+            checkpoints[names[i]] = Path(result)
+    hashes = {n: file_sha256(p) for n, p in checkpoints.items() if p is not None and n not in broken}
+
+    # Stage 2: transfer cells whose record is missing, stale or failed.
+    todo, skipped = [], 0
+    datasets = {d.name: d for d in m.datasets}
+    for cell in cells:
+        if cell.backbone in broken:
+            continue
+        config = transfer_config(m, cell, checkpoints[cell.backbone], hashes.get(cell.backbone),
+                                 datasets[cell.dataset].root or world_root,
+                                 str(datasets[cell.dataset].root) if datasets[cell.dataset].root else world_id)
+        cell_dir = out_dir / "runs" / cell.id
+        if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
+            skipped += 1
+            continue
+        todo.append((_transfer_job, {"config": config, "out_dir": str(cell_dir), "progress": progress and inline}))
+    _say(f"{len(cells)} cells: {skipped} up to date, {len(todo)} to run, "
+         f"{sum(c.backbone in broken for c in cells)} blocked by failed pre-training")
+    statuses = []
+    with tqdm(total=len(todo), desc="matrix", unit="cell", disable=not progress, dynamic_ncols=True) as bar:
+        for i, status, exc in executor.run(todo):
+            cell = todo[i][1]["config"]["cell"]
+            statuses.append("failed" if exc else status)
+            if exc is not None or status != "ok":
+                _say(f"cell {Cell(**cell).id}: {status if exc is None else exc}")
+            bar.update(1)
+
+    table = write_leaderboard(out_dir)
+    print(table["markdown"])
+    print(f"\nleaderboard: {table['csv']}\n             {table['md']}\nrecords:     {out_dir / 'runs'}/*/record.json"
+          f"\nelapsed:     {time.perf_counter() - t0:.1f}s")
+    return 0 if not broken and all(s == "ok" for s in statuses) else 1
+
+
+def transfer_config(m: Manifest, cell: Cell, checkpoint: Path | None, checkpoint_sha256: str | None,
+                    dataset_root: Path, data_id: str) -> dict:
+    t = m.transfer
+    preset = t.preset(cell.protocol)
+    config = {
+        "cell": cell.as_dict(),
+        "data_id": data_id,
+        "checkpoint_sha256": checkpoint_sha256,
+        "init": t.init,
+        "steps": t.steps,
+        "batch_size": t.batch_size,
+        "eval_every": t.eval_every,
+        **preset.model_dump(),
+    }
+    # Paths are not part of the identity of a result: a moved results folder stays up to date.
+    config["fingerprint"] = fingerprint(config)
+    config["dataset_root"] = str(dataset_root)
+    config["checkpoint"] = str(checkpoint) if checkpoint else None
+    return config
