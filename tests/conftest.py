@@ -1,0 +1,53 @@
+"""Shared fixtures: one tiny generated world per test session, and tiny manifests."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TINY_WORLD = {"sequences": 3, "frames": 4, "height": 48, "width": 144, "seed": 0, "crops_per_class": 6}
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    from bench.synth import render_world
+
+    return render_world(tmp_path_factory.mktemp("world") / "synth", **TINY_WORLD)
+
+
+def tiny_manifest(tmp_path: Path, *, name="tiny", out=None, extra_backbones="", steps=6, pretrain_steps=6,
+                  protocols="[full, frozen, linear]", seeds="[0]") -> Path:
+    """A manifest small enough for a test: resnet10t, a 48×144 world, a handful of steps."""
+    text = f"""
+    name: {name}
+    out: {out or tmp_path / 'results'}
+    data:
+      synth: {{sequences: 3, frames: 4, height: 48, width: 144, seed: 0, crops_per_class: 6}}
+    backbones:
+      - name: random
+        arch: resnet10t
+      - name: depth
+        arch: resnet10t
+        pretrain: {{method: depth_supervised, steps: {pretrain_steps}, batch_size: 2, state_every: 2}}
+      - name: cls
+        arch: resnet10t
+        pretrain: {{method: classification, steps: {pretrain_steps}, batch_size: 4}}
+    {extra_backbones}
+    datasets:
+      - name: synth
+    transfer:
+      protocols: {protocols}
+      train_sizes: [4]
+      seeds: {seeds}
+      steps: {steps}
+      batch_size: 2
+      eval_every: 3
+    """
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path

@@ -1,0 +1,78 @@
+import json
+import textwrap
+
+import pytest
+
+from bench.cli import main
+from bench.errors import UserError
+from bench.manifest import load_manifest
+from bench.matrix import expand
+from tests.conftest import tiny_manifest
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "m.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+BASE = """
+name: t
+backbones:
+  - {name: a, arch: resnet10t}
+datasets:
+  - name: synth
+"""
+
+
+def test_valid_manifest_and_defaults(tmp_path):
+    m = load_manifest(_write(tmp_path, BASE))
+    assert m.transfer.protocols == ["full", "frozen", "linear"] and m.transfer.train_sizes == [16]
+
+
+@pytest.mark.parametrize("text, expected", [
+    (BASE + "transfer: {stepz: 3}\n", "m.yaml: transfer.stepz: unknown key"),
+    (BASE + "transfer: {steps: abc}\n", "m.yaml: transfer.steps: Input should be a valid integer"),
+    (BASE + "transfer: {protocols: [full, thawed]}\n", "m.yaml: transfer.protocols[1]: Input should be"),
+    (BASE.replace("arch: resnet10t", "arch: resnet7"), "m.yaml: backbones[0].arch: unknown arch 'resnet7'"),
+    (BASE.replace("arch: resnet10t}", "arch: resnet10t, checkpoint: nope.safetensors}"),
+     "m.yaml: backbones[0].checkpoint: file not found"),
+    ("name: t\ndatasets: [{name: synth}]\n", "m.yaml: backbones: Field required"),
+    (BASE + "  - {name: synth, root: /no/such/dir}\n", "m.yaml: datasets[1].root: folder not found"),
+    ("name: t\nbackbones: [\n", "m.yaml: invalid YAML at line"),
+    ("- just\n- a list\n", "m.yaml: a manifest is a YAML mapping"),
+    (BASE + "  - {name: synth}\nbackbones:\n  - {name: a, arch: resnet10t}\n  - {name: a, arch: resnet18}\n",
+     "backbone names must be unique; repeated: a"),
+])
+def test_errors_name_the_file_and_field(tmp_path, text, expected):
+    with pytest.raises(UserError) as err:
+        load_manifest(_write(tmp_path, text))
+    message = str(err.value)
+    assert expected in message and "\n" not in message
+
+
+def test_cli_error_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "results"
+    path = _write(tmp_path, BASE + f"out: {out}\ntransfer: {{seeds: [zero]}}\n")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "transfer.seeds[0]" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_dry_run_json_expands_the_matrix(tmp_path, capsys):
+    path = tiny_manifest(tmp_path, seeds="[0, 1]")
+    assert main(["run", str(path), "--dry-run", "--json"]) == 0
+    cells = json.loads(capsys.readouterr().out)
+    # 3 backbones × 1 dataset × (full, frozen with monodepth2; linear with linear) × 1 size × 2 seeds
+    assert len(cells) == 3 * 3 * 2
+    assert {(c["protocol"], c["decoder"]) for c in cells} == {("full", "monodepth2"), ("frozen", "monodepth2"),
+                                                               ("linear", "linear")}
+    assert {c["method"] for c in cells} == {"none", "depth_supervised", "classification"}
+    assert len({c["id"] for c in cells}) == len(cells)
+    assert not (tmp_path / "results").exists()  # a dry run writes nothing
+
+
+def test_repeated_axis_values_do_not_duplicate_cells(tmp_path):
+    m = load_manifest(_write(tmp_path, BASE + "transfer: {seeds: [0, 0], train_sizes: [4, 4]}\n"))
+    assert len(expand(m)) == 3

@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+
+from bench.metrics import ConfusionMatrix
+
+
+def test_hand_computed_example():
+    # Pairs (truth, pred) after dropping the ignored pixel: (0,0) (0,1) (1,1) (1,1) (2,0).
+    target = torch.tensor([0, 0, 1, 1, 2, 255])
+    pred = torch.tensor([0, 1, 1, 1, 0, 2])
+    cm = ConfusionMatrix(num_classes=4)
+    cm.update(pred, target)
+    m = cm.compute()
+    # IoU: class 0 = 1/3, class 1 = 2/3, class 2 = 0 (in truth, never predicted), class 3 absent.
+    assert m["per_class_iou"][:3] == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert m["per_class_iou"][3] is None
+    assert m["miou"] == pytest.approx(1 / 3)
+    assert m["pixel_acc"] == pytest.approx(3 / 5)
+    assert m["mean_class_acc"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+
+
+def test_class_only_predicted_counts_as_zero():
+    cm = ConfusionMatrix(num_classes=3)
+    cm.update(torch.tensor([0, 1]), torch.tensor([0, 0]))
+    m = cm.compute()
+    assert m["per_class_iou"] == [pytest.approx(0.5), 0.0, None]
+    assert m["miou"] == pytest.approx(0.25)
+
+
+def test_dataset_level_not_mean_of_images():
+    # Image A: a big, perfectly segmented class-0 region; image B: one class-1 pixel missed.
+    a_t, a_p = torch.zeros(100, dtype=torch.long), torch.zeros(100, dtype=torch.long)
+    b_t, b_p = torch.tensor([1, 0]), torch.tensor([0, 0])
+    cm = ConfusionMatrix(2)
+    cm.update(a_p, a_t)
+    cm.update(b_p, b_t)
+    m = cm.compute()
+    # Dataset level: class 0 IoU = 101/102, class 1 IoU = 0 -> mean 101/204.
+    assert m["miou"] == pytest.approx(101 / 204)
+    per_image = (1.0 + (0.5 + 0.0) / 2) / 2
+    assert not math.isclose(m["miou"], per_image)
+
+
+def test_labels_out_of_range_are_an_error():
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match="outside"):
+        cm.update(torch.tensor([0]), torch.tensor([7]))
+
+
+def test_empty_matrix_is_nan_not_zero():
+    m = ConfusionMatrix(2).compute()
+    assert math.isnan(m["miou"]) and math.isnan(m["pixel_acc"])

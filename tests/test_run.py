@@ -1,0 +1,100 @@
+"""End to end: `bench run` on a tiny manifest, re-runs that skip, and `kill -9` in the middle."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.cli import main
+from bench.records import read_json
+from tests.conftest import tiny_manifest
+
+COLUMNS = ["backbone", "method", "arch", "dataset", "protocol", "decoder", "train_size", "n_seeds",
+           "miou_mean", "miou_std", "pixel_acc_mean", "pixel_acc_std"]
+
+
+def _records(results: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in results.glob("runs/*/record.json")}
+
+
+def test_end_to_end_and_rerun_skips_everything(tmp_path, capsys):
+    manifest = tiny_manifest(tmp_path)
+    results = tmp_path / "results"
+    assert main(["run", str(manifest), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "leaderboard.csv" in printed and "| backbone" in printed
+
+    records = _records(results)
+    assert len(records) == 9 and all(r["status"] == "ok" for r in records.values())
+    board = pd.read_csv(results / "leaderboard.csv")
+    assert list(board.columns[: len(COLUMNS)]) == COLUMNS or set(COLUMNS) <= set(board.columns)
+    assert len(board) == 9 and set(board["n_seeds"]) == {1}
+    # The leaderboard is derived from the records: recompute one mean by hand.
+    row = board[(board.backbone == "depth") & (board.protocol == "full")].iloc[0]
+    rec = records["depth__synth__full__monodepth2__n4__s0"]
+    assert abs(row["miou_mean"] - 100 * rec["metrics"]["miou"]) < 1e-3
+    assert (results / "leaderboard.md").read_text().startswith("# Leaderboard")
+    assert (results / "manifest.resolved.json").is_file()
+    for r in records.values():
+        frozen = r["cell"]["protocol"] in ("frozen", "linear")
+        assert (r["encoder_sha256_before"] == r["encoder_sha256_after"]) == frozen
+        assert (results / "runs" / Path(r["cell"]["backbone"] + "__synth__" + r["cell"]["protocol"] + "__" +
+                                        r["cell"]["decoder"] + "__n4__s0") / "log.txt").is_file()
+
+    stamps = {p: p.stat().st_mtime_ns for p in results.glob("runs/*/record.json")}
+    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert "0 to run" in capsys.readouterr().err
+    assert stamps == {p: p.stat().st_mtime_ns for p in results.glob("runs/*/record.json")}
+
+    # A changed transfer setting re-runs exactly the cells it touches.
+    text = manifest.read_text()
+    assert "\n  steps: 6\n" in text
+    manifest.write_text(text.replace("\n  steps: 6\n", "\n  steps: 5\n"))
+    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert "9 to run" in capsys.readouterr().err
+
+
+def test_aggregate_cli_rebuilds_the_leaderboard_from_records(tmp_path, capsys):
+    manifest = tiny_manifest(tmp_path, protocols="[linear]", seeds="[0, 1]")
+    results = tmp_path / "results"
+    assert main(["run", str(manifest), "--no-progress"]) == 0
+    (results / "leaderboard.csv").unlink()
+    # A corrupt record is ignored by the aggregator rather than crashing it.
+    (results / "runs" / "junk").mkdir()
+    (results / "runs" / "junk" / "record.json").write_text("{not json")
+    assert main(["aggregate", str(results)]) == 0
+    board = pd.read_csv(results / "leaderboard.csv")
+    assert len(board) == 3 and set(board["n_seeds"]) == {2}
+    assert board["miou_std"].notna().all()
+    assert main(["aggregate", str(tmp_path / "nowhere")]) == 2
+
+
+def test_kill_9_then_rerun_leaves_one_ok_record_per_cell(tmp_path):
+    manifest = tiny_manifest(tmp_path, name="killme", steps=12, pretrain_steps=12)
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(manifest), "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(results.glob("runs/*/record.json"))) < 2:
+        assert proc.poll() is None, "run finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = {p.parent.name: read_json(p) for p in results.glob("runs/*/record.json")}
+    assert before and all(r is not None for r in before.values())  # nothing torn
+    assert len(before) < 9
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = _records(results)
+    assert len(after) == 9 and all(r["status"] == "ok" for r in after.values())
+    for name, rec in before.items():  # finished cells were not run again
+        assert after[name]["finished_at"] == rec["finished_at"]
+    assert not [p for p in results.rglob("*.tmp")]

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from bench.checkpoint import load_checkpoint, state_sha256
+from bench.errors import UserError
+from bench.records import fingerprint
+from pretrain.api import run_pretrain
+from transfer.model import build_model
+from transfer.splits import few_shot_indices
+from transfer.train import run_transfer
+
+
+@pytest.fixture(scope="module")
+def depth_ckpt(tiny_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pre") / "depth"
+    config = {"name": "depth", "method": "depth_supervised", "arch": "resnet10t", "root": str(tiny_world),
+              "data_id": "tiny", "steps": 4, "batch_size": 2, "lr": 1e-3, "seed": 0}
+    return run_pretrain(config, out, progress=False, log=lambda m: None)
+
+
+def _config(tiny_world, ckpt, protocol, decoder="monodepth2", init="auto", steps=4):
+    cfg = {"cell": {"backbone": "b", "method": "m", "arch": "resnet10t", "dataset": "synth", "protocol": protocol,
+                    "decoder": decoder, "train_size": 4, "seed": 0},
+           "data_id": "tiny", "checkpoint_sha256": None, "init": init, "steps": steps, "batch_size": 2,
+           "eval_every": 2, "lr": 1e-2, "encoder_lr_mult": 1.0, "weight_decay": 1e-4}
+    cfg["fingerprint"] = fingerprint(cfg)
+    cfg["dataset_root"], cfg["checkpoint"] = str(tiny_world), str(ckpt) if ckpt else None
+    return cfg
+
+
+@pytest.mark.parametrize("protocol, decoder", [("frozen", "monodepth2"), ("linear", "linear")])
+def test_frozen_encoder_is_bit_identical(tiny_world, depth_ckpt, tmp_path, protocol, decoder):
+    record = run_transfer(_config(tiny_world, depth_ckpt, protocol, decoder), tmp_path, progress=False)
+    assert record["status"] == "ok"
+    assert record["encoder_sha256_before"] == record["encoder_sha256_after"]
+    # ... and equal to the checkpoint's own tensors, BatchNorm running statistics included.
+    assert record["encoder_sha256_after"] == state_sha256(load_checkpoint(depth_ckpt).encoder)
+
+
+def test_full_protocol_moves_the_encoder(tiny_world, depth_ckpt, tmp_path):
+    record = run_transfer(_config(tiny_world, depth_ckpt, "full"), tmp_path, progress=False)
+    assert record["encoder_sha256_before"] != record["encoder_sha256_after"]
+    assert record["init"]["effective"] == "encoder+decoder"
+    assert len(record["curve"]) == 2 and record["curve"][-1]["step"] == 4
+    m = record["metrics"]
+    assert 0 <= m["miou"] <= 1 and set(m["per_class_iou"]) == set(record["class_names"])
+    assert (tmp_path / "record.json").is_file() and (tmp_path / "log.txt").read_text()
+
+
+def test_decoder_reuse_replaces_only_the_last_layer(depth_ckpt):
+    ckpt = load_checkpoint(depth_ckpt)
+    model, info = build_model("resnet10t", ckpt, "monodepth2", "auto", num_classes=7)
+    assert info["effective"] == "encoder+decoder"
+    state = model.decoder.state_dict()
+    body = [k for k in ckpt.decoder if not k.startswith("heads.")]
+    assert body and all(torch.equal(state[k], ckpt.decoder[k]) for k in body)
+    assert state["heads.0.1.weight"].shape[0] == 7 != ckpt.decoder["heads.0.1.weight"].shape[0]
+    fresh, info = build_model("resnet10t", ckpt, "monodepth2", "encoder", num_classes=7)
+    assert info["effective"] == "encoder"
+    assert not torch.equal(fresh.decoder.state_dict()[body[0]], ckpt.decoder[body[0]])
+
+
+def test_decoder_reuse_without_decoder_weights_is_an_error():
+    with pytest.raises(UserError, match="needs monodepth2 decoder weights"):
+        build_model("resnet10t", None, "monodepth2", "encoder+decoder", num_classes=7)
+
+
+def test_few_shot_split_is_seeded_and_not_the_first_images():
+    a = few_shot_indices(200, 16, seed=0)
+    assert a == few_shot_indices(200, 16, seed=0)  # the same for every backbone
+    assert a != list(range(16)) and len(set(a)) == 16
+    assert a != few_shot_indices(200, 16, seed=1)
+    with pytest.raises(UserError, match="exceeds"):
+        few_shot_indices(10, 16, seed=0)
+
+
+def test_nan_loss_marks_the_cell_diverged(tiny_world, tmp_path, monkeypatch):
+    import transfer.train as train_mod
+
+    monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    record = run_transfer(_config(tiny_world, None, "full"), tmp_path, progress=False)
+    assert record["status"] == "diverged" and "step 1" in record["error"] and record["metrics"] is None
