@@ -129,7 +129,7 @@ class TransferSection(_Strict):
 
 class Manifest(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
-    out: Path | None = None  # default: results/<name>
+    out: Path | None = None  # relative to the manifest's folder; default: results/<name> under the cwd
     workers: int = Field(1, ge=1)
     data: DataSection = DataSection()
     backbones: list[Backbone] = Field(min_length=1)
@@ -196,6 +196,7 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
     def resolve(p: Path | None) -> Path | None:
         return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
 
+    m.out = resolve(m.out)
     for i, b in enumerate(m.backbones):
         if b.checkpoint is not None:
             b.checkpoint = resolve(b.checkpoint)

@@ -76,3 +76,11 @@ def test_dry_run_json_expands_the_matrix(tmp_path, capsys):
 def test_repeated_axis_values_do_not_duplicate_cells(tmp_path):
     m = load_manifest(_write(tmp_path, BASE + "transfer: {seeds: [0, 0], train_sizes: [4, 4]}\n"))
     assert len(expand(m)) == 3
+
+
+def test_relative_paths_resolve_against_the_manifest_folder(tmp_path, monkeypatch):
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    (sub / "m.yaml").write_text(BASE + "out: ../results/here\n")
+    monkeypatch.chdir(sub.parent.parent)  # somewhere else entirely
+    assert load_manifest(sub / "m.yaml").out == (tmp_path / "results" / "here").resolve()
