@@ -13,10 +13,13 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Iterator
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, counter, lock) -> None:
     import torch
 
+    from bench.progress import init_worker
+
     torch.set_num_threads(threads)
+    init_worker(counter, lock)
 
 
 def _call(fn: Callable, kwargs: dict):
@@ -40,9 +43,13 @@ class LocalExecutor:
                 except BaseException as exc:  # noqa: BLE001 -- reported per job by the caller
                     yield i, None, exc
             return
+        from tqdm import tqdm
+
         ctx = mp.get_context("spawn")
+        lock = ctx.RLock()
+        tqdm.set_lock(lock)
         with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(self.threads,)) as pool:
+                                 initargs=(self.threads, ctx.Value("i", 0), lock)) as pool:
             futures = {pool.submit(_call, fn, kwargs): i for i, (fn, kwargs) in enumerate(jobs)}
             for fut in as_completed(futures):
                 exc = fut.exception()

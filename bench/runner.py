@@ -57,7 +57,14 @@ def pretrain_config(backbone, world_root: Path, world_id: str) -> dict:
 def _pretrain_job(config: dict, out_dir: str, progress: bool) -> str:
     from pretrain.api import run_pretrain
 
-    return str(run_pretrain(config, Path(out_dir), progress=progress, log=_say))
+    # Messages go to the job's own log: text written from a worker would tear the progress bars.
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / "log.txt", "a") as log_file:
+        def log(msg: str) -> None:
+            log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
+            log_file.flush()
+
+        return str(run_pretrain(config, Path(out_dir), progress=progress, log=log))
 
 
 def _transfer_job(config: dict, out_dir: str, progress: bool) -> str:
@@ -104,7 +111,6 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "manifest.resolved.json", m.model_dump(mode="json"))
     executor = LocalExecutor(workers or m.workers)
-    inline = executor.workers == 1
     t0 = time.perf_counter()
 
     world_root = ensure_world(m.data.synth, out_dir)
@@ -117,7 +123,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         if b.pretrain is not None:
             cfg = pretrain_config(b, world_root, world_id)
             jobs.append((_pretrain_job, {"config": cfg, "out_dir": str(out_dir / "pretrain" / b.name),
-                                         "progress": progress and inline}))
+                                         "progress": progress}))
             names.append(b.name)
     broken: set[str] = set()
     for i, result, exc in executor.run(jobs):
@@ -126,6 +132,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
             _say(f"pre-training {names[i]} failed: {exc}; its cells are skipped")
         else:
             checkpoints[names[i]] = Path(result)
+            _say(f"pre-trained {names[i]}: {result}")
     hashes = {n: file_sha256(p) for n, p in checkpoints.items() if p is not None and n not in broken}
 
     # Stage 2: transfer cells whose record is missing, stale or failed.
@@ -141,11 +148,12 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
             skipped += 1
             continue
-        todo.append((_transfer_job, {"config": config, "out_dir": str(cell_dir), "progress": progress and inline}))
+        todo.append((_transfer_job, {"config": config, "out_dir": str(cell_dir), "progress": progress}))
     _say(f"{len(cells)} cells: {skipped} up to date, {len(todo)} to run, "
          f"{sum(c.backbone in broken for c in cells)} blocked by failed pre-training")
     statuses = []
-    with tqdm(total=len(todo), desc="matrix", unit="cell", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=len(todo), desc="matrix", unit="cell", position=0, disable=not progress,
+              dynamic_ncols=True) as bar:
         for i, status, exc in executor.run(todo):
             cell = todo[i][1]["config"]["cell"]
             statuses.append("failed" if exc else status)

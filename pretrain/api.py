@@ -23,8 +23,10 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 def pretrain_fingerprint(config: dict) -> str:
-    # Cosmetic keys do not change the model a config produces.
-    return fingerprint({k: v for k, v in config.items() if k not in ("name", "state_every")})
+    """Identity of the model a config produces. Cosmetic keys are left out, and so is the data
+    path when `data_id` names the data (a moved results folder must not force a re-train)."""
+    cosmetic = {"name", "state_every"} | ({"root"} if config.get("data_id") else set())
+    return fingerprint({k: v for k, v in config.items() if k not in cosmetic})
 
 
 def is_pretrained(out_dir, config: dict) -> bool:

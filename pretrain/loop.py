@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
 from bench.augment import step_generator
+from bench.progress import bar as progress_bar
 
 
 class Diverged(RuntimeError):
@@ -101,8 +100,8 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
     for module in task.modules.values():
         module.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=steps, initial=start, desc=config.get("name", config["method"]), unit="step",
-               disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(enabled=progress, total=steps, initial=start, unit="step",
+                       desc=f"pretrain {config.get('name', config['method'])}")
     for step in range(start, steps):
         lr = float(config["lr"]) * lr_factor(step, steps, warmup)
         for group in optimizer.param_groups:

@@ -51,6 +51,13 @@ def test_end_to_end_and_rerun_skips_everything(tmp_path, capsys):
     assert "0 to run" in capsys.readouterr().err
     assert stamps == {p: p.stat().st_mtime_ns for p in results.glob("runs/*/record.json")}
 
+    # A broken manifest is refused with one line and touches nothing already written.
+    broken = manifest.with_name("broken.yaml")
+    broken.write_text(manifest.read_text().replace("eval_every: 3", "eval_every: often"))
+    assert main(["run", str(broken), "--no-progress"]) == 2
+    assert "transfer.eval_every" in capsys.readouterr().err
+    assert stamps == {p: p.stat().st_mtime_ns for p in results.glob("runs/*/record.json")}
+
     # A changed transfer setting re-runs exactly the cells it touches.
     text = manifest.read_text()
     assert "\n  steps: 6\n" in text

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
-
 from bench import __version__
 from bench.augment import flip_batch, step_generator
 from bench.checkpoint import load_checkpoint, state_sha256
 from bench.metrics import ConfusionMatrix
+from bench.progress import bar as progress_bar
 from bench.records import write_json_atomic
 from transfer.datasets import load_dataset
 from transfer.model import build_model
@@ -75,9 +74,9 @@ def run_transfer(config: dict, out_dir, *, progress: bool = True) -> dict:
     curve, status, error, eval_s, steps_done = [], "ok", None, 0.0, 0
     model.train()
     t_train = time.perf_counter()
-    bar = tqdm(range(steps), desc=f"{cell['backbone']}/{cell['protocol']}/s{seed}", unit="step",
-               disable=not progress, leave=False, dynamic_ncols=True)
-    for step in bar:
+    bar = progress_bar(enabled=progress, total=steps, unit="step",
+                       desc=f"{cell['backbone']}/{cell['protocol']}/s{seed}")
+    for step in range(steps):
         for g in groups:
             g["lr"] = g["base_lr"] * poly_factor(step, steps, warmup)
         gen = step_generator(seed, step)
@@ -94,6 +93,7 @@ def run_transfer(config: dict, out_dir, *, progress: bool = True) -> dict:
         optimizer.step()
         steps_done = step + 1
         bar.set_postfix(loss=f"{value:.3f}")
+        bar.update(1)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             t_eval = time.perf_counter()
             m = evaluate(model, data.val_images, data.val_labels, data.num_classes, data.ignore_index)

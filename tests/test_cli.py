@@ -1,0 +1,66 @@
+"""The CLI verbs on a tiny world: outputs, one-line errors, and --help for every verb."""
+
+import json
+
+import pytest
+
+from bench.cli import build_parser, main
+from bench.checkpoint import load_checkpoint
+
+
+@pytest.mark.parametrize("verb", [["run"], ["pretrain"], ["transfer"], ["aggregate"], ["data"], ["data", "synth"]])
+def test_every_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(verb + ["--help"])
+    assert done.value.code == 0 and "usage: bench" in capsys.readouterr().out
+
+
+def test_data_synth_writes_a_world_and_never_overwrites(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["data", "synth", "--out", str(out), "--sequences", "2", "--frames", "2", "--height", "32",
+                 "--width", "96", "--crops-per-class", "1"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["num_sequences"] == 2 and meta["height"] == 32
+    stamp = (out / "meta.json").stat().st_mtime_ns
+    assert main(["data", "synth", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (out / "meta.json").stat().st_mtime_ns == stamp
+
+
+def test_pretrain_then_transfer(tiny_world, tmp_path, capsys):
+    ck = tmp_path / "depth"
+    assert main(["pretrain", "--method", "depth_supervised", "--arch", "resnet10t", "--root", str(tiny_world),
+                 "--steps", "3", "--batch-size", "2", "--out", str(ck), "--no-progress"]) == 0
+    ckpt = load_checkpoint(ck / "checkpoint.safetensors")
+    assert ckpt.meta["method"] == "depth_supervised" and ckpt.meta["steps"] == 3
+    assert (ck / "history.csv").read_text().startswith("step,loss,lr")
+
+    cell = tmp_path / "cell"
+    assert main(["transfer", "--checkpoint", str(ck / "checkpoint.safetensors"), "--root", str(tiny_world),
+                 "--protocol", "frozen", "--train-size", "4", "--steps", "2", "--batch-size", "2",
+                 "--out", str(cell), "--no-progress"]) == 0
+    record = json.loads((cell / "record.json").read_text())
+    assert record["cell"]["backbone"] == "depth" and record["init"]["effective"] == "encoder+decoder"
+    assert "mIoU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pretrain", "--method", "depth_supervised", "--arch", "resnet9", "--root", "{world}", "--steps", "1",
+      "--out", "{tmp}/p"], "unknown arch 'resnet9'"),
+    (["pretrain", "--method", "classification", "--arch", "resnet10t", "--root", "{tmp}/nowhere", "--steps", "1",
+      "--out", "{tmp}/p"], "folder not found"),
+    (["transfer", "--checkpoint", "none", "--root", "{world}", "--protocol", "full", "--out", "{tmp}/c"],
+     "needs --arch"),
+    (["transfer", "--checkpoint", "{tmp}/missing.safetensors", "--root", "{world}", "--protocol", "full",
+      "--out", "{tmp}/c"], "checkpoint not found"),
+    (["transfer", "--checkpoint", "none", "--arch", "resnet10t", "--root", "{world}", "--protocol", "full",
+      "--init", "encoder+decoder", "--train-size", "4", "--steps", "1", "--out", "{tmp}/c"], "needs monodepth2 decoder weights"),
+    (["transfer", "--checkpoint", "none", "--arch", "resnet10t", "--root", "{world}", "--protocol", "full",
+      "--train-size", "500", "--steps", "1", "--out", "{tmp}/c"], "exceeds"),
+])
+def test_user_mistakes_are_one_line(tiny_world, tmp_path, capsys, args, message):
+    args = [a.format(world=tiny_world, tmp=tmp_path) for a in args]
+    assert main(args + ["--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "c" / "record.json").exists()
