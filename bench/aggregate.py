@@ -7,11 +7,11 @@ papers report them). Failed and diverged cells are counted, never averaged in.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from bench.atomic import write_text_atomic
 from bench.errors import UserError
 from bench.records import iter_records
 
@@ -45,12 +45,6 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
     return board[cols].reset_index(drop=True)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_leaderboard(results_dir) -> dict:
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -60,12 +54,12 @@ def write_leaderboard(results_dir) -> dict:
         raise UserError(f"{results_dir}: no run records under runs/*/record.json")
     board = leaderboard(df)
     csv_path, md_path = results_dir / "leaderboard.csv", results_dir / "leaderboard.md"
-    _atomic_text(csv_path, board.to_csv(index=False, float_format="%.4f"))
+    write_text_atomic(csv_path, board.to_csv(index=False, float_format="%.4f"))
     shown = board.drop(columns=["method", "arch"]).copy()
     for k in METRICS:
         shown[k] = [f"{m:.2f} ± {s:.2f}" if pd.notna(s) else (f"{m:.2f}" if pd.notna(m) else "—")
                     for m, s in zip(board[f"{k}_mean"], board[f"{k}_std"])]
     shown = shown.drop(columns=[f"{k}_{s}" for k in METRICS for s in ("mean", "std")])
     markdown = shown.to_markdown(index=False)
-    _atomic_text(md_path, f"# Leaderboard: {results_dir.name}\n\nFinal-step metrics in percent, mean ± sample std over seeds.\n\n{markdown}\n")
+    write_text_atomic(md_path, f"# Leaderboard: {results_dir.name}\n\nFinal-step metrics in percent, mean ± sample std over seeds.\n\n{markdown}\n")
     return {"csv": csv_path, "md": md_path, "markdown": markdown, "frame": board}

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from bench import __version__
+from bench.atomic import atomic_path
 from bench.errors import UserError
 
 META_KEY = "depth2seg"
@@ -47,15 +46,8 @@ def save_checkpoint(path, encoder_state, meta: dict, decoder_state=None) -> Path
     tensors = {f"encoder.{k}": v for k, v in _plain(encoder_state).items()}
     if decoder_state is not None:
         tensors.update({f"decoder.{k}": v for k, v in _plain(decoder_state).items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta, sort_keys=True)})
     return path
 
 
@@ -64,11 +56,9 @@ def load_checkpoint(path) -> Checkpoint:
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             raw_meta = (f.metadata() or {}).get(META_KEY)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
     if raw_meta is None:

@@ -56,7 +56,7 @@ def _cmd_pretrain(args) -> int:
 
 def _cmd_transfer(args) -> int:
     from bench.checkpoint import file_sha256, load_checkpoint
-    from bench.manifest import _default_presets
+    from bench.manifest import default_presets
     from bench.matrix import Cell
     from bench.records import fingerprint
     from transfer.protocols import decoder_for
@@ -73,7 +73,7 @@ def _cmd_transfer(args) -> int:
         meta = load_checkpoint(args.checkpoint).meta
         arch, method = meta["arch"], meta["method"]
         ckpt, sha = str(Path(args.checkpoint).resolve()), file_sha256(args.checkpoint)
-    preset = _default_presets()[args.protocol]
+    preset = default_presets()[args.protocol]
     cell = Cell(args.name or (Path(args.checkpoint).parent.name if ckpt else "random"), method, arch,
                 args.dataset, args.protocol, decoder_for(args.protocol, args.decoder), args.train_size, args.seed)
     config = {

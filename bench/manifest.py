@@ -95,7 +95,7 @@ class OptimizerPreset(_Strict):
     weight_decay: float = Field(1e-4, ge=0)
 
 
-def _default_presets() -> dict[str, OptimizerPreset]:
+def default_presets() -> dict[str, OptimizerPreset]:
     # AdamW with warm-up + poly decay. The linear probe takes a larger step: it has few weights
     # and a BatchNorm in front of them.
     return {
@@ -124,7 +124,7 @@ class TransferSection(_Strict):
         return v
 
     def preset(self, protocol: str) -> OptimizerPreset:
-        return self.optimizer.get(protocol) or _default_presets()[protocol]
+        return self.optimizer.get(protocol) or default_presets()[protocol]
 
 
 class Manifest(_Strict):

@@ -1,7 +1,7 @@
 """Run records: one JSON file per matrix cell, the single source of truth for results.
 
-Writes are atomic (temp file in the same folder, fsync, rename), so a crash at any moment leaves
-either the old file or the new one, never a torn one. A cell is finished when its record exists,
+Writes are atomic (`bench.atomic`), so a crash at any moment leaves either the old record or
+the new one, never a torn one. A cell is finished when its record exists,
 parses, carries the same config fingerprint, and has a final status (`ok` or `diverged`);
 `failed` cells are retried on the next run because failures are usually environmental.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from bench.atomic import write_text_atomic
 
 FINAL_STATUSES = ("ok", "diverged")
 
@@ -23,20 +23,7 @@ def fingerprint(config: dict) -> str:
 
 
 def write_json_atomic(path, obj) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
 def read_json(path) -> dict | None:

@@ -11,12 +11,11 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench.atomic import write_bytes_atomic
 from bench.augment import step_generator
 from bench.progress import bar as progress_bar
 
@@ -35,26 +34,13 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_history(path: Path, rows: list[dict]) -> None:
     columns = ["step", "loss", "lr"] + sorted({k for r in rows for k in r} - {"step", "loss", "lr"})
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns)
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_bytes(path, buf.getvalue().encode())
+    write_bytes_atomic(path, buf.getvalue().encode())
 
 
 def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool = True, log=print) -> dict:
@@ -94,7 +80,7 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
             },
             buf,
         )
-        _atomic_bytes(state_path, buf.getvalue())
+        write_bytes_atomic(state_path, buf.getvalue())
         write_history(history_path, history)
 
     for module in task.modules.values():
