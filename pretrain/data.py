@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from bench.errors import UserError
-from bench.synth.split import frame_ids, load_world_meta, split_sequences
+from bench.synth import load_meta
+from bench.synth.split import frame_ids, split_sequences
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -20,7 +21,7 @@ def _rgb(path: Path) -> np.ndarray:
 def load_depth_frames(root) -> dict:
     """Training-sequence frames: images uint8 N×3×H×W, depth float32 N×H×W, and max depth."""
     root = Path(root)
-    meta = load_world_meta(root)
+    meta = load_meta(root)
     images, depths = [], []
     for seq in split_sequences(meta)["train"]:
         for fid in frame_ids(root, seq):
@@ -38,7 +39,7 @@ def load_depth_frames(root) -> dict:
 def load_crops(root) -> dict:
     """The object-centric crop set (the ImageNet stand-in): images uint8 N×3×S×S and labels."""
     root = Path(root)
-    meta = load_world_meta(root)
+    meta = load_meta(root)
     index = root / "crops" / "index.csv"
     if not index.is_file():
         raise UserError(f"{index}: missing; regenerate the world with `bench data synth`")

@@ -17,7 +17,7 @@ def _config(world, **kw):
 def test_depth_head_init_follows_the_nan_guideline(tiny_world):
     task = ds.DepthSupervised(_config(tiny_world))
     head = task.decoder.head_conv(0)
-    assert 0.4 < float(head.weight.std()) < 0.6 and torch.count_nonzero(head.bias) == 0
+    assert 0.4 < float(head.weight.detach().std()) < 0.6 and torch.count_nonzero(head.bias) == 0
 
 
 def test_checkpoint_format_and_history(tiny_world, tmp_path):

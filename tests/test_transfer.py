@@ -80,3 +80,13 @@ def test_nan_loss_marks_the_cell_diverged(tiny_world, tmp_path, monkeypatch):
     monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     record = run_transfer(_config(tiny_world, None, "full"), tmp_path, progress=False)
     assert record["status"] == "diverged" and "step 1" in record["error"] and record["metrics"] is None
+
+
+def test_missing_or_corrupt_world_is_a_user_error(tmp_path):
+    from transfer.datasets import load_dataset
+
+    with pytest.raises(UserError, match="missing meta.json"):
+        load_dataset("synth", tmp_path)
+    (tmp_path / "meta.json").write_text("{oops")
+    with pytest.raises(UserError, match="corrupt world metadata"):
+        load_dataset("synth", tmp_path)

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 
 from bench.errors import UserError
-from bench.synth.split import frame_ids, load_world_meta, split_sequences
+from bench.synth import load_meta
+from bench.synth.split import frame_ids, split_sequences
 
 
 @dataclass
@@ -51,7 +52,7 @@ def _load_frames(root: Path, sequences: list[str]) -> tuple[torch.Tensor, torch.
 
 def load_synth(root) -> SegmentationData:
     root = Path(root)
-    meta = load_world_meta(root)
+    meta = load_meta(root)
     split = split_sequences(meta)
     train_images, train_labels = _load_frames(root, split["train"])
     val_images, val_labels = _load_frames(root, split["val"])

@@ -6,23 +6,9 @@ not inflated by pre-training on the evaluation frames.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from bench.errors import UserError
-
-
-def load_world_meta(root) -> dict:
-    path = Path(root) / "meta.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{root}: no generated world here (missing meta.json); create one with `bench data synth --out {root}`") from None
-    except ValueError as exc:
-        raise UserError(f"{path}: corrupt world metadata ({exc}); regenerate with `bench data synth`") from None
-    if meta.get("format") != "depth2seg-synth":
-        raise UserError(f"{path}: not a depth2seg-synth world")
-    return meta
 
 
 def split_sequences(meta: dict) -> dict[str, list[str]]:

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.errors import UserError
+
 from .classes import BASELINE, CLASSES, IGNORE_INDEX, MAX_DEPTH, PALETTE
 from .crops import crop_scenes, render_crop
 from .render import color_map, depth_map, flow_map, intrinsics, label_map, trace
@@ -171,9 +173,16 @@ def _publish(tmp: Path, out_dir: Path, overwrite: bool) -> None:
 
 
 def load_meta(root) -> dict:
-    meta = json.loads((Path(root) / "meta.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{root}: not a {FORMAT} world")
+    path = Path(root) / "meta.json"
+    try:
+        meta = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{root}: no generated world here (missing meta.json); "
+                        f"create one with `bench data synth --out {root}`") from None
+    except ValueError as exc:
+        raise UserError(f"{path}: corrupt world metadata ({exc}); regenerate with `bench data synth`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise UserError(f"{path}: not a {FORMAT} world")
     return meta
 
 
