@@ -48,13 +48,20 @@ def evaluate(model, images, labels, num_classes, ignore_index, batch_size=16) ->
 def run_transfer(config: dict, out_dir, *, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "log.txt", "w") as log_file:
+        def log(msg: str) -> None:
+            log_file.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {msg}\n")
+            log_file.flush()
+
+        try:
+            return _train_cell(config, out_dir, progress, log)
+        except Exception as exc:
+            log(f"error: {type(exc).__name__}: {exc}")
+            raise
+
+
+def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
     cell = config["cell"]
-    log_file = open(out_dir / "log.txt", "w")
-
-    def log(msg: str) -> None:
-        log_file.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {msg}\n")
-        log_file.flush()
-
     t_start = time.perf_counter()
     seed, steps = int(cell["seed"]), int(config["steps"])
     torch.manual_seed(seed)
@@ -141,7 +148,6 @@ def run_transfer(config: dict, out_dir, *, progress: bool = True) -> dict:
     }
     write_json_atomic(out_dir / "record.json", record)
     log(f"status {status}; record written")
-    log_file.close()
     return record
 
 
