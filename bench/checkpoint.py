@@ -51,19 +51,29 @@ def save_checkpoint(path, encoder_state, meta: dict, decoder_state=None) -> Path
     return path
 
 
-def load_checkpoint(path) -> Checkpoint:
-    path = Path(path)
+def _open(path: Path, read_tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The metadata block, and the tensors when asked for, with one-line errors for bad files."""
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as f:
             raw_meta = (f.metadata() or {}).get(META_KEY)
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if read_tensors else {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
     if raw_meta is None:
-        raise UserError(f"{path}: no depth2seg metadata; import foreign checkpoints with `bench submit`")
-    meta = json.loads(raw_meta)
+        raise UserError(f"{path}: no depth2seg metadata; this is not a harness checkpoint")
+    return json.loads(raw_meta), tensors
+
+
+def read_checkpoint_meta(path) -> dict:
+    """The metadata block alone: reads the file's header, not its tensors."""
+    return _open(Path(path), read_tensors=False)[0]
+
+
+def load_checkpoint(path) -> Checkpoint:
+    path = Path(path)
+    meta, tensors = _open(path, read_tensors=True)
     encoder = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     decoder = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")}
     if not encoder:

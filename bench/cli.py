@@ -55,10 +55,9 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_transfer(args) -> int:
-    from bench.checkpoint import file_sha256, load_checkpoint
+    from bench.checkpoint import file_sha256, read_checkpoint_meta
     from bench.manifest import default_presets
-    from bench.matrix import Cell
-    from bench.records import fingerprint
+    from bench.matrix import Cell, cell_config
     from transfer.protocols import decoder_for
     from transfer.train import run_transfer
 
@@ -70,19 +69,16 @@ def _cmd_transfer(args) -> int:
             raise UserError("--checkpoint none (random init) needs --arch")
         arch, method, ckpt, sha = args.arch, "none", None, None
     else:
-        meta = load_checkpoint(args.checkpoint).meta
+        meta = read_checkpoint_meta(args.checkpoint)
         arch, method = meta["arch"], meta["method"]
         ckpt, sha = str(Path(args.checkpoint).resolve()), file_sha256(args.checkpoint)
     preset = default_presets()[args.protocol]
     cell = Cell(args.name or (Path(args.checkpoint).parent.name if ckpt else "random"), method, arch,
                 args.dataset, args.protocol, decoder_for(args.protocol, args.decoder), args.train_size, args.seed)
-    config = {
-        "cell": cell.as_dict(), "data_id": str(root), "checkpoint_sha256": sha, "init": args.init,
-        "steps": args.steps, "batch_size": args.batch_size, "eval_every": args.eval_every or args.steps,
-        "lr": args.lr or preset.lr, "encoder_lr_mult": args.encoder_lr_mult, "weight_decay": args.weight_decay,
-    }
-    config["fingerprint"] = fingerprint(config)
-    config["dataset_root"], config["checkpoint"] = str(root), ckpt
+    config = cell_config(cell, data_id=str(root), dataset_root=root, checkpoint=ckpt, checkpoint_sha256=sha,
+                         init=args.init, steps=args.steps, batch_size=args.batch_size,
+                         eval_every=args.eval_every or args.steps, lr=args.lr or preset.lr,
+                         encoder_lr_mult=args.encoder_lr_mult, weight_decay=args.weight_decay)
     record = run_transfer(config, Path(args.out), progress=not args.no_progress)
     m = record["metrics"]
     print(f"{record['status']}: mIoU {100 * m['miou']:.2f} pixel acc {100 * m['pixel_acc']:.2f} -> "

@@ -13,15 +13,14 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from tqdm import tqdm
 
 from bench.aggregate import write_leaderboard
-from bench.checkpoint import file_sha256, load_checkpoint
+from bench.checkpoint import file_sha256, read_checkpoint_meta
 from bench.errors import UserError
 from bench.executors import LocalExecutor
 from bench.manifest import Manifest, SynthWorld, load_manifest
-from bench.matrix import Cell, expand
+from bench.matrix import Cell, cell_config, expand
 from bench.records import fingerprint, is_finished, write_json_atomic
 
 RECORD_NAME = "record.json"
@@ -35,11 +34,11 @@ def world_fingerprint(world: SynthWorld) -> str:
     return fingerprint({"synth": world.model_dump()})
 
 
-def ensure_world(world: SynthWorld, out_dir: Path) -> Path:
+def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
     """The generated world for these parameters, rendered on first use (atomically)."""
     from bench.synth import render_world
 
-    path = out_dir / "data" / f"synth-{world_fingerprint(world)[:12]}"
+    path = out_dir / "data" / f"synth-{world_id[:12]}"
     if not (path / "meta.json").is_file():
         t0 = time.perf_counter()
         render_world(path, **world.model_dump())
@@ -87,11 +86,11 @@ def _checkpoint_methods(m: Manifest) -> dict[str, str]:
     methods = {}
     for b in m.backbones:
         if b.checkpoint is not None:
-            ckpt = load_checkpoint(b.checkpoint)
-            if ckpt.meta["arch"] != b.arch:
-                raise UserError(f"{b.checkpoint}: checkpoint arch {ckpt.meta['arch']!r} but backbone "
+            meta = read_checkpoint_meta(b.checkpoint)
+            if meta["arch"] != b.arch:
+                raise UserError(f"{b.checkpoint}: checkpoint arch {meta['arch']!r} but backbone "
                                 f"{b.name!r} says arch {b.arch!r}")
-            methods[b.name] = ckpt.meta["method"]
+            methods[b.name] = meta["method"]
     return methods
 
 
@@ -113,8 +112,8 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     executor = LocalExecutor(workers or m.workers)
     t0 = time.perf_counter()
 
-    world_root = ensure_world(m.data.synth, out_dir)
     world_id = world_fingerprint(m.data.synth)
+    world_root = ensure_world(m.data.synth, world_id, out_dir)
 
     # Stage 1: pre-training, one job per backbone that asks for it.
     checkpoints: dict[str, Path | None] = {b.name: b.checkpoint for b in m.backbones}
@@ -171,19 +170,6 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
 def transfer_config(m: Manifest, cell: Cell, checkpoint: Path | None, checkpoint_sha256: str | None,
                     dataset_root: Path, data_id: str) -> dict:
     t = m.transfer
-    preset = t.preset(cell.protocol)
-    config = {
-        "cell": cell.as_dict(),
-        "data_id": data_id,
-        "checkpoint_sha256": checkpoint_sha256,
-        "init": t.init,
-        "steps": t.steps,
-        "batch_size": t.batch_size,
-        "eval_every": t.eval_every,
-        **preset.model_dump(),
-    }
-    # Paths are not part of the identity of a result: a moved results folder stays up to date.
-    config["fingerprint"] = fingerprint(config)
-    config["dataset_root"] = str(dataset_root)
-    config["checkpoint"] = str(checkpoint) if checkpoint else None
-    return config
+    return cell_config(cell, data_id=data_id, dataset_root=dataset_root, checkpoint=checkpoint,
+                       checkpoint_sha256=checkpoint_sha256, init=t.init, steps=t.steps, batch_size=t.batch_size,
+                       eval_every=t.eval_every, **t.preset(cell.protocol).model_dump())

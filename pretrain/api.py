@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from bench.checkpoint import load_checkpoint, save_checkpoint
+from bench.checkpoint import read_checkpoint_meta, save_checkpoint
 from bench.errors import UserError
 from bench.records import fingerprint
 from pretrain.classification import Classification
@@ -29,12 +29,13 @@ def pretrain_fingerprint(config: dict) -> str:
     return fingerprint({k: v for k, v in config.items() if k not in cosmetic})
 
 
-def is_pretrained(out_dir, config: dict) -> bool:
+def is_pretrained(out_dir, fp: str) -> bool:
+    """Whether OUT holds a finished checkpoint of the config with fingerprint `fp`."""
     path = Path(out_dir) / CHECKPOINT_NAME
     if not path.is_file():
         return False
     try:
-        return load_checkpoint(path).meta.get("fingerprint") == pretrain_fingerprint(config)
+        return read_checkpoint_meta(path).get("fingerprint") == fp
     except UserError:
         return False
 
@@ -45,7 +46,7 @@ def run_pretrain(config: dict, out_dir, *, progress: bool = True, log=print) -> 
     if method not in METHODS:
         raise UserError(f"unknown pre-training method {method!r}; available: {', '.join(sorted(METHODS))}")
     fp = pretrain_fingerprint(config)
-    if is_pretrained(out_dir, config):
+    if is_pretrained(out_dir, fp):
         log(f"{out_dir / CHECKPOINT_NAME}: up to date, skipped")
         return out_dir / CHECKPOINT_NAME
     out_dir.mkdir(parents=True, exist_ok=True)

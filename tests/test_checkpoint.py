@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from bench.checkpoint import load_checkpoint, load_encoder_weights, save_checkpoint, state_sha256
+from bench.checkpoint import (load_checkpoint, load_encoder_weights, read_checkpoint_meta, save_checkpoint,
+                              state_sha256)
 from bench.errors import UserError
 from bench.models.backbones import create_encoder
 
@@ -15,6 +16,7 @@ def test_round_trip(tmp_path):
     path = save_checkpoint(tmp_path / "c.safetensors", enc.state_dict(), META, decoder_state=dec)
     ckpt = load_checkpoint(path)
     assert ckpt.meta["arch"] == "resnet10t" and "harness_version" in ckpt.meta
+    assert read_checkpoint_meta(path) == ckpt.meta  # the header-only read agrees with a full load
     assert state_sha256(ckpt.encoder) == state_sha256(enc.state_dict())
     assert torch.equal(ckpt.decoder["w"], dec["w"])
     assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
@@ -36,12 +38,14 @@ def test_partial_load_refused_unless_allowed(tmp_path):
 def test_corrupt_and_foreign_files_are_user_errors(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00garbage")
-    with pytest.raises(UserError, match="not a readable"):
-        load_checkpoint(bad)
-    with pytest.raises(UserError, match="not found"):
-        load_checkpoint(tmp_path / "missing.safetensors")
+    for read in (load_checkpoint, read_checkpoint_meta):
+        with pytest.raises(UserError, match="not a readable"):
+            read(bad)
+        with pytest.raises(UserError, match="not found"):
+            read(tmp_path / "missing.safetensors")
     from safetensors.torch import save_file
 
     save_file({"encoder.x": torch.zeros(1)}, tmp_path / "foreign.safetensors")
-    with pytest.raises(UserError, match="no depth2seg metadata"):
-        load_checkpoint(tmp_path / "foreign.safetensors")
+    for read in (load_checkpoint, read_checkpoint_meta):
+        with pytest.raises(UserError, match="no depth2seg metadata"):
+            read(tmp_path / "foreign.safetensors")
