@@ -130,6 +130,25 @@ def test_depth_matches_geometry(world):
     assert min(checked.values()) > 50, checked
 
 
+class _WarpError:
+    """Mean absolute colour error, over many frames, between source pixels (u, v) and the target
+    image sampled at their warped positions (x, y) -- and, as the baseline, at (u, v) unwarped."""
+
+    def __init__(self):
+        self.aligned, self.unaligned, self.n = 0.0, 0.0, 0
+
+    def add(self, source, u, v, target, x, y):
+        h, w = target.shape[:2]
+        ok = (x >= 0) & (x <= w - 1) & (y >= 0) & (y <= h - 1)
+        src = source[v[ok], u[ok]].astype(np.float64)
+        self.aligned += np.abs(_bilinear(target, x[ok], y[ok]) - src).mean() * ok.sum()
+        self.unaligned += np.abs(target[v[ok], u[ok]].astype(np.float64) - src).mean() * ok.sum()
+        self.n += ok.sum()
+
+    def means(self):
+        return self.aligned / self.n, self.unaligned / self.n
+
+
 def _ego_flow(meta, f, pose, next_pose, mask):
     K = np.asarray(meta["intrinsics"])
     pts, u, v = _backproject(f["depth"], K, pose, mask)
@@ -139,7 +158,7 @@ def _ego_flow(meta, f, pose, next_pose, mask):
 
 def test_static_flow_matches_depth_and_poses(world):
     meta = load_meta(world)
-    aligned, unaligned, n = 0.0, 0.0, 0
+    error = _WarpError()
     for s in meta["sequences"]:
         for k in range(FRAMES - 1):
             f, g = read_frame(world, s["name"], k), read_frame(world, s["name"], k + 1)
@@ -149,14 +168,8 @@ def test_static_flow_matches_depth_and_poses(world):
             np.testing.assert_allclose(flow[:, 0], du, atol=1e-2)
             np.testing.assert_allclose(flow[:, 1], dv, atol=1e-2)
             # photometric consistency: frame t+1 sampled at pixel + flow looks like frame t
-            x, y = u + flow[:, 0], v + flow[:, 1]
-            ok = (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
-            warped = _bilinear(g["rgb"], x[ok], y[ok])
-            src = f["rgb"][v[ok], u[ok]].astype(np.float64)
-            aligned += np.abs(warped - src).mean() * ok.sum()
-            unaligned += np.abs(g["rgb"][v[ok], u[ok]].astype(np.float64) - src).mean() * ok.sum()
-            n += ok.sum()
-    aligned, unaligned = aligned / n, unaligned / n
+            error.add(f["rgb"], u, v, g["rgb"], u + flow[:, 0], v + flow[:, 1])
+    aligned, unaligned = error.means()
     assert aligned < 0.4 * unaligned, (aligned, unaligned)
 
 
@@ -177,17 +190,12 @@ def test_sky_flow_is_rotation_only(world):
 def test_stereo_disparity_matches_depth(world):
     meta = load_meta(world)
     fx, baseline = meta["intrinsics"][0][0], meta["baseline"]
-    aligned, unaligned, n = 0.0, 0.0, 0
+    error = _WarpError()
     for name, k, pose, f in _frames(world):
         v, u = np.nonzero(f["label"] != SKY)
         x = u - fx * baseline / f["depth"][v, u]  # right-image column of the same point
-        ok = x >= 0
-        src = f["rgb"][v[ok], u[ok]].astype(np.float64)
-        warped = _bilinear(f["rgb_right"], x[ok], v[ok].astype(np.float64))
-        aligned += np.abs(warped - src).mean() * ok.sum()
-        unaligned += np.abs(f["rgb_right"][v[ok], u[ok]].astype(np.float64) - src).mean() * ok.sum()
-        n += ok.sum()
-    aligned, unaligned = aligned / n, unaligned / n
+        error.add(f["rgb"], u, v, f["rgb_right"], x, v.astype(np.float64))
+    aligned, unaligned = error.means()
     assert aligned < 0.4 * unaligned, (aligned, unaligned)
 
 
