@@ -7,12 +7,14 @@ traceback for them. Set BENCH_DEBUG=1 to see one anyway.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
 
 from bench import __version__
 from bench.errors import UserError
+from transfer.datasets import list_datasets
 
 
 def _cmd_run(args) -> int:
@@ -58,6 +60,7 @@ def _cmd_transfer(args) -> int:
     from bench.checkpoint import file_sha256, read_checkpoint_meta
     from bench.manifest import default_presets
     from bench.matrix import Cell, cell_config
+    from transfer.data import dataset_settings
     from transfer.protocols import decoder_for
     from transfer.train import run_transfer
 
@@ -75,7 +78,11 @@ def _cmd_transfer(args) -> int:
     preset = default_presets()[args.protocol]
     cell = Cell(args.name or (Path(args.checkpoint).parent.name if ckpt else "random"), method, arch,
                 args.dataset, args.protocol, decoder_for(args.protocol, args.decoder), args.train_size, args.seed)
-    config = cell_config(cell, data_id=str(root), dataset_root=root, checkpoint=ckpt, checkpoint_sha256=sha,
+    settings = dataset_settings(args.dataset, classes=args.classes, train_split=args.train_split,
+                                eval_split=args.eval_split, resize=args.resize, crop=args.crop,
+                                eval_resize=args.eval_resize)
+    config = cell_config(cell, data_id=str(root), dataset=settings, dataset_root=root, checkpoint=ckpt,
+                         checkpoint_sha256=sha,
                          init=args.init, steps=args.steps, batch_size=args.batch_size,
                          eval_every=args.eval_every or args.steps, lr=args.lr or preset.lr,
                          encoder_lr_mult=args.encoder_lr_mult, weight_decay=args.weight_decay)
@@ -84,6 +91,15 @@ def _cmd_transfer(args) -> int:
     print(f"{record['status']}: mIoU {100 * m['miou']:.2f} pixel acc {100 * m['pixel_acc']:.2f} -> "
           f"{Path(args.out) / 'record.json'}" if m else f"{record['status']}: {record['error']}")
     return 0 if record["status"] == "ok" else 1
+
+
+def _cmd_data_inspect(args) -> int:
+    from transfer.datasets import open_dataset
+    from transfer.datasets.inspection import inspect_split
+
+    dataset = open_dataset(args.name, Path(args.root), classes=args.classes)
+    print(json.dumps(inspect_split(dataset, args.split, progress=args.progress)))
+    return 0
 
 
 def _cmd_aggregate(args) -> int:
@@ -139,8 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint", required=True, help="harness checkpoint (.safetensors), or 'none' for random init")
     t.add_argument("--arch", help="backbone for --checkpoint none")
     t.add_argument("--name", help="backbone name in the record (default: the checkpoint's folder name)")
-    t.add_argument("--dataset", default="synth", choices=["synth"], help="segmentation dataset (default: synth)")
-    t.add_argument("--root", required=True, help="dataset folder")
+    t.add_argument("--dataset", default="synth", choices=list_datasets(), help="segmentation dataset (default: synth)")
+    t.add_argument("--root", required=True, help="dataset folder (README, 'Datasets', gives each layout)")
+    t.add_argument("--classes", type=int, help="class set where a dataset has several (nyuv2: 40 or 13)")
+    t.add_argument("--train-split", help="official split to draw the few-shot subset from (default: the dataset's)")
+    t.add_argument("--eval-split", help="official split to evaluate on (default: the dataset's)")
+    t.add_argument("--resize", default="default", help="training resize: HxW, a short side, or native "
+                   "(default: the dataset's)")
+    t.add_argument("--crop", default="default", help="random training crop HxW, or none (default: the dataset's)")
+    t.add_argument("--eval-resize", default="default", help="evaluation resize: HxW, a short side, or native; "
+                   "metrics are always on native-size labels (default: the dataset's)")
     t.add_argument("--protocol", required=True, choices=["full", "frozen", "linear"], help="what trains (see README)")
     t.add_argument("--decoder", default="monodepth2", choices=["monodepth2", "linear"], help="decoder (protocol linear always uses linear)")
     t.add_argument("--init", default="auto", choices=["auto", "encoder+decoder", "encoder"], help="reuse the checkpoint's decoder (auto: when it has one)")
@@ -173,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="world seed; the same seed gives identical files")
     s.add_argument("--crops-per-class", type=int, default=40, help="object-centric crops per class (default: 40)")
     s.set_defaults(fn=_cmd_data_synth)
+    i = dsub.add_parser("inspect", help="count the pixels of each class in one split of a dataset", description=
+                        "Reads every image and label of SPLIT at native resolution and prints one JSON object: "
+                        "dataset, split, num_images, num_classes, class_names, class_pixels, ignore_pixels.")
+    i.add_argument("name", choices=list_datasets(), help="dataset")
+    i.add_argument("--root", required=True, help="dataset folder (README, 'Datasets', gives each layout)")
+    i.add_argument("--split", required=True, help="official split name (e.g. cityscapes: train or val)")
+    i.add_argument("--classes", type=int, help="class set where a dataset has several (nyuv2: 40 or 13)")
+    i.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    i.set_defaults(fn=_cmd_data_inspect)
     return p
 
 

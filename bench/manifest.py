@@ -85,8 +85,43 @@ class Backbone(_Strict):
 
 
 class DatasetSpec(_Strict):
-    name: Literal["synth"]
-    root: Path | None = None  # default (synth): the generated world
+    """A segmentation dataset of the matrix. Geometry left out takes the dataset's defaults
+    (README, "Datasets"); `resize`/`eval_resize` are HxW, a short side, or `native`."""
+
+    name: str
+    root: Path | None = None  # required for real datasets; default (synth): the generated world
+    classes: int | None = None  # nyuv2: 40 (default) or 13
+    train_split: str | None = None  # default: the dataset's training pool
+    eval_split: str | None = None  # default: its evaluation set
+    resize: str | int | None = "default"
+    crop: str | int | None = "default"
+    eval_resize: str | int | None = "default"
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from transfer.datasets import list_datasets
+
+        if v not in list_datasets():
+            raise ValueError(f"unknown dataset {v!r}; available: {', '.join(list_datasets())}")
+        return v
+
+    @model_validator(mode="after")
+    def _real_data_has_root(self):
+        if self.name != "synth" and self.root is None:
+            raise ValueError(f"dataset {self.name} needs a root folder (the README lists the layout)")
+        try:
+            self.settings()  # geometry strings parse, or a one-line error now rather than mid-run
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def settings(self) -> dict:
+        from transfer.data import dataset_settings
+
+        return dataset_settings(self.name, classes=self.classes, train_split=self.train_split,
+                                eval_split=self.eval_split, resize=self.resize, crop=self.crop,
+                                eval_resize=self.eval_resize)
 
 
 class OptimizerPreset(_Strict):
@@ -142,6 +177,10 @@ class Manifest(_Strict):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"backbone names must be unique; repeated: {', '.join(dupes)}")
+        datasets = [d.name for d in self.datasets]
+        dupes = sorted({n for n in datasets if datasets.count(n) > 1})
+        if dupes:
+            raise ValueError(f"each dataset may appear once; repeated: {', '.join(dupes)}")
         return self
 
 

@@ -47,17 +47,17 @@ def expand(manifest: Manifest, methods: dict[str, str] | None = None) -> list[Ce
     return list(dict.fromkeys(cells))  # a repeated axis value must not run a cell twice
 
 
-def cell_config(cell: Cell, *, data_id: str, dataset_root, checkpoint, checkpoint_sha256: str | None, init: str,
+def cell_config(cell: Cell, *, data_id: str, dataset: dict, dataset_root, checkpoint, checkpoint_sha256: str | None, init: str,
                 steps: int, batch_size: int, eval_every: int, lr: float, encoder_lr_mult: float,
                 weight_decay: float) -> dict:
     """The resolved config of one transfer cell, as `bench run` and `bench transfer` both build it.
 
     The fingerprint covers everything that decides the result -- the cell, the hyper-parameters,
-    the data identity and the checkpoint's sha256 -- but no path: a moved results folder stays
+    the data identity and settings (splits, resize, crop) and the checkpoint's sha256 -- but no path: a moved results folder stays
     up to date. Paths are added after fingerprinting, for the trainer to find its inputs.
     """
     config = {
-        "cell": cell.as_dict(), "data_id": data_id, "checkpoint_sha256": checkpoint_sha256, "init": init,
+        "cell": cell.as_dict(), "data_id": data_id, "dataset": dataset, "checkpoint_sha256": checkpoint_sha256, "init": init,
         "steps": steps, "batch_size": batch_size, "eval_every": eval_every, "lr": lr,
         "encoder_lr_mult": encoder_lr_mult, "weight_decay": weight_decay,
     }

@@ -22,6 +22,7 @@ from bench.executors import LocalExecutor
 from bench.manifest import Manifest, SynthWorld, load_manifest
 from bench.matrix import Cell, cell_config, expand
 from bench.records import fingerprint, is_finished, write_json_atomic
+from transfer.data import publish_splits
 
 RECORD_NAME = "record.json"
 
@@ -134,15 +135,18 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
             _say(f"pre-trained {names[i]}: {result}")
     hashes = {n: file_sha256(p) for n, p in checkpoints.items() if p is not None and n not in broken}
 
-    # Stage 2: transfer cells whose record is missing, stale or failed.
-    todo, skipped = [], 0
+    # Stage 2: transfer cells whose record is missing, stale or failed. The few-shot subsets are
+    # published first: identical for every backbone, and a size that does not fit fails here.
     datasets = {d.name: d for d in m.datasets}
+    for spec in m.datasets:
+        publish_splits(spec.settings(), spec.root or world_root, m.transfer.train_sizes, m.transfer.seeds, out_dir)
+    todo, skipped = [], 0
     for cell in cells:
         if cell.backbone in broken:
             continue
-        config = transfer_config(m, cell, checkpoints[cell.backbone], hashes.get(cell.backbone),
-                                 datasets[cell.dataset].root or world_root,
-                                 str(datasets[cell.dataset].root) if datasets[cell.dataset].root else world_id)
+        spec = datasets[cell.dataset]
+        config = transfer_config(m, cell, checkpoints[cell.backbone], hashes.get(cell.backbone), spec.settings(),
+                                 spec.root or world_root, str(spec.root) if spec.root else world_id)
         cell_dir = out_dir / "runs" / cell.id
         if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
             skipped += 1
@@ -168,8 +172,8 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
 
 
 def transfer_config(m: Manifest, cell: Cell, checkpoint: Path | None, checkpoint_sha256: str | None,
-                    dataset_root: Path, data_id: str) -> dict:
+                    dataset: dict, dataset_root: Path, data_id: str) -> dict:
     t = m.transfer
-    return cell_config(cell, data_id=data_id, dataset_root=dataset_root, checkpoint=checkpoint,
+    return cell_config(cell, data_id=data_id, dataset=dataset, dataset_root=dataset_root, checkpoint=checkpoint,
                        checkpoint_sha256=checkpoint_sha256, init=t.init, steps=t.steps, batch_size=t.batch_size,
                        eval_every=t.eval_every, **t.preset(cell.protocol).model_dump())

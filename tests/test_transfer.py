@@ -5,8 +5,8 @@ from bench.checkpoint import load_checkpoint, state_sha256
 from bench.errors import UserError
 from bench.records import fingerprint
 from pretrain.api import run_pretrain
+from transfer.data import dataset_settings
 from transfer.model import build_model
-from transfer.splits import few_shot_indices
 from transfer.train import run_transfer
 
 
@@ -21,7 +21,7 @@ def depth_ckpt(tiny_world, tmp_path_factory):
 def _config(tiny_world, ckpt, protocol, decoder="monodepth2", init="auto", steps=4):
     cfg = {"cell": {"backbone": "b", "method": "m", "arch": "resnet10t", "dataset": "synth", "protocol": protocol,
                     "decoder": decoder, "train_size": 4, "seed": 0},
-           "data_id": "tiny", "checkpoint_sha256": None, "init": init, "steps": steps, "batch_size": 2,
+           "data_id": "tiny", "dataset": dataset_settings("synth"), "checkpoint_sha256": None, "init": init, "steps": steps, "batch_size": 2,
            "eval_every": 2, "lr": 1e-2, "encoder_lr_mult": 1.0, "weight_decay": 1e-4}
     cfg["fingerprint"] = fingerprint(cfg)
     cfg["dataset_root"], cfg["checkpoint"] = str(tiny_world), str(ckpt) if ckpt else None
@@ -65,15 +65,6 @@ def test_decoder_reuse_without_decoder_weights_is_an_error():
         build_model("resnet10t", None, "monodepth2", "encoder+decoder", num_classes=7)
 
 
-def test_few_shot_split_is_seeded_and_not_the_first_images():
-    a = few_shot_indices(200, 16, seed=0)
-    assert a == few_shot_indices(200, 16, seed=0)  # the same for every backbone
-    assert a != list(range(16)) and len(set(a)) == 16
-    assert a != few_shot_indices(200, 16, seed=1)
-    with pytest.raises(UserError, match="exceeds"):
-        few_shot_indices(10, 16, seed=0)
-
-
 def test_nan_loss_marks_the_cell_diverged(tiny_world, tmp_path, monkeypatch):
     import transfer.train as train_mod
 
@@ -83,10 +74,10 @@ def test_nan_loss_marks_the_cell_diverged(tiny_world, tmp_path, monkeypatch):
 
 
 def test_missing_or_corrupt_world_is_a_user_error(tmp_path):
-    from transfer.datasets import load_dataset
+    from transfer.datasets import open_dataset
 
     with pytest.raises(UserError, match="missing meta.json"):
-        load_dataset("synth", tmp_path)
+        open_dataset("synth", tmp_path)
     (tmp_path / "meta.json").write_text("{oops")
     with pytest.raises(UserError, match="corrupt world metadata"):
-        load_dataset("synth", tmp_path)
+        open_dataset("synth", tmp_path)

@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from bench import __version__
-from bench.augment import flip_batch, step_generator
+from bench.augment import step_generator
 from bench.checkpoint import load_checkpoint, state_sha256
 from bench.metrics import ConfusionMatrix
 from bench.progress import bar as progress_bar
 from bench.records import write_json_atomic
-from transfer.datasets import load_dataset
+from transfer.data import dataset_settings, open_transfer_data
 from transfer.model import build_model
 from transfer.protocols import param_groups
-from transfer.splits import few_shot_indices
+from transfer.splits import write_stems
 
 RECORD_SCHEMA = 1
 
@@ -36,11 +36,16 @@ def poly_factor(step: int, steps: int, warmup: int, power: float = 0.9) -> float
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, num_classes, ignore_index, batch_size=16) -> dict:
+def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size: int) -> dict:
+    """Dataset-level confusion matrix on native-resolution labels: logits predicted at the eval
+    size are upsampled (bilinear) to each label's size before the argmax."""
     model.eval()
     cm = ConfusionMatrix(num_classes, ignore_index)
-    for i in range(0, images.shape[0], batch_size):
-        cm.update(model(images[i:i + batch_size]).argmax(1), labels[i:i + batch_size])
+    for images, labels in eval_images.batches(batch_size):
+        logits = model(images)
+        if logits.shape[-2:] != labels.shape[-2:]:
+            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        cm.update(logits.argmax(1), labels)
     model.train()
     return cm.compute()
 
@@ -65,17 +70,20 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
     t_start = time.perf_counter()
     seed, steps = int(cell["seed"]), int(config["steps"])
     torch.manual_seed(seed)
-    data = load_dataset(cell["dataset"], config["dataset_root"])
-    train_idx = few_shot_indices(data.train_images.shape[0], int(cell["train_size"]), seed)
+    settings = config.get("dataset") or dataset_settings(cell["dataset"])
+    data, train_stems, train_images, eval_images = open_transfer_data(settings, config["dataset_root"],
+                                                                       int(cell["train_size"]), seed)
+    # Published with the results: the exact images this cell trained on.
+    write_stems(out_dir / "train_split.txt", train_stems)
     checkpoint = load_checkpoint(config["checkpoint"]) if config.get("checkpoint") else None
     model, init_info = build_model(cell["arch"], checkpoint, cell["decoder"], config.get("init", "auto"),
                                    data.num_classes)
     groups = param_groups(model, cell["protocol"], float(config["lr"]), float(config.get("encoder_lr_mult", 1.0)))
     optimizer = torch.optim.AdamW(groups, weight_decay=float(config.get("weight_decay", 1e-4)))
     sha_before = state_sha256(model.encoder.state_dict())
-    log(f"cell {cell} init {init_info['effective']} train images {train_idx}")
+    log(f"cell {cell} init {init_info['effective']} data {settings} "
+        f"train images {len(train_stems)} eval images {len(eval_images.samples)}")
 
-    images, labels = data.train_images[train_idx], data.train_labels[train_idx]
     eval_every = int(config.get("eval_every", steps)) or steps
     warmup = min(int(config.get("warmup_steps", max(1, steps // 20))), steps)
     curve, status, error, eval_s, steps_done = [], "ok", None, 0.0, 0
@@ -87,8 +95,7 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
         for g in groups:
             g["lr"] = g["base_lr"] * poly_factor(step, steps, warmup)
         gen = step_generator(seed, step)
-        pick = torch.randint(len(train_idx), (int(config["batch_size"]),), generator=gen)
-        x, y = flip_batch(gen, images[pick], labels[pick])
+        x, y = train_images.batch(gen, int(config["batch_size"]))
         loss = F.cross_entropy(model(x), y, ignore_index=data.ignore_index)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -103,7 +110,7 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
         bar.update(1)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             t_eval = time.perf_counter()
-            m = evaluate(model, data.val_images, data.val_labels, data.num_classes, data.ignore_index)
+            m = evaluate(model, eval_images, data.num_classes, data.ignore_index, int(config["batch_size"]))
             eval_s += time.perf_counter() - t_eval
             curve.append({"step": step + 1, "loss": value, "miou": m["miou"], "pixel_acc": m["pixel_acc"],
                           "mean_class_acc": m["mean_class_acc"], "per_class_iou": m["per_class_iou"]})
@@ -126,8 +133,9 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
         },
         "best": None if best is None else {"step": best["step"], "miou": best["miou"], "pixel_acc": best["pixel_acc"]},
         "curve": [{k: v for k, v in r.items() if k != "per_class_iou"} for r in curve],
-        "class_names": data.class_names,
-        "train_indices": train_idx,
+        "class_names": list(data.class_names),
+        "dataset": {**settings, "num_eval_images": len(eval_images.samples)},
+        "train_stems": train_stems,
         "init": init_info,
         "encoder_sha256_before": sha_before,
         "encoder_sha256_after": state_sha256(model.encoder.state_dict()),

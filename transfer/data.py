@@ -1,0 +1,197 @@
+"""From dataset samples to tensors: the train and eval geometry every dataset shares.
+
+- `TrainImages`: the few-shot training images, resized once (image bilinear, label nearest) and
+  kept in memory; each step draws a batch with a random crop and a horizontal flip from the
+  step's generator, so a resumed or repeated cell sees the same batches.
+- `EvalImages`: the evaluation set; images resized to the eval size, labels kept at native
+  resolution; batches group consecutive images of equal size, and the caller upsamples logits
+  to the label's size before scoring.
+
+Decoded images are cached in memory up to `CACHE_BYTES` per set (beyond that they are re-read
+from disk on every use), so a full-size training set does not exhaust the machine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench.augment import flip_batch
+from bench.errors import UserError
+from transfer.datasets import dataset_class, open_dataset
+from transfer.datasets.base import IGNORE_INDEX, Resize, Sample, SegmentationDataset, parse_size, read_pair
+from transfer.splits import few_shot_stems, split_file_name, write_stems
+
+CACHE_BYTES = 2 * 1024**3
+
+
+def target_size(height: int, width: int, resize: Resize) -> tuple[int, int]:
+    if resize is None:
+        return height, width
+    if isinstance(resize, int):  # short side, aspect kept
+        scale = resize / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+    return int(resize[0]), int(resize[1])
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if image.shape[:2] == tuple(size):
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if label.shape == tuple(size):
+        return label
+    return np.asarray(Image.fromarray(label).resize((size[1], size[0]), Image.NEAREST))
+
+
+class _Cached:
+    """Read-and-prepare with a byte-bounded memory cache."""
+
+    def __init__(self, prepare, count: int, cache_bytes: int):
+        self._prepare, self._count, self._budget = prepare, count, cache_bytes
+        self._cache: dict[int, tuple] = {}
+        self._used = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i: int) -> tuple:
+        if i in self._cache:
+            return self._cache[i]
+        item = self._prepare(i)
+        size = sum(t.nbytes for t in item)
+        if self._used + size <= self._budget:
+            self._cache[i] = item
+            self._used += size
+        return item
+
+
+class TrainImages:
+    def __init__(self, dataset: SegmentationDataset, samples: list[Sample], resize: Resize,
+                 crop: tuple[int, int] | None, cache_bytes: int = CACHE_BYTES):
+        if not samples:
+            raise UserError(f"dataset {dataset.name}: no training images selected")
+        self.dataset, self.samples, self.resize, self.crop = dataset, samples, resize, crop
+        self.items = _Cached(self._prepare, len(samples), cache_bytes)
+
+    def _prepare(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = read_pair(self.dataset, self.samples[i])
+        size = target_size(*label.shape, self.resize)
+        return resize_image(image, size), resize_label(label, size)
+
+    def batch(self, gen: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images B×3×h×w and int64 labels B×h×w for one step."""
+        pick = torch.randint(len(self.items), (batch_size,), generator=gen).tolist()
+        pairs = [self.items[i] for i in pick]
+        if self.crop is not None:
+            pairs = [random_crop(gen, img, lbl, self.crop) for img, lbl in pairs]
+        shapes = {lbl.shape for _, lbl in pairs}
+        if len(shapes) > 1:
+            raise UserError(f"dataset {self.dataset.name}: training images differ in size after resizing "
+                            f"({sorted(shapes)[:2]}); set a crop or an exact resize HxW")
+        x = torch.from_numpy(np.stack([img for img, _ in pairs])).permute(0, 3, 1, 2).contiguous()
+        y = torch.from_numpy(np.stack([lbl for _, lbl in pairs]).astype(np.int64))
+        return flip_batch(gen, x, y)
+
+
+def random_crop(gen: torch.Generator, image: np.ndarray, label: np.ndarray,
+                crop: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A crop at a random position; where the image is smaller it is padded (black image,
+    ignored label), so padding never counts as a class."""
+    ch, cw = crop
+    h, w = label.shape
+    if h < ch or w < cw:
+        ph, pw = max(ch - h, 0), max(cw - w, 0)
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+        h, w = label.shape
+    top = int(torch.randint(h - ch + 1, (1,), generator=gen))
+    left = int(torch.randint(w - cw + 1, (1,), generator=gen))
+    return image[top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
+
+
+class EvalImages:
+    def __init__(self, dataset: SegmentationDataset, samples: list[Sample], resize: Resize,
+                 cache_bytes: int = CACHE_BYTES):
+        if not samples:
+            raise UserError(f"dataset {dataset.name}: the evaluation set is empty")
+        self.dataset, self.samples, self.resize = dataset, samples, resize
+        self.items = _Cached(self._prepare, len(samples), cache_bytes)
+
+    def _prepare(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        image, label = read_pair(self.dataset, self.samples[i])
+        return resize_image(image, target_size(*label.shape, self.resize)), label
+
+    def batches(self, batch_size: int):
+        """Yields (uint8 images B×3×h×w, int64 native labels B×H×W), consecutive images of equal
+        size together."""
+        group: list[tuple[np.ndarray, np.ndarray]] = []
+        for i in range(len(self.items)):
+            item = self.items[i]
+            if group and (len(group) == batch_size or item[0].shape != group[0][0].shape
+                          or item[1].shape != group[0][1].shape):
+                yield _stack(group)
+                group = []
+            group.append(item)
+        if group:
+            yield _stack(group)
+
+
+def _stack(group):
+    x = torch.from_numpy(np.stack([img for img, _ in group])).permute(0, 3, 1, 2).contiguous()
+    y = torch.from_numpy(np.stack([lbl for _, lbl in group]).astype(np.int64))
+    return x, y
+
+
+def dataset_settings(name: str, *, classes: int | None = None, train_split: str | None = None,
+                     eval_split: str | None = None, resize="default", crop="default", eval_resize="default") -> dict:
+    """The resolved data settings of a transfer cell (JSON-able; part of its fingerprint).
+
+    Geometry not given ("default") takes the dataset's literature defaults; splits left None
+    mean the dataset's own training pool and evaluation set.
+    """
+    cls = dataset_class(name)
+    cls.check_classes(classes)
+    defaults = cls.transforms
+    as_json = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    return {
+        "name": name, "classes": classes, "train_split": train_split, "eval_split": eval_split,
+        "resize": as_json(defaults.resize if resize == "default" else parse_size(resize, "resize")),
+        "crop": as_json(defaults.crop if crop == "default" else parse_size(crop, "crop", allow_short_side=False)),
+        "eval_resize": as_json(defaults.eval_resize if eval_resize == "default"
+                               else parse_size(eval_resize, "eval_resize")),
+    }
+
+
+def open_transfer_data(settings: dict, root, train_size: int, seed: int) -> tuple[SegmentationDataset, list[str],
+                                                                                 TrainImages, EvalImages]:
+    """(dataset, few-shot stems, training images, evaluation images) of one cell."""
+    dataset = open_dataset(settings["name"], root, classes=settings.get("classes"))
+    pool, evaluation = dataset.transfer_pools(settings.get("train_split"), settings.get("eval_split"))
+    stems = few_shot_stems([s.stem for s in pool], train_size, seed, dataset.name)
+    by_stem = {s.stem: s for s in pool}
+    train = TrainImages(dataset, [by_stem[s] for s in stems], _size(settings["resize"]), _size(settings["crop"]))
+    return dataset, stems, train, EvalImages(dataset, evaluation, _size(settings["eval_resize"]))
+
+
+def _size(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def publish_splits(settings: dict, root, train_sizes: list[int], seeds: list[int], out_dir: Path) -> Path:
+    """Write `OUT/splits/<dataset>/eval.txt` and `train_n<N>_s<S>.txt` (one stem per line): the
+    exact images of every few-shot subset of a matrix, ready to publish with its results. Also
+    checks, before any cell runs, that every requested size fits in the training pool."""
+    dataset = open_dataset(settings["name"], root, classes=settings.get("classes"))
+    pool, evaluation = dataset.transfer_pools(settings.get("train_split"), settings.get("eval_split"))
+    folder = Path(out_dir) / "splits" / dataset.name
+    write_stems(folder / "eval.txt", [s.stem for s in evaluation])
+    for n in train_sizes:
+        for seed in seeds:
+            write_stems(folder / split_file_name(n, seed), few_shot_stems([s.stem for s in pool], n, seed, dataset.name))
+    return folder

@@ -1,0 +1,50 @@
+"""Segmentation datasets in their official on-disk layouts, behind one registry.
+
+    @register_dataset
+    class Cityscapes(SegmentationDataset):
+        name = "cityscapes"
+        ...
+
+`open_dataset(name, root, classes=None)` returns a dataset bound to a folder; `list_datasets()`
+gives the registered names (the CLI and manifest values). The modules below register on import.
+"""
+
+from __future__ import annotations
+
+from bench.errors import UserError
+from transfer.datasets.base import IGNORE_INDEX, LabelMapping, Sample, SegmentationDataset, Transforms
+
+_REGISTRY: dict[str, type[SegmentationDataset]] = {}
+
+
+def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"dataset {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_datasets() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def dataset_class(name: str) -> type[SegmentationDataset]:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
+    return _REGISTRY[name]
+
+
+def open_dataset(name: str, root, classes: int | None = None) -> SegmentationDataset:
+    return dataset_class(name)(root, classes=classes)
+
+
+# Registration happens on import; keep this list in the README's dataset table order.
+from transfer.datasets import synth  # noqa: E402,F401
+from transfer.datasets import kitti  # noqa: E402,F401
+from transfer.datasets import cityscapes  # noqa: E402,F401
+from transfer.datasets import nyuv2  # noqa: E402,F401
+from transfer.datasets import ade20k  # noqa: E402,F401
+from transfer.datasets import voc  # noqa: E402,F401
+
+__all__ = ["IGNORE_INDEX", "LabelMapping", "Sample", "SegmentationDataset", "Transforms", "dataset_class",
+           "list_datasets", "open_dataset", "register_dataset"]

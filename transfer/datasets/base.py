@@ -1,0 +1,235 @@
+"""What every segmentation dataset provides, and the readers they share.
+
+A dataset object is bound to a root folder. It lists the samples of each official split
+(`samples(split)`, sorted by stem, every image paired with its label) and reads one sample at
+native resolution: `read_image` gives H×W×3 uint8 RGB, `read_label` gives H×W uint8 *train ids*
+after the official label mapping, with `IGNORE_INDEX` (255) for everything that is not scored.
+Resizing, cropping and batching live in `transfer.data`, so every dataset is read the same way.
+
+Every problem with the files on disk -- a missing folder, an image without its label, an
+unreadable file, a label value the official mapping does not know -- is a `UserError` whose
+one-line message names the file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from bench.errors import UserError
+
+IGNORE_INDEX = 255
+
+# A resize is (H, W) exactly, an int for "short side to this many pixels, keep the aspect
+# ratio", or None for native resolution.
+Resize = tuple[int, int] | int | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image. `image` and `label` locate it (paths, or indices into a file)."""
+
+    stem: str
+    image: Any
+    label: Any
+
+
+@dataclass(frozen=True)
+class Transforms:
+    """Default train/eval geometry of a dataset (the literature's settings; overridable).
+
+    Training: resize, then a random `crop` (padded with ignore where the image is smaller) and a
+    horizontal flip. Evaluation: resize the image to `eval_resize`, predict, and upsample the
+    logits to the label's native size, so metrics are computed on the original annotation as
+    MMSegmentation does. Labels are only ever resized by nearest neighbour.
+    """
+
+    resize: Resize = None
+    crop: tuple[int, int] | None = None
+    eval_resize: Resize = None
+
+
+class LabelMapping:
+    """The official raw-value -> train-id table, applied with a lookup table.
+
+    `table` maps every raw value the format may contain to a train id or IGNORE_INDEX. A raw
+    value missing from the table is an error naming the file: a label image from another
+    dataset, or a corrupted one, must not be scored silently.
+    """
+
+    def __init__(self, table: dict[int, int]):
+        if not table:
+            raise ValueError("empty label mapping")
+        self.table = dict(table)
+        self.lut = np.full(max(table) + 1, -1, dtype=np.int32)
+        for raw, train_id in table.items():
+            self.lut[raw] = train_id
+
+    def __call__(self, raw: np.ndarray, where) -> np.ndarray:
+        raw = np.asarray(raw)
+        if raw.size and (raw.min() < 0 or raw.max() >= len(self.lut)):
+            bad = np.unique(raw[(raw < 0) | (raw >= len(self.lut))])
+            raise UserError(f"{where}: label values {_few(bad)} are outside the official mapping")
+        mapped = self.lut[raw]
+        if (mapped < 0).any():
+            raise UserError(f"{where}: label values {_few(np.unique(raw[mapped < 0]))} are outside the official mapping")
+        return mapped.astype(np.uint8)
+
+
+def _few(values: np.ndarray, limit: int = 8) -> str:
+    shown = ", ".join(str(int(v)) for v in values[:limit])
+    return shown + (f", ... ({len(values)} values)" if len(values) > limit else "")
+
+
+class SegmentationDataset:
+    """Base class of the registered datasets (see `transfer.datasets.register_dataset`)."""
+
+    name: ClassVar[str]
+    splits: ClassVar[tuple[str, ...]]  # the official split names accepted by `samples`
+    train_split: ClassVar[str]  # defaults of the transfer stage
+    eval_split: ClassVar[str]
+    transforms: ClassVar[Transforms] = Transforms()
+    class_sets: ClassVar[tuple[int, ...]] = ()  # selectable class counts (nyuv2: 40, 13); () = one fixed set
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(self, root, classes: int | None = None):
+        self.check_classes(classes)
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"{self.root}: dataset folder not found")
+
+    @classmethod
+    def check_classes(cls, classes: int | None) -> None:
+        if classes is None:
+            return
+        if not cls.class_sets:
+            raise UserError(f"dataset {cls.name} has a single class set; the classes option is for datasets "
+                            f"with several (nyuv2: 40 or 13)")
+        if classes not in cls.class_sets or isinstance(classes, bool):
+            raise UserError(f"dataset {cls.name}: classes must be one of {', '.join(map(str, cls.class_sets))}, "
+                            f"not {classes!r}")
+
+    def describe(self, sample: Sample) -> str:
+        """Where a sample's label lives, for error messages."""
+        return str(sample.label)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def check_split(self, split: str) -> None:
+        if split not in self.splits:
+            raise UserError(f"dataset {self.name} has no split {split!r}; official splits: {', '.join(self.splits)}")
+
+    def samples(self, split: str) -> list[Sample]:
+        raise NotImplementedError
+
+    def read_image(self, sample: Sample) -> np.ndarray:
+        return read_rgb(sample.image)
+
+    def read_label(self, sample: Sample) -> np.ndarray:
+        raise NotImplementedError
+
+    def transfer_pools(self, train_split: str | None = None, eval_split: str | None = None
+                       ) -> tuple[list[Sample], list[Sample]]:
+        """(training pool, evaluation set) for the transfer stage. Few-shot subsets are drawn
+        from the pool; datasets without a labelled evaluation split (KITTI) override this."""
+        train_split, eval_split = train_split or self.train_split, eval_split or self.eval_split
+        if train_split == eval_split:
+            raise UserError(f"dataset {self.name}: training and evaluation split are both {train_split!r}")
+        train, evaluation = self.samples(train_split), self.samples(eval_split)
+        overlap = {s.stem for s in train} & {s.stem for s in evaluation}
+        if overlap:
+            raise UserError(f"dataset {self.name}: splits {train_split} and {eval_split} share "
+                            f"{len(overlap)} images (e.g. {sorted(overlap)[0]})")
+        return train, evaluation
+
+
+def read_pair(dataset: SegmentationDataset, sample: Sample) -> tuple[np.ndarray, np.ndarray]:
+    image, label = dataset.read_image(sample), dataset.read_label(sample)
+    if image.shape[:2] != label.shape:
+        raise UserError(f"{dataset.describe(sample)}: label is {label.shape[1]}x{label.shape[0]} but its image is "
+                        f"{image.shape[1]}x{image.shape[0]}")
+    return image, label
+
+
+# --- shared readers -------------------------------------------------------------------------------
+
+def require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise UserError(f"{path}: missing folder ({what})")
+    return path
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise UserError(f"{path}: missing file ({what})")
+    return path
+
+
+def read_rgb(path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: image not found") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"{path}: unreadable image ({exc})") from None
+
+
+def read_index_png(path, modes: tuple[str, ...] = ("L", "P")) -> np.ndarray:
+    """The stored values of a single-channel label PNG (palette indices for mode P, never the
+    colours). An RGB label -- e.g. a `_color.png` put where ids belong -- is refused."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in modes:
+                raise UserError(f"{path}: label PNG has mode {img.mode}; expected {' or '.join(modes)} "
+                                f"(class indices, not colours)")
+            return np.asarray(img)
+    except FileNotFoundError:
+        raise UserError(f"{path}: label not found") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"{path}: unreadable label ({exc})") from None
+
+
+def pair_by_stem(images: dict[str, Path], labels: dict[str, Path], what: str) -> list[Sample]:
+    """Pair images with labels by stem; an image without its label is an error naming it."""
+    missing = sorted(set(images) - set(labels))
+    if missing:
+        raise UserError(f"{images[missing[0]]}: image has no {what} label"
+                        + (f" ({len(missing)} images lack one)" if len(missing) > 1 else ""))
+    return [Sample(stem, images[stem], labels[stem]) for stem in sorted(images)]
+
+
+def parse_size(text, what: str, allow_short_side: bool = True):
+    """`"192x640"` -> (192, 640); `512` or `"512"` -> 512 (short side, if allowed);
+    `"native"`/`"none"`/None -> None. Accepts the YAML/JSON forms too ([192, 640])."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("native", "none", "")):
+        return None
+    if isinstance(text, (list, tuple)) and len(text) == 2:
+        h, w = text
+    elif isinstance(text, int) or (isinstance(text, str) and text.strip().isdigit()):
+        if not allow_short_side:
+            raise UserError(f"{what}: give HxW (e.g. 512x512), got {text!r}")
+        side = int(text)
+        if side < 8:
+            raise UserError(f"{what}: a short side of {side} pixels is too small")
+        return side
+    elif isinstance(text, str) and "x" in text.lower():
+        h, _, w = text.lower().partition("x")
+    else:
+        raise UserError(f"{what}: expected HxW (e.g. 192x640){', a short side (e.g. 512)' if allow_short_side else ''} "
+                        f"or 'native', got {text!r}")
+    try:
+        h, w = int(h), int(w)
+    except (TypeError, ValueError):
+        raise UserError(f"{what}: expected HxW with integers, got {text!r}") from None
+    if h < 8 or w < 8:
+        raise UserError(f"{what}: {h}x{w} is too small (at least 8x8)")
+    return (h, w)
