@@ -90,10 +90,10 @@ class _Blocks(SegmentationDataset):
 
 
 def test_training_batches_crop_flip_and_refuse_mixed_sizes_without_a_crop():
-    ds = _Blocks([(8, 12), (10, 6)])
-    train = TrainImages(ds, ds.samples("train"), resize=None, crop=(6, 6))
+    ds = _Blocks([(40, 48), (50, 36)])
+    train = TrainImages(ds, ds.samples("train"), resize=None, crop=(36, 36))
     x, y = train.batch(step_generator(0, 0), 4)
-    assert x.shape == (4, 3, 6, 6) and x.dtype == torch.uint8 and y.shape == (4, 6, 6) and y.dtype == torch.int64
+    assert x.shape == (4, 3, 36, 36) and x.dtype == torch.uint8 and y.shape == (4, 36, 36) and y.dtype == torch.int64
     x2, y2 = train.batch(step_generator(0, 0), 4)
     assert torch.equal(x, x2) and torch.equal(y, y2)  # the step's generator decides everything
     with pytest.raises(UserError, match="differ in size after resizing"):
@@ -101,7 +101,8 @@ def test_training_batches_crop_flip_and_refuse_mixed_sizes_without_a_crop():
             TrainImages(ds, ds.samples("train"), resize=None, crop=None).batch(step_generator(0, step), 4)
 
 
-def test_eval_batches_group_equal_sizes_and_keep_native_labels():
+def test_eval_batches_group_equal_sizes_and_keep_native_labels(monkeypatch):
+    monkeypatch.setattr("transfer.data.MIN_SIDE", 1)  # no encoder here: tiny sizes keep the test readable
     ds = _Blocks([(8, 8), (8, 8), (12, 8), (8, 8)])
     ev = EvalImages(ds, ds.samples("val"), resize=(4, 4))
     shapes = [(tuple(x.shape), tuple(y.shape)) for x, y in ev.batches(batch_size=8)]
@@ -116,7 +117,8 @@ class _Oracle(torch.nn.Module):
         return torch.nn.functional.one_hot(cls, 4).permute(0, 3, 1, 2).float()
 
 
-def test_evaluation_scores_upsampled_predictions_on_native_labels():
+def test_evaluation_scores_upsampled_predictions_on_native_labels(monkeypatch):
+    monkeypatch.setattr("transfer.data.MIN_SIDE", 1)
     ds = _Blocks([(8, 8), (12, 16)])
     # Blocks survive a 4x4 resize and the bilinear upsampling back: a perfect score.
     m = evaluate(_Oracle(), EvalImages(ds, ds.samples("val"), resize=(4, 4)), 4, 255, batch_size=2)
@@ -133,3 +135,11 @@ def test_dataset_settings_take_defaults_and_overrides():
     assert (s["resize"], s["crop"], s["eval_resize"]) == (256, [256, 256], None)
     with pytest.raises(UserError, match="unknown dataset"):
         dataset_settings("imagenet")
+
+
+def test_images_too_small_for_the_encoder_are_a_user_error():
+    ds = _Blocks([(8, 12)])
+    with pytest.raises(UserError, match="at least 33 pixels per side"):
+        TrainImages(ds, ds.samples("train"), resize=None, crop=(8, 8)).batch(step_generator(0, 0), 1)
+    with pytest.raises(UserError, match="evaluation images are 8x12"):
+        next(EvalImages(ds, ds.samples("val"), resize=None).batches(1))

@@ -26,6 +26,14 @@ from transfer.datasets.base import IGNORE_INDEX, Resize, Sample, SegmentationDat
 from transfer.splits import few_shot_stems, split_file_name, write_stems
 
 CACHE_BYTES = 2 * 1024**3
+# The stride-32 feature map must be at least 2x2: the decoders' reflection padding needs it.
+MIN_SIDE = 33
+
+
+def _check_side(dataset: SegmentationDataset, size: tuple[int, int], what: str) -> None:
+    if min(size) < MIN_SIDE:
+        raise UserError(f"dataset {dataset.name}: {what} images are {size[0]}x{size[1]}; the encoders need at least "
+                        f"{MIN_SIDE} pixels per side (set a larger resize or crop)")
 
 
 def target_size(height: int, width: int, resize: Resize) -> tuple[int, int]:
@@ -82,6 +90,7 @@ class TrainImages:
     def _prepare(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image, label = read_pair(self.dataset, self.samples[i])
         size = target_size(*label.shape, self.resize)
+        _check_side(self.dataset, self.crop or size, "training")
         return resize_image(image, size), resize_label(label, size)
 
     def batch(self, gen: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +134,9 @@ class EvalImages:
 
     def _prepare(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image, label = read_pair(self.dataset, self.samples[i])
-        return resize_image(image, target_size(*label.shape, self.resize)), label
+        size = target_size(*label.shape, self.resize)
+        _check_side(self.dataset, size, "evaluation")
+        return resize_image(image, size), label
 
     def batches(self, batch_size: int):
         """Yields (uint8 images B×3×h×w, int64 native labels B×H×W), consecutive images of equal
