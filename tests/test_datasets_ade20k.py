@@ -146,12 +146,10 @@ def test_wrong_root_names_the_folder_and_the_expected_one(tmp_path):
     assert "ADEChallengeData2016" in message and "annotations" in message
 
 
-def test_bad_split_and_classes_option(ade):
+def test_bad_split(ade):
     base, _ = ade
     with pytest.raises(UserError, match="validation"):
         ADE20K(base).samples("val")
-    with pytest.raises(UserError):
-        ADE20K(base, classes=40)
 
 
 def test_split_without_images_is_an_error(ade):

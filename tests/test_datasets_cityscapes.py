@@ -5,10 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+
+from fixtures import one_line_error as _error
 from fixtures.cityscapes import build_cityscapes
 from PIL import Image
 
-from bench.errors import UserError
 from transfer.datasets import open_dataset
 from transfer.datasets.base import Transforms
 from transfer.datasets.cityscapes import Cityscapes
@@ -28,12 +29,6 @@ def built(tmp_path):
     return root, build_cityscapes(root)
 
 
-def _error(fn, *args) -> str:
-    with pytest.raises(UserError) as info:
-        fn(*args)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def test_label_table_matches_cityscapesscripts():
@@ -114,11 +109,6 @@ def test_wrong_root(tmp_path):
     message = _error(Cityscapes, tmp_path)
     assert str(tmp_path) in message and "leftImg8bit/" in message
     assert str(tmp_path / "nope") in _error(Cityscapes, tmp_path / "nope")
-
-
-def test_classes_option_refused(built):
-    root, _ = built
-    assert "classes" in _error(open_dataset, "cityscapes", root, 13)
 
 
 def test_missing_split_folder(built):

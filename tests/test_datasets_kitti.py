@@ -5,10 +5,11 @@ import sys
 
 import numpy as np
 import pytest
+
+from fixtures import one_line_error as _error
 from fixtures.kitti import build_kitti, build_kitti_200
 from PIL import Image
 
-from bench.errors import UserError
 from transfer.datasets import open_dataset
 from transfer.datasets.base import Transforms
 from transfer.datasets.inspection import inspect_split
@@ -27,12 +28,6 @@ def built(tmp_path):
     return root, build_kitti(root)
 
 
-def _error(fn, *args, **kwargs) -> str:
-    with pytest.raises(UserError) as info:
-        fn(*args, **kwargs)
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def test_inspect_matches_hand_counts(built):
@@ -113,11 +108,6 @@ def test_wrong_root(tmp_path):
     message = _error(Kitti, tmp_path)
     assert str(tmp_path) in message and "training/" in message
     assert str(tmp_path / "nope") in _error(Kitti, tmp_path / "nope")
-
-
-def test_classes_option_refused(built):
-    root, _ = built
-    assert "classes" in _error(open_dataset, "kitti", root, 40)
 
 
 def test_missing_label_folder(built):

@@ -8,6 +8,7 @@ import pytest
 
 from bench.cli import main
 from bench.matrix import Cell, cell_config
+from fixtures import one_line_error
 from fixtures.ade20k import build_ade20k
 from fixtures.cityscapes import build_cityscapes
 from fixtures.kitti import build_kitti_200
@@ -56,6 +57,9 @@ def test_transfer_cell_on_each_dataset(roots, tmp_path, name):
     assert set(record["metrics"]["per_class_iou"]) == set(record["class_names"])
     assert len(record["train_stems"]) == 2 and record["dataset"]["num_eval_images"] >= 1
     assert (tmp_path / "train_split.txt").read_text().split() == record["train_stems"]
+    _, evaluation = open_dataset(name, roots[name]).transfer_pools()
+    assert len(evaluation) == record["dataset"]["num_eval_images"]
+    assert not set(record["train_stems"]) & {s.stem for s in evaluation}  # never evaluated on training images
 
 
 def test_inspect_prints_one_json_object(built, capsys):
@@ -98,3 +102,9 @@ def test_manifest_on_a_real_layout_publishes_its_splits(roots, tmp_path):
         assert set(one) < set(two)  # nested
         record = json.loads(next((tmp_path / "results" / "runs").glob(f"*__n2__s{seed}/record.json")).read_text())
         assert record["train_stems"] == two  # the published list is what the cell trained on
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILDERS) - {"nyuv2"}) + ["synth"])
+def test_classes_option_is_refused_where_a_dataset_has_one_class_set(roots, name):
+    assert "single class set" in one_line_error(open_dataset, name, roots[name], 13)
+    assert "single class set" in one_line_error(dataset_settings, name, classes=13)

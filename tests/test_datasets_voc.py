@@ -202,12 +202,10 @@ def test_corrupt_files_are_named(voc):
     _one_line_naming(exc, sample.image)
 
 
-def test_bad_split_and_classes_option(voc):
+def test_bad_split(voc):
     base, _ = voc
     with pytest.raises(UserError, match="trainaug"):
         VOC(base).samples("test")
-    with pytest.raises(UserError):
-        VOC(base, classes=13)
 
 
 def test_image_size_mismatch_is_caught_by_inspection(voc):
