@@ -48,3 +48,15 @@ class ConfusionMatrix:
 def _nanmean(x: torch.Tensor) -> float:
     valid = ~torch.isnan(x)
     return float(x[valid].mean()) if valid.any() else float("nan")
+
+
+def segmentation_metrics(pred, target, num_classes: int, ignore_index: int = 255) -> dict:
+    """Metrics of predictions against targets, both label maps of any shape (one image or a
+    stack): `miou`, `pixel_acc`, `mean_acc` as fractions in [0, 1] and `per_class_iou` with NaN
+    for classes absent from both prediction and target -- one confusion matrix over all pixels,
+    so a stack of images is scored as a dataset, not as a mean of per-image scores."""
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    cm.update(torch.as_tensor(pred), torch.as_tensor(target))
+    m = cm.compute()
+    return {"miou": m["miou"], "pixel_acc": m["pixel_acc"], "mean_acc": m["mean_class_acc"],
+            "per_class_iou": [float("nan") if v is None else v for v in m["per_class_iou"]]}

@@ -52,3 +52,26 @@ def test_labels_out_of_range_are_an_error():
 def test_empty_matrix_is_nan_not_zero():
     m = ConfusionMatrix(2).compute()
     assert math.isnan(m["miou"]) and math.isnan(m["pixel_acc"])
+
+
+def test_worked_example_where_the_three_conventions_disagree():
+    """Two images, four classes (class 3 appears nowhere). Dataset-level confusion:
+    truth 0 -> pred 0 four times and pred 2 once; truth 1 -> pred 1 once."""
+    from torchmetrics.functional.classification import multiclass_jaccard_index
+
+    from bench.metrics import segmentation_metrics
+
+    a_t, a_p = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 0, 1])
+    b_t, b_p = torch.tensor([0, 0]), torch.tensor([0, 2])
+    m = segmentation_metrics(torch.cat([a_p, b_p]), torch.cat([a_t, b_t]), num_classes=4)
+    # IoUMetric: IoU = [4/5, 1, 0, absent]; class 3 is left out of the mean.
+    assert m["per_class_iou"][:3] == pytest.approx([4 / 5, 1.0, 0.0]) and math.isnan(m["per_class_iou"][3])
+    assert m["miou"] == pytest.approx((4 / 5 + 1 + 0) / 3)  # 0.6
+    assert m["pixel_acc"] == pytest.approx(5 / 6) and m["mean_acc"] == pytest.approx((4 / 5 + 1) / 2)
+    # torchmetrics' per-class IoU scores the absent class 0, so its mean is lower: (5/6 + 1) / 4.
+    per_class = multiclass_jaccard_index(torch.cat([a_p, b_p]), torch.cat([a_t, b_t]), num_classes=4, average="none")
+    assert float(per_class.mean()) == pytest.approx((4 / 5 + 1) / 4)  # 0.45
+    # Averaging per image: A is perfect (1.0); B has IoU 1/2 for class 0 and 0 for class 2.
+    per_image = [segmentation_metrics(p, t, num_classes=4)["miou"] for p, t in ((a_p, a_t), (b_p, b_t))]
+    assert sum(per_image) / 2 == pytest.approx((1.0 + 0.25) / 2)  # 0.625
+    assert len({round(m["miou"], 4), round(float(per_class.mean()), 4), round(sum(per_image) / 2, 4)}) == 3
