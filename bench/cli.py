@@ -103,11 +103,11 @@ def _cmd_data_inspect(args) -> int:
 
 
 def _cmd_aggregate(args) -> int:
-    from bench.aggregate import write_leaderboard
+    from bench.aggregate import where, write_reports
 
-    table = write_leaderboard(Path(args.results_dir))
+    table = write_reports(Path(args.results_dir), baseline=args.baseline)
     print(table["markdown"])
-    print(f"\nleaderboard: {table['csv']}\n             {table['md']}")
+    print(f"\n{where(table)}")
     return 0
 
 
@@ -180,9 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(fn=_cmd_transfer)
 
-    a = sub.add_parser("aggregate", help="rebuild the leaderboard from run records", description=
-                       "Reads RESULTS_DIR/runs/*/record.json and writes leaderboard.csv and leaderboard.md.")
+    a = sub.add_parser("aggregate", help="rebuild leaderboards, plots and the report from run records", description=
+                       "Reads RESULTS_DIR/runs/*/record.json only and writes leaderboard.csv/.md (mean, std, 95%% "
+                       "Student-t CI, rank, difference to a baseline), per_class.csv, failures.csv, plots/ and "
+                       "report.html.")
     a.add_argument("results_dir", help="results folder of a `bench run`")
+    a.add_argument("--baseline", help="backbone to compare every row with (default: the manifest's first)")
     a.set_defaults(fn=_cmd_aggregate)
 
     d = sub.add_parser("data", help="generate or inspect data")

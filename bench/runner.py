@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.aggregate import write_leaderboard
+from bench.aggregate import where, write_reports
 from bench.checkpoint import file_sha256, read_checkpoint_meta
 from bench.errors import UserError
 from bench.executors import LocalExecutor
@@ -164,9 +164,9 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                 _say(f"cell {Cell(**cell).id}: {status if exc is None else exc}")
             bar.update(1)
 
-    table = write_leaderboard(out_dir)
+    table = write_reports(out_dir)
     print(table["markdown"])
-    print(f"\nleaderboard: {table['csv']}\n             {table['md']}\nrecords:     {out_dir / 'runs'}/*/record.json"
+    print(f"\n{where(table)}\nrecords:     {out_dir / 'runs'}/*/record.json"
           f"\nelapsed:     {time.perf_counter() - t0:.1f}s")
     return 0 if not broken and all(s == "ok" for s in statuses) else 1
 

@@ -1,0 +1,106 @@
+"""Aggregation from hand-made records: intervals, ranks, baseline differences, failures, report."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from bench.aggregate import t_interval, write_reports
+from bench.cli import main
+from bench.errors import UserError
+
+CLASSES = ["road", "car"]
+
+
+def _record(results, backbone, seed, miou, status="ok", protocol="frozen", train_size=16, curve=True):
+    cell = {"backbone": backbone, "method": "m", "arch": "resnet18", "dataset": "synth", "protocol": protocol,
+            "decoder": "monodepth2", "train_size": train_size, "seed": seed}
+    ok = status == "ok"
+    record = {
+        "cell": cell, "status": status, "error": None if ok else "loss became nan at step 3",
+        "init": {"requested": "auto", "effective": "encoder"}, "config": {"init": "auto"},
+        "metrics": {"miou": miou / 100, "pixel_acc": (miou + 10) / 100, "mean_class_acc": (miou + 5) / 100,
+                    "per_class_iou": {"road": (miou + 10) / 100, "car": (miou - 10) / 100}} if ok else None,
+        "curve": [{"step": s, "loss": 1.0 / s, "miou": miou / 100 * s / 20, "pixel_acc": 0.5} for s in (10, 20)]
+        if ok and curve else [],
+    }
+    folder = results / "runs" / f"{backbone}__synth__{protocol}__monodepth2__n{train_size}__s{seed}"
+    folder.mkdir(parents=True)
+    (folder / "record.json").write_text(json.dumps(record))
+
+
+@pytest.fixture
+def results(tmp_path):
+    r = tmp_path / "results"
+    (r / "runs").mkdir(parents=True)
+    (r / "manifest.resolved.json").write_text(json.dumps({"backbones": [{"name": "imagenet"}, {"name": "depth"},
+                                                                         {"name": "single"}]}))
+    for seed, miou in enumerate([60.0, 62.0, 64.0]):
+        _record(r, "imagenet", seed, miou)
+    _record(r, "imagenet", 3, 0.0, status="failed")  # never averaged in
+    for seed, miou in enumerate([70.0, 71.0]):
+        _record(r, "depth", seed, miou)
+    _record(r, "depth", 2, 0.0, status="diverged")
+    _record(r, "single", 0, 65.0)  # one seed: no interval
+    return r
+
+
+def test_t_interval_by_hand():
+    mean, std, lo, hi = t_interval([60.0, 62.0, 64.0])
+    # std = 2; t(0.975, 2) = 4.302653; half-width = 4.302653 * 2 / sqrt(3) = 4.968275.
+    assert (mean, std) == pytest.approx((62.0, 2.0))
+    assert (lo, hi) == pytest.approx((62.0 - 4.968275, 62.0 + 4.968275), abs=1e-5)
+    assert math.isnan(t_interval([65.0])[2]) and t_interval([65.0])[0] == 65.0
+    assert all(math.isnan(v) for v in t_interval([]))
+
+
+def test_leaderboard_intervals_ranks_baseline_and_failures(results):
+    table = write_reports(results, plots=False)
+    board = pd.read_csv(results / "leaderboard.csv").set_index("backbone")
+    assert board.loc["imagenet", "n_seeds"] == 3 and board.loc["imagenet", "n_not_ok"] == 1
+    assert board.loc["imagenet", "miou_mean"] == pytest.approx(62.0)  # the failed seed is not a 0
+    assert board.loc["imagenet", "miou_ci_low"] == pytest.approx(57.0317, abs=1e-3)
+    assert board.loc["depth", "n_seeds"] == 2 and board.loc["depth", "n_not_ok"] == 1
+    # depth: mean 70.5, std 0.7071, t(0.975, 1) = 12.7062 -> half-width 6.3531.
+    assert board.loc["depth", "miou_ci_high"] == pytest.approx(70.5 + 6.3531, abs=1e-3)
+    assert math.isnan(board.loc["single", "miou_ci_low"])
+    assert board["rank"].to_dict() == {"depth": 1, "single": 2, "imagenet": 3}
+    # Baseline defaults to the manifest's first backbone; intervals [57.0, 67.0] and [64.1, 76.9] overlap.
+    assert set(board["baseline"]) == {"imagenet"}
+    assert board.loc["depth", "miou_diff"] == pytest.approx(8.5) and board.loc["depth", "ci_overlap"]
+    assert pd.isna(board.loc["single", "ci_overlap"])  # no interval, no verdict
+    failures = pd.read_csv(results / "failures.csv")
+    assert sorted(failures["status"]) == ["diverged", "failed"]
+    assert "Failed or diverged cells" in (results / "leaderboard.md").read_text()
+    assert table["markdown"].count("| depth") == 1
+
+
+def test_per_class_table_averages_ok_seeds(results):
+    write_reports(results, plots=False)
+    per_class = pd.read_csv(results / "per_class.csv").set_index("backbone")
+    assert per_class.loc["imagenet", "road"] == pytest.approx(72.0)
+    assert per_class.loc["depth", "car"] == pytest.approx(60.5)
+
+
+def test_explicit_baseline_and_unknown_baseline(results, capsys):
+    write_reports(results, baseline="depth", plots=False)
+    board = pd.read_csv(results / "leaderboard.csv").set_index("backbone")
+    assert board.loc["imagenet", "miou_diff"] == pytest.approx(-8.5)
+    with pytest.raises(UserError, match="not a backbone"):
+        write_reports(results, baseline="nope", plots=False)
+    assert main(["aggregate", str(results), "--baseline", "nope"]) == 2
+
+
+def test_report_is_self_contained_with_every_plot(results, capsys):
+    for seed, miou in enumerate([50.0, 52.0]):
+        _record(results, "depth", seed, miou, protocol="full")
+        _record(results, "imagenet", seed, miou - 3, protocol="full")
+    assert main(["aggregate", str(results)]) == 0
+    assert "report:" in capsys.readouterr().out
+    pngs = sorted(p.name for p in (results / "plots").glob("*.png"))
+    assert any(n.startswith("bars_") for n in pngs) and any(n.startswith("frozen_vs_full_") for n in pngs)
+    assert all((results / "plots" / n).with_suffix(".svg").is_file() for n in pngs)
+    page = (results / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(pngs)
+    assert "http://" not in page and "https://" not in page  # viewable offline
