@@ -145,8 +145,10 @@ def write_reports(results_dir, baseline: str | None = None, plots: bool = True) 
     if plots:
         from bench.plots import write_all
 
+        from bench.similarity import pretrained_vs_finetuned
+
         figures = write_all(board, df, results_dir / "plots", order)
-        figures += sorted((results_dir / "cka").glob("*.png")) if (results_dir / "cka").is_dir() else []
+        figures += [p for p in pretrained_vs_finetuned(results_dir, df) if p.suffix in (".png", ".svg")]
     write_text_atomic(paths["report.html"], _html(results_dir.name, baseline, shown, failures,
                                                   [p for p in figures if p.suffix == ".png"]))
     return {"csv": paths["leaderboard.csv"], "md": paths["leaderboard.md"], "html": paths["report.html"],

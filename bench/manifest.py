@@ -149,6 +149,7 @@ class TransferSection(_Strict):
     steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     eval_every: int = Field(50, ge=1)
+    keep_weights: bool = False  # full cells save their fine-tuned encoder (for pre-trained vs fine-tuned CKA)
     optimizer: dict[Protocol, OptimizerPreset] = Field(default_factory=dict)
 
     @field_validator("train_sizes")

@@ -49,7 +49,7 @@ def expand(manifest: Manifest, methods: dict[str, str] | None = None) -> list[Ce
 
 def cell_config(cell: Cell, *, data_id: str, dataset: dict, dataset_root, checkpoint, checkpoint_sha256: str | None, init: str,
                 steps: int, batch_size: int, eval_every: int, lr: float, encoder_lr_mult: float,
-                weight_decay: float) -> dict:
+                weight_decay: float, keep_weights: bool = False) -> dict:
     """The resolved config of one transfer cell, as `bench run` and `bench transfer` both build it.
 
     The fingerprint covers everything that decides the result -- the cell, the hyper-parameters,
@@ -61,6 +61,8 @@ def cell_config(cell: Cell, *, data_id: str, dataset: dict, dataset_root, checkp
         "steps": steps, "batch_size": batch_size, "eval_every": eval_every, "lr": lr,
         "encoder_lr_mult": encoder_lr_mult, "weight_decay": weight_decay,
     }
+    if keep_weights:  # only present when asked, so existing fingerprints stay valid
+        config["keep_weights"] = True
     config["fingerprint"] = fingerprint(config)
     config["dataset_root"] = str(dataset_root)
     config["checkpoint"] = str(checkpoint) if checkpoint else None

@@ -176,4 +176,4 @@ def transfer_config(m: Manifest, cell: Cell, checkpoint: Path | None, checkpoint
     t = m.transfer
     return cell_config(cell, data_id=data_id, dataset=dataset, dataset_root=dataset_root, checkpoint=checkpoint,
                        checkpoint_sha256=checkpoint_sha256, init=t.init, steps=t.steps, batch_size=t.batch_size,
-                       eval_every=t.eval_every, **t.preset(cell.protocol).model_dump())
+                       eval_every=t.eval_every, keep_weights=t.keep_weights, **t.preset(cell.protocol).model_dump())

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from bench import __version__
 from bench.augment import step_generator
-from bench.checkpoint import load_checkpoint, state_sha256
+from bench.checkpoint import load_checkpoint, save_checkpoint, state_sha256
 from bench.metrics import ConfusionMatrix
 from bench.progress import bar as progress_bar
 from bench.records import write_json_atomic
@@ -27,6 +27,7 @@ from transfer.protocols import param_groups
 from transfer.splits import write_stems
 
 RECORD_SCHEMA = 1
+FINAL_WEIGHTS = "final.safetensors"  # written when the config asks to keep weights
 
 
 def poly_factor(step: int, steps: int, warmup: int, power: float = 0.9) -> float:
@@ -154,6 +155,12 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
         "config": config,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if config.get("keep_weights") and status == "ok" and cell["protocol"] == "full":
+        # For CKA (pre-trained vs fine-tuned), the fine-tuned encoder in the harness format. Frozen
+        # and linear cells keep nothing: their encoder is bit-identical to the checkpoint's.
+        save_checkpoint(out_dir / FINAL_WEIGHTS, model.encoder.state_dict(), {
+            "arch": cell["arch"], "method": f"{cell['method']}+{cell['protocol']}", "data": cell["dataset"],
+            "steps": steps_done, "normalization": model.encoder.normalization, "seed": seed})
     write_json_atomic(out_dir / "record.json", record)
     log(f"status {status}; record written")
     return record
