@@ -20,6 +20,16 @@ def tiny_world(tmp_path_factory) -> Path:
     return render_world(tmp_path_factory.mktemp("world") / "synth", **TINY_WORLD)
 
 
+@pytest.fixture(scope="session")
+def tiny_depth_ckpt(tiny_world, tmp_path_factory) -> Path:
+    """A supervised-depth checkpoint (resnet10t, encoder + monodepth2 decoder) of the tiny world."""
+    from pretrain.api import run_pretrain
+
+    config = {"name": "depth", "method": "depth_supervised", "arch": "resnet10t", "root": str(tiny_world),
+              "data_id": "tiny", "steps": 4, "batch_size": 2, "lr": 1e-3, "seed": 0}
+    return run_pretrain(config, tmp_path_factory.mktemp("pre") / "depth", progress=False, log=lambda m: None)
+
+
 def tiny_manifest(tmp_path: Path, *, name="tiny", out=None, extra_backbones="", steps=6, pretrain_steps=6,
                   protocols="[full, frozen, linear]", seeds="[0]") -> Path:
     """A manifest small enough for a test: resnet10t, a 48×144 world, a handful of steps."""

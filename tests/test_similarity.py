@@ -2,22 +2,12 @@
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from bench.cli import main
 from bench.matrix import Cell, cell_config
 from bench.similarity import pretrained_vs_finetuned
-from pretrain.api import run_pretrain
 from transfer.data import dataset_settings
 from transfer.train import run_transfer
-
-
-@pytest.fixture(scope="module")
-def depth_ckpt(tiny_world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pre") / "depth"
-    config = {"name": "depth", "method": "depth_supervised", "arch": "resnet10t", "root": str(tiny_world),
-              "data_id": "tiny", "steps": 3, "batch_size": 2, "lr": 1e-3, "seed": 0}
-    return run_pretrain(config, out, progress=False, log=lambda m: None)
 
 
 def _cell(tiny_world, ckpt, protocol, out, keep_weights=True):
@@ -29,14 +19,14 @@ def _cell(tiny_world, ckpt, protocol, out, keep_weights=True):
     return run_transfer(config, out, progress=False)
 
 
-def test_identical_networks_have_unit_diagonal_and_within_is_symmetric(tiny_world, depth_ckpt, tmp_path, capsys):
-    assert main(["cka", "--a", str(depth_ckpt), "--b", str(depth_ckpt.parent), "--root", str(tiny_world),
+def test_identical_networks_have_unit_diagonal_and_within_is_symmetric(tiny_world, tiny_depth_ckpt, tmp_path, capsys):
+    assert main(["cka", "--a", str(tiny_depth_ckpt), "--b", str(tiny_depth_ckpt.parent), "--root", str(tiny_world),
                  "--out", str(tmp_path / "ab"), "--batch-size", "4"]) == 0
     m = pd.read_csv(tmp_path / "ab" / "cka.csv", index_col=0)
     assert list(m.index) == ["act1", "layer1", "layer2", "layer3", "layer4"]
     assert np.allclose(np.diag(m.to_numpy()), 1.0, atol=1e-6)
     assert (tmp_path / "ab" / "cka.png").stat().st_size > 0 and (tmp_path / "ab" / "cka.svg").is_file()
-    assert main(["cka", "--a", str(depth_ckpt), "--within", "--root", str(tiny_world), "--layers", "blocks",
+    assert main(["cka", "--a", str(tiny_depth_ckpt), "--within", "--root", str(tiny_world), "--layers", "blocks",
                  "--out", str(tmp_path / "w"), "--batch-size", "4"]) == 0
     w = pd.read_csv(tmp_path / "w" / "cka.csv", index_col=0)
     assert list(w.index) == ["act1", "layer1.0", "layer2.0", "layer3.0", "layer4.0"]  # resnet10t: one block a stage
@@ -44,20 +34,20 @@ def test_identical_networks_have_unit_diagonal_and_within_is_symmetric(tiny_worl
     assert np.allclose(w, w.T) and np.allclose(np.diag(w), 1.0)
 
 
-def test_cka_option_errors_are_one_line(tiny_world, depth_ckpt, tmp_path, capsys):
-    assert main(["cka", "--a", str(depth_ckpt), "--root", str(tiny_world), "--out", str(tmp_path)]) == 2
+def test_cka_option_errors_are_one_line(tiny_world, tiny_depth_ckpt, tmp_path, capsys):
+    assert main(["cka", "--a", str(tiny_depth_ckpt), "--root", str(tiny_world), "--out", str(tmp_path)]) == 2
     assert "--within" in capsys.readouterr().err
     assert main(["cka", "--a", str(tmp_path), "--within", "--root", str(tiny_world), "--out", str(tmp_path)]) == 2
     assert "keep_weights" in capsys.readouterr().err
-    assert main(["cka", "--a", str(depth_ckpt), "--within", "--layers", "heads", "--root", str(tiny_world),
+    assert main(["cka", "--a", str(tiny_depth_ckpt), "--within", "--layers", "heads", "--root", str(tiny_world),
                  "--out", str(tmp_path)]) == 2
     assert "unknown layer preset" in capsys.readouterr().err
 
 
-def test_full_cells_keep_weights_and_aggregate_draws_pretrained_vs_finetuned(tiny_world, depth_ckpt, tmp_path):
+def test_full_cells_keep_weights_and_aggregate_draws_pretrained_vs_finetuned(tiny_world, tiny_depth_ckpt, tmp_path):
     results = tmp_path / "results"
-    _cell(tiny_world, depth_ckpt, "full", results / "runs" / "depth__full")
-    _cell(tiny_world, depth_ckpt, "frozen", results / "runs" / "depth__frozen")
+    _cell(tiny_world, tiny_depth_ckpt, "full", results / "runs" / "depth__full")
+    _cell(tiny_world, tiny_depth_ckpt, "frozen", results / "runs" / "depth__frozen")
     assert (results / "runs" / "depth__full" / "final.safetensors").is_file()
     assert not (results / "runs" / "depth__frozen" / "final.safetensors").exists()  # bit-identical to the checkpoint
     from bench.aggregate import records_frame

@@ -4,18 +4,9 @@ import torch
 from bench.checkpoint import load_checkpoint, state_sha256
 from bench.errors import UserError
 from bench.records import fingerprint
-from pretrain.api import run_pretrain
 from transfer.data import dataset_settings
 from transfer.model import build_model
 from transfer.train import run_transfer
-
-
-@pytest.fixture(scope="module")
-def depth_ckpt(tiny_world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pre") / "depth"
-    config = {"name": "depth", "method": "depth_supervised", "arch": "resnet10t", "root": str(tiny_world),
-              "data_id": "tiny", "steps": 4, "batch_size": 2, "lr": 1e-3, "seed": 0}
-    return run_pretrain(config, out, progress=False, log=lambda m: None)
 
 
 def _config(tiny_world, ckpt, protocol, decoder="monodepth2", init="auto", steps=4):
@@ -29,16 +20,16 @@ def _config(tiny_world, ckpt, protocol, decoder="monodepth2", init="auto", steps
 
 
 @pytest.mark.parametrize("protocol, decoder", [("frozen", "monodepth2"), ("linear", "linear")])
-def test_frozen_encoder_is_bit_identical(tiny_world, depth_ckpt, tmp_path, protocol, decoder):
-    record = run_transfer(_config(tiny_world, depth_ckpt, protocol, decoder), tmp_path, progress=False)
+def test_frozen_encoder_is_bit_identical(tiny_world, tiny_depth_ckpt, tmp_path, protocol, decoder):
+    record = run_transfer(_config(tiny_world, tiny_depth_ckpt, protocol, decoder), tmp_path, progress=False)
     assert record["status"] == "ok"
     assert record["encoder_sha256_before"] == record["encoder_sha256_after"]
     # ... and equal to the checkpoint's own tensors, BatchNorm running statistics included.
-    assert record["encoder_sha256_after"] == state_sha256(load_checkpoint(depth_ckpt).encoder)
+    assert record["encoder_sha256_after"] == state_sha256(load_checkpoint(tiny_depth_ckpt).encoder)
 
 
-def test_full_protocol_moves_the_encoder(tiny_world, depth_ckpt, tmp_path):
-    record = run_transfer(_config(tiny_world, depth_ckpt, "full"), tmp_path, progress=False)
+def test_full_protocol_moves_the_encoder(tiny_world, tiny_depth_ckpt, tmp_path):
+    record = run_transfer(_config(tiny_world, tiny_depth_ckpt, "full"), tmp_path, progress=False)
     assert record["encoder_sha256_before"] != record["encoder_sha256_after"]
     assert record["init"]["effective"] == "encoder+decoder"
     assert len(record["curve"]) == 2 and record["curve"][-1]["step"] == 4
@@ -47,8 +38,8 @@ def test_full_protocol_moves_the_encoder(tiny_world, depth_ckpt, tmp_path):
     assert (tmp_path / "record.json").is_file() and (tmp_path / "log.txt").read_text()
 
 
-def test_decoder_reuse_replaces_only_the_last_layer(depth_ckpt):
-    ckpt = load_checkpoint(depth_ckpt)
+def test_decoder_reuse_replaces_only_the_last_layer(tiny_depth_ckpt):
+    ckpt = load_checkpoint(tiny_depth_ckpt)
     model, info = build_model("resnet10t", ckpt, "monodepth2", "auto", num_classes=7)
     assert info["effective"] == "encoder+decoder"
     state = model.decoder.state_dict()
