@@ -100,7 +100,8 @@ def _ci(row) -> tuple[float, float]:
 
 
 def _figure(nrows, ncols, panel_w, panel_h, **kw):
-    fig = Figure(figsize=(panel_w * ncols + 1.8, panel_h * nrows + 0.6), layout="constrained")
+    # At least 8 inches wide: with a single panel the suptitle would otherwise run into the legend.
+    fig = Figure(figsize=(max(panel_w * ncols + 1.8, 8.0), panel_h * nrows + 0.6), layout="constrained")
     FigureCanvasAgg(fig)
     return fig, fig.subplots(nrows, ncols, squeeze=False, **kw)
 
