@@ -103,9 +103,7 @@ class TrainImages:
         if len(shapes) > 1:
             raise UserError(f"dataset {self.dataset.name}: training images differ in size after resizing "
                             f"({sorted(shapes)[:2]}); set a crop or an exact resize HxW")
-        x = torch.from_numpy(np.stack([img for img, _ in pairs])).permute(0, 3, 1, 2).contiguous()
-        y = torch.from_numpy(np.stack([lbl for _, lbl in pairs]).astype(np.int64))
-        return flip_batch(gen, x, y)
+        return flip_batch(gen, *_stack(pairs))
 
 
 def random_crop(gen: torch.Generator, image: np.ndarray, label: np.ndarray,
@@ -153,7 +151,8 @@ class EvalImages:
             yield _stack(group)
 
 
-def _stack(group):
+def _stack(group) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 images B×3×H×W, int64 labels B×H×W) from (H×W×3 image, H×W label) pairs."""
     x = torch.from_numpy(np.stack([img for img, _ in group])).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(np.stack([lbl for _, lbl in group]).astype(np.int64))
     return x, y
@@ -182,15 +181,22 @@ def dataset_settings(name: str, *, classes: int | None = None, train_split: str 
 def open_transfer_data(settings: dict, root, train_size: int, seed: int) -> tuple[SegmentationDataset, list[str],
                                                                                  TrainImages, EvalImages]:
     """(dataset, few-shot stems, training images, evaluation images) of one cell."""
-    dataset = open_dataset(settings["name"], root, classes=settings.get("classes"))
-    pool, evaluation = dataset.transfer_pools(settings.get("train_split"), settings.get("eval_split"))
+    dataset, pool, evaluation = open_pools(settings, root)
     stems = few_shot_stems([s.stem for s in pool], train_size, seed, dataset.name)
     by_stem = {s.stem: s for s in pool}
-    train = TrainImages(dataset, [by_stem[s] for s in stems], _size(settings["resize"]), _size(settings["crop"]))
-    return dataset, stems, train, EvalImages(dataset, evaluation, _size(settings["eval_resize"]))
+    train = TrainImages(dataset, [by_stem[s] for s in stems], as_size(settings["resize"]), as_size(settings["crop"]))
+    return dataset, stems, train, EvalImages(dataset, evaluation, as_size(settings["eval_resize"]))
 
 
-def _size(value):
+def open_pools(settings: dict, root) -> tuple[SegmentationDataset, list[Sample], list[Sample]]:
+    """(dataset, training pool, evaluation set) as the resolved data settings select them."""
+    dataset = open_dataset(settings["name"], root, classes=settings.get("classes"))
+    pool, evaluation = dataset.transfer_pools(settings.get("train_split"), settings.get("eval_split"))
+    return dataset, pool, evaluation
+
+
+def as_size(value):
+    """A size from the JSON settings (lists) back to the `Resize` form (tuples)."""
     return tuple(value) if isinstance(value, list) else value
 
 
@@ -198,8 +204,7 @@ def publish_splits(settings: dict, root, train_sizes: list[int], seeds: list[int
     """Write `OUT/splits/<dataset>/eval.txt` and `train_n<N>_s<S>.txt` (one stem per line): the
     exact images of every few-shot subset of a matrix, ready to publish with its results. Also
     checks, before any cell runs, that every requested size fits in the training pool."""
-    dataset = open_dataset(settings["name"], root, classes=settings.get("classes"))
-    pool, evaluation = dataset.transfer_pools(settings.get("train_split"), settings.get("eval_split"))
+    dataset, pool, evaluation = open_pools(settings, root)
     folder = Path(out_dir) / "splits" / dataset.name
     write_stems(folder / "eval.txt", [s.stem for s in evaluation])
     for n in train_sizes:
