@@ -90,6 +90,7 @@ class SegmentationDataset:
 
     name: ClassVar[str]
     splits: ClassVar[tuple[str, ...]]  # the official split names accepted by `samples`
+    unlabelled_splits: ClassVar[tuple[str, ...]] = ()  # official splits whose labels are not public
     train_split: ClassVar[str]  # defaults of the transfer stage
     eval_split: ClassVar[str]
     transforms: ClassVar[Transforms] = Transforms()
@@ -124,6 +125,9 @@ class SegmentationDataset:
         return len(self.class_names)
 
     def check_split(self, split: str) -> None:
+        if split in self.unlabelled_splits:
+            raise UserError(f"dataset {self.name}: the {split} split has no public labels (scored only on the "
+                            f"official server); labelled splits: {', '.join(self.splits)}")
         if split not in self.splits:
             raise UserError(f"dataset {self.name} has no split {split!r}; official splits: {', '.join(self.splits)}")
 
