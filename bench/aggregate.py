@@ -41,11 +41,13 @@ def records_frame(results_dir) -> pd.DataFrame:
         # (encoder+decoder, encoder, none) stays in the record.
         row = {**record["cell"], "init": (record.get("config") or {}).get("init", "auto"),
                "status": record.get("status"), "error": record.get("error"), "record": str(path),
-               "curve": record.get("curve") or [], "per_class_iou": metrics.get("per_class_iou") or {}}
+               "curve": record.get("curve") or [], "per_class_iou": metrics.get("per_class_iou") or {},
+               "checkpoint": (record.get("checkpoint") or {}).get("path"), "config": record.get("config") or {}}
         for k in METRICS:
             row[k] = 100.0 * metrics[k] if metrics.get(k) is not None else float("nan")
         rows.append(row)
-    return pd.DataFrame(rows, columns=CELL + ["seed", "status", "error", "record", "curve", "per_class_iou"] + METRICS)
+    extra = ["seed", "status", "error", "record", "curve", "per_class_iou", "checkpoint", "config"]
+    return pd.DataFrame(rows, columns=CELL + extra + METRICS)
 
 
 def t_interval(values) -> tuple[float, float, float, float]:

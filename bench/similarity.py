@@ -10,6 +10,7 @@ pooling by default (`reduce`: mean | flatten | subsample, see `bench.cka.reduce_
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import torch
 
 from bench.atomic import write_text_atomic
 from bench.checkpoint import load_checkpoint, load_encoder_weights
-from bench.cka import CKAAccumulator, layer_hooks, layer_presets, reduce_spatial
+from bench.cka import CKAAccumulator, layer_hooks, layer_presets
 from bench.errors import UserError
 from bench.models.backbones import create_encoder, normalize
 
@@ -52,36 +53,36 @@ def layer_cka(encoder_a, encoder_b, batches, layers: str | list[str] = "stages",
               reduce: str = "mean") -> tuple[np.ndarray, list[str], list[str]]:
     """CKA matrix (layers of a × layers of b) over uint8 image batches; `encoder_b=None`: a
     against itself."""
-    names_a = layer_presets(encoder_a, layers) if isinstance(layers, str) else list(layers)
+    def names(encoder):
+        return layer_presets(encoder, layers) if isinstance(layers, str) else list(layers)
+
+    def run(encoder, images):
+        encoder(normalize(images.float() / 255.0, encoder.normalization))
+
     same = encoder_b is None
-    names_b = names_a if same else (layer_presets(encoder_b, layers) if isinstance(layers, str) else list(layers))
-    acc = CKAAccumulator(len(names_a), len(names_b), same=same)
-    with layer_hooks(encoder_a, names_a) as feats_a:
-        if same:
-            for images in batches:
-                encoder_a(normalize(images.float() / 255.0, encoder_a.normalization))
-                acc.update([reduce_spatial(f, reduce) for f in feats_a.values()])
-        else:
-            with layer_hooks(encoder_b, names_b) as feats_b:
-                for images in batches:
-                    encoder_a(normalize(images.float() / 255.0, encoder_a.normalization))
-                    encoder_b(normalize(images.float() / 255.0, encoder_b.normalization))
-                    acc.update([reduce_spatial(f, reduce) for f in feats_a.values()],
-                               [reduce_spatial(f, reduce) for f in feats_b.values()])
+    names_a = names(encoder_a)
+    names_b = names_a if same else names(encoder_b)
+    # The accumulator reduces the feature maps itself (`reduce_spatial`).
+    acc = CKAAccumulator(len(names_a), len(names_b), same=same, reduction=reduce)
+    with contextlib.ExitStack() as stack:
+        feats_a = stack.enter_context(layer_hooks(encoder_a, names_a))
+        feats_b = None if same else stack.enter_context(layer_hooks(encoder_b, names_b))
+        for images in batches:
+            run(encoder_a, images)
+            if not same:
+                run(encoder_b, images)
+            acc.update(list(feats_a.values()), None if same else list(feats_b.values()))
     return acc.compute(), names_a, names_b
 
 
 def dataset_batches(settings: dict, root, images: int, batch_size: int):
     """The first `images` evaluation images of a dataset at its eval geometry, in batches."""
-    from transfer.data import EvalImages
-    from transfer.datasets import open_dataset
+    from transfer.data import EvalImages, as_size, open_pools
 
-    dataset = open_dataset(settings["name"], root, classes=settings.get("classes"))
-    _, evaluation = dataset.transfer_pools(settings.get("train_split"), settings.get("eval_split"))
+    dataset, _, evaluation = open_pools(settings, root)
     if len(evaluation) < 4:
         raise UserError(f"dataset {dataset.name}: CKA needs at least 4 evaluation images, found {len(evaluation)}")
-    resize = settings["eval_resize"]
-    subset = EvalImages(dataset, evaluation[:images], tuple(resize) if isinstance(resize, list) else resize)
+    subset = EvalImages(dataset, evaluation[:images], as_size(settings["eval_resize"]))
     for x, _ in subset.batches(batch_size):
         if x.shape[0] >= 4:  # the unbiased HSIC needs at least 4 rows per batch
             yield x
@@ -103,27 +104,25 @@ def pretrained_vs_finetuned(results_dir: Path, df: pd.DataFrame, images: int = 6
     """For each backbone of a matrix with full fine-tuning and kept weights, the CKA heatmap of
     its pre-trained encoder against the fine-tuned one (first seed of each comparison), written
     to `RESULTS/cka/<cell-id>.*`. Up-to-date heatmaps are not recomputed."""
-    import json
-
     paths: list[Path] = []
     full = df[(df["protocol"] == "full") & (df["status"] == "ok")].sort_values("seed")
     for _, group in full.groupby(["backbone", "dataset", "decoder", "init", "train_size"], sort=False):
-        run_dir = Path(group.iloc[0]["record"]).parent
-        record = json.loads((run_dir / "record.json").read_text())
-        final, ckpt = run_dir / WEIGHT_FILES[0], (record.get("checkpoint") or {}).get("path")
-        if not final.is_file() or not ckpt or not Path(ckpt).is_file():
+        row = group.iloc[0]
+        run_dir = Path(row["record"]).parent
+        # pandas holds a missing checkpoint (random init) as NaN, not None.
+        final, ckpt = run_dir / WEIGHT_FILES[0], row["checkpoint"]
+        if not final.is_file() or not isinstance(ckpt, str) or not Path(ckpt).is_file():
             continue  # weights not kept, or a random-init backbone: nothing pre-trained to compare
         stem = results_dir / "cka" / run_dir.name
-        if stem.with_name(stem.name + ".csv").is_file() and \
-                stem.with_name(stem.name + ".csv").stat().st_mtime >= final.stat().st_mtime:
+        csv = stem.with_name(stem.name + ".csv")
+        if csv.is_file() and csv.stat().st_mtime >= final.stat().st_mtime:
             paths += [stem.with_name(stem.name + s) for s in (".csv", ".png", ".svg")]
             continue
-        config = record["config"]
+        config = row["config"]
         matrix, names_a, names_b = layer_cka(
             load_encoder(ckpt), load_encoder(final),
             dataset_batches(config["dataset"], config["dataset_root"], images, batch_size))
-        cell = record["cell"]
         paths += write_cka(matrix, names_a, names_b, stem,
-                           f"CKA, {cell['backbone']}: pre-trained vs fine-tuned ({cell['dataset']}, "
-                           f"{cell['train_size']} images)", "pre-trained", "fine-tuned")
+                           f"CKA, {row['backbone']}: pre-trained vs fine-tuned ({row['dataset']}, "
+                           f"{row['train_size']} images)", "pre-trained", "fine-tuned")
     return paths

@@ -10,8 +10,8 @@ from transfer.data import dataset_settings
 from transfer.train import run_transfer
 
 
-def _cell(tiny_world, ckpt, protocol, out, keep_weights=True):
-    cell = Cell("depth", "depth_supervised", "resnet10t", "synth", protocol,
+def _cell(tiny_world, ckpt, protocol, out, keep_weights=True, backbone="depth"):
+    cell = Cell(backbone, "depth_supervised" if ckpt else "none", "resnet10t", "synth", protocol,
                 "linear" if protocol == "linear" else "monodepth2", 2, 0)
     config = cell_config(cell, data_id="tiny", dataset=dataset_settings("synth"), dataset_root=tiny_world,
                          checkpoint=ckpt, checkpoint_sha256=None, init="auto", steps=3, batch_size=2, eval_every=3,
@@ -48,6 +48,7 @@ def test_full_cells_keep_weights_and_aggregate_draws_pretrained_vs_finetuned(tin
     results = tmp_path / "results"
     _cell(tiny_world, tiny_depth_ckpt, "full", results / "runs" / "depth__full")
     _cell(tiny_world, tiny_depth_ckpt, "frozen", results / "runs" / "depth__frozen")
+    _cell(tiny_world, None, "full", results / "runs" / "random__full", backbone="random")  # nothing pre-trained
     assert (results / "runs" / "depth__full" / "final.safetensors").is_file()
     assert not (results / "runs" / "depth__frozen" / "final.safetensors").exists()  # bit-identical to the checkpoint
     from bench.aggregate import records_frame
