@@ -52,15 +52,21 @@ def bare_forward(model_a, model_b, loader, device) -> None:
             model_b(x)
 
 
-def ours(model_a, model_b, names_a, names_b, loader, device, reduction, dtype=torch.float64) -> np.ndarray:
-    acc = CKAAccumulator(len(names_a), len(names_b), reduction=reduction, dtype=dtype)
+def hooked_features(model_a, model_b, names_a, names_b, loader, device):
+    """Per batch, the two models' hooked layer outputs (lists in layer order)."""
     with layer_hooks(model_a, names_a) as out_a, layer_hooks(model_b, names_b) as out_b, \
             torch.inference_mode():
         for (x,) in loader:
             x = x.to(device)
             model_a(x)
             model_b(x)
-            acc.update(list(out_a.values()), list(out_b.values()))
+            yield list(out_a.values()), list(out_b.values())
+
+
+def ours(model_a, model_b, names_a, names_b, loader, device, reduction, dtype=torch.float64) -> np.ndarray:
+    acc = CKAAccumulator(len(names_a), len(names_b), reduction=reduction, dtype=dtype)
+    for feats_a, feats_b in hooked_features(model_a, model_b, names_a, names_b, loader, device):
+        acc.update(feats_a, feats_b)
     return acc.compute()
 
 
@@ -78,16 +84,10 @@ def float64_reference(model_a, model_b, names_a, names_b, loader, device) -> np.
     from cka.hsic import hsic
 
     sums = None
-    with layer_hooks(model_a, names_a) as out_a, layer_hooks(model_b, names_b) as out_b, \
-            torch.inference_mode():
-        for (x,) in loader:
-            x = x.to(device)
-            model_a(x)
-            model_b(x)
-            grams = [torch.stack([f.flatten(1).double() @ f.flatten(1).double().T for f in out.values()])
-                     for out in (out_a, out_b)]
-            batch = hsic(*grams)
-            sums = batch if sums is None else [s + b for s, b in zip(sums, batch)]
+    for feats in hooked_features(model_a, model_b, names_a, names_b, loader, device):
+        grams = [torch.stack([f.flatten(1).double() @ f.flatten(1).double().T for f in side]) for side in feats]
+        batch = hsic(*grams)
+        sums = batch if sums is None else [s + b for s, b in zip(sums, batch)]
     xy, xx, yy = (t.cpu().numpy() for t in sums)
     return xy / np.sqrt(xx[:, None] * yy[None, :])
 
