@@ -36,24 +36,60 @@ def _cmd_data_synth(args) -> int:
     return 0
 
 
+def _key_values(pairs: list[str] | None, flag: str) -> dict:
+    """`-o KEY=VALUE` pairs as a dict, each value read as YAML (so 0.9, true and [1, 2] are typed)."""
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} {pair!r}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
 def _cmd_pretrain(args) -> int:
-    from pretrain.api import run_pretrain
+    from bench.models.backbones import backbone_spec
+    from pretrain.api import LAST_GOOD_NAME, run_pretrain
+    from pretrain.loop import Diverged
 
     root = Path(args.root).resolve()
     if not root.is_dir():
         raise UserError(f"--root {root}: folder not found")
+    backbone_spec(args.arch)  # unknown arch: one line before any work
     config = {
         "name": Path(args.out).name, "method": args.method, "arch": args.arch, "dataset": args.dataset,
         "root": str(root), "data_id": str(root), "steps": args.steps, "batch_size": args.batch_size,
-        "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed, "state_every": args.state_every,
-        "head_init_std": args.head_init_std, "silog_lambda": args.silog_lambda, "silog_eps": args.silog_eps,
-        "silog_unbiased": args.silog_unbiased, "silog_sqrt": args.silog_sqrt,
+        "lr": args.lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps, "seed": args.seed,
+        "state_every": args.state_every, "max_bad_steps": args.max_bad_steps, "grad_clip": args.grad_clip,
+        "resize": args.resize, "crop": args.crop,
+        "init": str(Path(args.init).resolve()) if args.init else None,
+        "options": _key_values(args.option, "--option"),
+        "source_options": _key_values(args.source_option, "--source-option"),
     }
-    from bench.models.backbones import backbone_spec
-
-    backbone_spec(args.arch)  # unknown arch: one line before any work
-    print(run_pretrain(config, Path(args.out), progress=not args.no_progress))
+    try:
+        print(run_pretrain(config, Path(args.out), progress=not args.no_progress))
+    except Diverged as exc:
+        print(f"error: diverged: {exc}; the last good weights are in {Path(args.out) / LAST_GOOD_NAME}",
+              file=sys.stderr)
+        return 3
     return 0
+
+
+def _pretrain_epilog() -> str:
+    from pretrain.methods import list_methods, method_class, options_help
+    from pretrain.sources import list_sources
+
+    lines = ["method options (-o KEY=VALUE):"]
+    for name in list_methods():
+        lines.append(f"  {name}:")
+        lines += [f"    {line}" for line in options_help(method_class(name))] or ["    (none)"]
+    lines.append(f"datasets: {', '.join(list_sources())} (reader options: README, 'Pre-training data')")
+    return "\n".join(lines)
 
 
 def _cmd_transfer(args) -> int:
@@ -150,24 +186,36 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=_cmd_run)
 
+    from pretrain.methods import list_methods
+    from pretrain.sources import list_sources
+
     pt = sub.add_parser("pretrain", help="pre-train one encoder and write a checkpoint", description=
                         "Writes OUT/checkpoint.safetensors and OUT/history.csv; an interrupted run resumes "
-                        "from OUT/state.pt, and a finished one with the same config is skipped.")
-    pt.add_argument("--method", required=True, choices=["depth_supervised", "classification"], help="pre-training method")
+                        "from OUT/state.pt, and a finished one with the same config is skipped. A run whose "
+                        "loss or gradient stays non-finite for --max-bad-steps steps stops (exit 3) and keeps "
+                        "its last good weights in OUT/last_good.safetensors.",
+                        epilog=_pretrain_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    pt.add_argument("--method", required=True, choices=list_methods(), help="pre-training method")
     pt.add_argument("--arch", required=True, help="registered backbone name, e.g. resnet18")
-    pt.add_argument("--dataset", default="synth", choices=["synth"], help="pre-training data (default: synth)")
+    pt.add_argument("--dataset", default="synth", choices=list_sources(), help="pre-training data (default: synth)")
     pt.add_argument("--root", required=True, help="dataset folder (for synth: a folder written by `bench data synth`)")
     pt.add_argument("--steps", type=int, required=True, help="optimisation steps")
     pt.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
     pt.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default: 1e-3)")
     pt.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
+    pt.add_argument("--warmup-steps", type=int, help="linear warm-up steps before the cosine decay (default: 5%% of --steps)")
     pt.add_argument("--seed", type=int, default=0, help="seed for initialisation, batches and augmentation")
+    pt.add_argument("--init", help="start from these weights: a harness checkpoint, or a torchvision/timm "
+                    "state dict of the same arch (e.g. ImageNet weights); default: from scratch")
+    pt.add_argument("--resize", help="training size HxW every item is resized to (default: the dataset's)")
+    pt.add_argument("--crop", help="train on random HxW crops of the resized items (e.g. 256x256: 'Depth-cropped')")
     pt.add_argument("--state-every", type=int, default=100, help="snapshot for resume every N steps (default: 100)")
-    pt.add_argument("--head-init-std", type=float, default=0.5, help="std of the depth head's last layer (default: 0.5; the NaN paper's safe range is 0.1-1)")
-    pt.add_argument("--silog-lambda", type=float, default=0.85, help="lambda of the scale-invariant log loss (default: 0.85)")
-    pt.add_argument("--silog-eps", type=float, default=1e-24, help="eps in log(y + eps) (default: 1e-24)")
-    pt.add_argument("--silog-unbiased", action="store_true", help="use the unbiased variance (unsafe; for study)")
-    pt.add_argument("--silog-sqrt", action="store_true", help="minimise sqrt of the loss (unsafe late in training; for study)")
+    pt.add_argument("--max-bad-steps", type=int, default=20, help="stop as diverged after this many consecutive "
+                    "non-finite steps (default: 20)")
+    pt.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value (default: no clipping)")
+    pt.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="a method option (listed below); repeatable")
+    pt.add_argument("--source-option", action="append", metavar="KEY=VALUE", help="a dataset reader option "
+                    "(README, 'Pre-training data'); repeatable")
     pt.add_argument("--out", required=True, help="output folder")
     pt.add_argument("--no-progress", action="store_true", help="no progress bar")
     pt.set_defaults(fn=_cmd_pretrain)

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bench.errors import UserError
 from bench.models.backbones import list_backbones
 
+# Method options that name files or folders: resolved against the manifest's folder.
+PATH_OPTIONS = ("pseudo_labels",)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Protocol = Literal["full", "frozen", "linear"]
 Decoder = Literal["monodepth2"]
@@ -41,21 +43,59 @@ class DataSection(_Strict):
 
 
 class PretrainSpec(_Strict):
-    method: Literal["depth_supervised", "classification"]
-    dataset: Literal["synth"] = "synth"
+    """A pre-training of `bench pretrain` (README, "Pre-training methods"). `options` are the
+    method's own settings and `source_options` the dataset reader's; both are validated here."""
+
+    method: str
+    dataset: str = "synth"
     root: Path | None = None  # default: the generated world of the `data.synth` section
     steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int | None = Field(None, ge=0)
     seed: int = 0
     state_every: int = Field(100, ge=1)
-    # Supervised-depth knobs (the NaN-divergence paper's safe defaults; change them to study it).
-    head_init_std: float = Field(0.5, gt=0)
-    silog_lambda: float = Field(0.85, ge=0, le=1)
-    silog_eps: float = Field(1e-24, ge=0)
-    silog_unbiased: bool = False
-    silog_sqrt: bool = False
+    max_bad_steps: int = Field(20, ge=1)
+    grad_clip: float | None = Field(None, gt=0)
+    resize: str | list[int] | None = None
+    crop: str | list[int] | None = None
+    init: Path | None = None
+    options: dict = Field(default_factory=dict)
+    source_options: dict = Field(default_factory=dict)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from pretrain.methods import list_methods
+
+        if v not in list_methods():
+            raise ValueError(f"unknown method {v!r}; available: {', '.join(list_methods())}")
+        return v
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_source(cls, v: str) -> str:
+        from pretrain.sources import list_sources
+
+        if v not in list_sources():
+            raise ValueError(f"unknown pre-training dataset {v!r}; available: {', '.join(list_sources())}")
+        return v
+
+    @model_validator(mode="after")
+    def _valid_settings(self):
+        from bench.sizes import parse_size
+        from pretrain.methods import method_class, parse_options
+
+        try:
+            parse_options(method_class(self.method), self.options)
+            parse_size(self.resize, "resize", allow_short_side=False)
+            parse_size(self.crop, "crop", allow_short_side=False)
+        except UserError as exc:
+            raise ValueError(str(exc).replace("--method ", "method ")) from None
+        if self.dataset != "synth" and self.root is None:
+            raise ValueError(f"dataset {self.dataset!r} needs a root folder")
+        return self
 
 
 class Backbone(_Strict):
@@ -246,6 +286,14 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
             b.pretrain.root = resolve(b.pretrain.root)
             if not b.pretrain.root.is_dir():
                 raise UserError(f"{path}: backbones[{i}].pretrain.root: folder not found: {b.pretrain.root}")
+        if b.pretrain is not None and b.pretrain.init is not None:
+            b.pretrain.init = resolve(b.pretrain.init)
+            if not b.pretrain.init.is_file():
+                raise UserError(f"{path}: backbones[{i}].pretrain.init: file not found: {b.pretrain.init}")
+        if b.pretrain is not None:
+            for key in PATH_OPTIONS:  # folder options of a method, relative to the manifest like every path
+                if isinstance(b.pretrain.options.get(key), str):
+                    b.pretrain.options[key] = str(resolve(Path(b.pretrain.options[key])))
     for i, d in enumerate(m.datasets):
         if d.root is not None:
             d.root = resolve(d.root)

@@ -50,6 +50,8 @@ def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
 def pretrain_config(backbone, world_root: Path, world_id: str) -> dict:
     spec = backbone.pretrain.model_dump(mode="json")
     root = spec.pop("root")
+    # The generated world is named by its parameters, so moving the results folder (and with it
+    # the world) keeps every pre-training's fingerprint; a real dataset is named by its path.
     return {"name": backbone.name, "arch": backbone.arch, **spec,
             "root": str(root or world_root), "data_id": str(root) if root else world_id}
 

@@ -2,30 +2,66 @@
 
 `run_pretrain` is what `bench pretrain` and the manifest runner call. It is idempotent: when
 `OUT/checkpoint.safetensors` already holds the same config fingerprint it returns at once, and
-an interrupted run resumes from its last snapshot.
+an interrupted run resumes from its last snapshot. A run that diverges keeps its last good
+weights in `OUT/last_good.safetensors` (never under the name transfer cells look for) and says
+why in `OUT/diverged.json`.
+
+The config is a flat dict: method, arch, dataset, root, steps, batch_size, lr, seed, and the
+optional weight_decay, warmup_steps, state_every, max_bad_steps, grad_clip, resize, crop, init,
+plus `options` (the method's own settings, see `pretrain.methods`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from bench.checkpoint import read_checkpoint_meta, save_checkpoint
 from bench.errors import UserError
-from bench.records import fingerprint
-from pretrain.classification import Classification
-from pretrain.depth_supervised import DepthSupervised
-from pretrain.loop import train
+from bench.records import fingerprint, write_json_atomic
+from pretrain.init import initialise
+from pretrain.loop import Diverged, train
+from pretrain.methods import method_class
+from pretrain.sources import open_source
 
-METHODS = {cls.method: cls for cls in (DepthSupervised, Classification)}
 CHECKPOINT_NAME = "checkpoint.safetensors"
+LAST_GOOD_NAME = "last_good.safetensors"
+
+
+def resolve_config(config: dict) -> dict:
+    """The config with defaults made explicit, so that two spellings of one training share a
+    fingerprint: None-valued keys dropped, sizes as [H, W], the method's options validated and
+    completed with their defaults, and the content hash of an `init` file added (a different
+    file under the same name is a different training)."""
+    from bench.checkpoint import file_sha256
+    from bench.sizes import parse_size
+    from pretrain.methods import parse_options
+
+    out = {k: v for k, v in config.items() if v is not None}
+    for key in ("resize", "crop"):
+        if key in out:
+            size = parse_size(out[key], f"--{key}", allow_short_side=False)
+            out[key] = list(size) if size else None
+            if out[key] is None:
+                del out[key]
+    out["options"] = parse_options(method_class(out["method"]), out.get("options") or {}).model_dump(mode="json")
+    if out.get("source_options") == {}:
+        del out["source_options"]
+    if out.get("init"):
+        init = Path(out["init"])
+        if not init.is_file():
+            raise UserError(f"--init {init}: file not found")
+        out["init_sha256"] = file_sha256(init)
+    return out
 
 
 def pretrain_fingerprint(config: dict) -> str:
     """Identity of the model a config produces. Cosmetic keys are left out, and so is the data
-    path when `data_id` names the data (a moved results folder must not force a re-train)."""
-    cosmetic = {"name", "state_every"} | ({"root"} if config.get("data_id") else set())
+    path when `data_id` names the data (a moved results folder must not force a re-train), and
+    the init path, whose content hash `init_sha256` stands for it."""
+    cosmetic = {"name", "state_every"} | ({"root"} if config.get("data_id") else set()) | {"init"}
     return fingerprint({k: v for k, v in config.items() if k not in cosmetic})
 
 
@@ -40,33 +76,64 @@ def is_pretrained(out_dir, fp: str) -> bool:
         return False
 
 
-def run_pretrain(config: dict, out_dir, *, progress: bool = True, log=print) -> Path:
-    out_dir = Path(out_dir)
-    method = config["method"]
-    if method not in METHODS:
-        raise UserError(f"unknown pre-training method {method!r}; available: {', '.join(sorted(METHODS))}")
-    fp = pretrain_fingerprint(config)
-    if is_pretrained(out_dir, fp):
-        log(f"{out_dir / CHECKPOINT_NAME}: up to date, skipped")
-        return out_dir / CHECKPOINT_NAME
-    out_dir.mkdir(parents=True, exist_ok=True)
+def build_method(config: dict):
+    """The method object of a config, its data opened and its networks initialised."""
+    cls = method_class(config["method"])
+    source = open_source(config.get("dataset", "synth"), config["root"], config.get("source_options"))
     torch.manual_seed(int(config["seed"]))  # weight initialisation
-    task = METHODS[method](config)
-    summary = train(task, config, fp, out_dir, progress=progress, log=log)
-    meta = {
+    task = cls(config, source)
+    if config.get("init"):
+        initialise(task, config["init"])
+    return task
+
+
+def _meta(task, config: dict, fp: str, summary: dict, steps: int) -> dict:
+    return {
         "arch": config["arch"],
-        "method": method,
+        "method": config["method"],
         "data": {"dataset": config.get("dataset", "synth"), "root": str(config["root"])},
-        "steps": int(config["steps"]),
+        "steps": steps,
         "normalization": task.encoder.normalization,
         "seed": int(config["seed"]),
         "fingerprint": fp,
         "config": config,
         "decoder": task.decoder_meta(),
         "summary": summary,
+        **task.extra_meta(),
     }
-    decoder = task.decoder.state_dict() if meta["decoder"] else None
-    path = save_checkpoint(out_dir / CHECKPOINT_NAME, task.encoder.state_dict(), meta, decoder_state=decoder)
+
+
+def run_pretrain(config: dict, out_dir, *, progress: bool = True, log=print) -> Path:
+    out_dir = Path(out_dir)
+    method_class(config["method"])  # unknown method: one line before any work
+    config = resolve_config(config)
+    fp = pretrain_fingerprint(config)
+    if is_pretrained(out_dir, fp):
+        log(f"{out_dir / CHECKPOINT_NAME}: up to date, skipped")
+        return out_dir / CHECKPOINT_NAME
+    task = build_method(config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "diverged.json").unlink(missing_ok=True)
+    decoder = lambda: task.decoder.state_dict() if task.decoder_meta() else None  # noqa: E731
+    try:
+        summary = train(task, config, fp, out_dir, progress=progress, log=log)
+    except Diverged as exc:
+        info = {"status": "diverged", "reason": str(exc), "step": exc.step, "last_good_step": exc.last_good_step}
+        meta = _meta(task, config, fp, info, exc.last_good_step)
+        meta["status"] = "diverged"
+        save_checkpoint(out_dir / LAST_GOOD_NAME, task.encoder.state_dict(), meta, decoder_state=decoder())
+        write_json_atomic(out_dir / "diverged.json", info)
+        log(f"diverged: {exc}; last good weights in {out_dir / LAST_GOOD_NAME}")
+        raise
+    path = save_checkpoint(out_dir / CHECKPOINT_NAME, task.encoder.state_dict(),
+                           _meta(task, config, fp, summary, int(config["steps"])), decoder_state=decoder())
     (out_dir / "state.pt").unlink(missing_ok=True)
-    log(f"wrote {path} (final loss {summary['final_loss']:.4f}, {summary['wall_s']:.1f}s)")
+    (out_dir / LAST_GOOD_NAME).unlink(missing_ok=True)
+    log(f"wrote {path} (final loss {summary['final_loss']:.4f}, {summary['wall_s']:.1f}s, "
+        f"{summary['images_per_s']:.1f} img/s)")
     return path
+
+
+def read_divergence(out_dir) -> dict | None:
+    path = Path(out_dir) / "diverged.json"
+    return json.loads(path.read_text()) if path.is_file() else None

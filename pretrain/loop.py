@@ -2,8 +2,14 @@
 
 Batches and augmentations are drawn from a generator seeded by (seed, step), so a run resumed
 from a snapshot sees exactly the batches an uninterrupted run would. Snapshots (`state.pt`:
-weights, optimiser state, step) are written atomically every `state_every` steps and loaded with
-`torch.load(weights_only=True)`; a snapshot whose config fingerprint differs is ignored.
+weights, optimiser state, step, counters) are written atomically every `state_every` steps and
+loaded with `torch.load(weights_only=True)`; a snapshot whose config fingerprint differs is ignored.
+
+Per the NaN-divergence paper, a step whose loss or gradient is not finite is skipped (no update,
+and the buffers its forward pass touched are restored) and counted; `max_bad_steps` consecutive bad steps end the run as `Diverged`. Because bad steps
+never update the weights, the networks at that point are the last good ones, and the caller
+keeps them. A batch without anything to learn from (loss None, e.g. no valid depth pixel) is
+skipped and counted separately. Both counters are columns of `history.csv`.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from bench.progress import bar as progress_bar
 
 
 class Diverged(RuntimeError):
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"loss became {loss} at step {step}")
-        self.step = step
+    def __init__(self, step: int, bad_steps: int, reason: str, last_good_step: int):
+        super().__init__(f"{bad_steps} consecutive non-finite steps up to step {step} ({reason}); "
+                         f"last good step {last_good_step}")
+        self.step, self.bad_steps, self.reason, self.last_good_step = step, bad_steps, reason, last_good_step
 
 
 def lr_factor(step: int, steps: int, warmup: int) -> float:
@@ -48,12 +55,18 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
     (name -> nn.Module) and `loss(generator, batch_size) -> (loss | None, terms)`."""
     steps, seed = int(config["steps"]), int(config["seed"])
     state_every = int(config.get("state_every", 100))
+    max_bad = int(config.get("max_bad_steps", 20))
+    clip = config.get("grad_clip")
     warmup = min(int(config.get("warmup_steps", 0)) or max(1, steps // 20), steps)
     params = [p for m in task.modules.values() for p in m.parameters() if p.requires_grad]
+    # Buffers change in the forward pass (BatchNorm statistics, a MoCo queue): a skipped step must
+    # restore them too, or one NaN batch would poison the running statistics for good.
+    buffers = [b for m in task.modules.values() for b in m.buffers()]
     optimizer = torch.optim.AdamW(params, lr=float(config["lr"]), weight_decay=float(config.get("weight_decay", 1e-4)))
     state_path, history_path = out_dir / "state.pt", out_dir / "history.csv"
 
-    start, history, skipped = 0, [], 0
+    start, history = 0, []
+    counts = {"empty_batches": 0, "nonfinite_steps": 0, "consecutive_bad": 0, "last_good_step": 0}
     if state_path.exists():
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -64,7 +77,8 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
             for name, module in task.modules.items():
                 module.load_state_dict(state["modules"][name])
             optimizer.load_state_dict(state["optimizer"])
-            start, skipped = int(state["step"]), int(state["skipped"])
+            start = int(state["step"])
+            counts.update({k: int(v) for k, v in state["counts"].items()})
             history = _read_history(history_path, upto=start)
             log(f"resumed from step {start}")
 
@@ -74,7 +88,7 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
             {
                 "fingerprint": fingerprint,
                 "step": step,
-                "skipped": skipped,
+                "counts": dict(counts),
                 "modules": {n: m.state_dict() for n, m in task.modules.items()},
                 "optimizer": optimizer.state_dict(),
             },
@@ -88,31 +102,55 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
     t0 = time.perf_counter()
     bar = progress_bar(enabled=progress, total=steps, initial=start, unit="step",
                        desc=f"pretrain {config.get('name', config['method'])}")
+    batch_size = int(config["batch_size"])
     for step in range(start, steps):
         lr = float(config["lr"]) * lr_factor(step, steps, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, terms = task.loss(step_generator(seed, step), int(config["batch_size"]))
-        if loss is None:  # no valid pixel in this batch: skip it rather than produce NaN
-            skipped += 1
+        saved = [b.detach().clone() for b in buffers]
+        loss, terms = task.loss(step_generator(seed, step), batch_size)
+        row = {"step": step + 1, "lr": lr}
+        if loss is None:  # nothing to learn from in this batch: skip it rather than produce NaN
+            counts["empty_batches"] += 1
+            row["loss"] = float("nan")
         else:
             value = float(loss.detach())
-            if not math.isfinite(value):
-                write_history(history_path, history)
-                raise Diverged(step + 1, value)
+            reason = None if math.isfinite(value) else f"loss {value}"
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            history.append({"step": step + 1, "loss": value, "lr": lr, **{k: float(v) for k, v in terms.items()}})
-            bar.set_postfix(loss=f"{value:.4f}")
+            if reason is None:
+                loss.backward()
+                norm = float(torch.nn.utils.clip_grad_norm_(params, float(clip) if clip else math.inf))
+                reason = None if math.isfinite(norm) else f"gradient norm {norm}"
+            row.update(loss=value, grad_norm=norm if reason is None else float("nan"),
+                       **{k: float(v) for k, v in terms.items()})
+            if reason is None:
+                optimizer.step()
+                task.after_step()
+                counts["consecutive_bad"], counts["last_good_step"] = 0, step + 1
+                bar.set_postfix(loss=f"{value:.4f}", img_s=f"{batch_size * (step + 1 - start) / (time.perf_counter() - t0):.1f}")
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for b, kept in zip(buffers, saved):
+                        b.copy_(kept)
+                counts["nonfinite_steps"] += 1
+                counts["consecutive_bad"] += 1
+        history.append({**row, "empty_batches": counts["empty_batches"], "nonfinite_steps": counts["nonfinite_steps"]})
         bar.update(1)
-        if (step + 1) % state_every == 0 and step + 1 < steps:
+        if loss is not None and counts["consecutive_bad"] >= max_bad:
+            bar.close()
+            write_history(history_path, history)
+            raise Diverged(step + 1, counts["consecutive_bad"], reason, counts["last_good_step"])
+        if (step + 1) % state_every == 0 and step + 1 < steps and counts["consecutive_bad"] == 0:
             snapshot(step + 1)
     bar.close()
     write_history(history_path, history)
     elapsed = time.perf_counter() - t0
-    return {"steps": steps, "resumed_from": start, "skipped_batches": skipped, "wall_s": elapsed,
-            "final_loss": history[-1]["loss"] if history else float("nan")}
+    finite = [r["loss"] for r in history if math.isfinite(r.get("loss", math.nan))]
+    return {"steps": steps, "resumed_from": start, "empty_batches": counts["empty_batches"],
+            "nonfinite_steps": counts["nonfinite_steps"], "wall_s": elapsed,
+            "images_per_s": batch_size * (steps - start) / max(elapsed, 1e-9),
+            "final_loss": finite[-1] if finite else float("nan")}
 
 
 def _read_history(path: Path, upto: int) -> list[dict]:

@@ -7,7 +7,8 @@ import torch
 from bench.augment import step_generator
 from bench.errors import UserError
 from transfer.data import EvalImages, TrainImages, dataset_settings, random_crop, target_size
-from transfer.datasets.base import Sample, SegmentationDataset, parse_size
+from bench.sizes import parse_size
+from transfer.datasets.base import Sample, SegmentationDataset
 from transfer.splits import few_shot_stems
 from transfer.train import evaluate
 

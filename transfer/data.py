@@ -21,8 +21,9 @@ from PIL import Image
 
 from bench.augment import flip_batch
 from bench.errors import UserError
+from bench.sizes import parse_size
 from transfer.datasets import dataset_class, open_dataset
-from transfer.datasets.base import IGNORE_INDEX, Resize, Sample, SegmentationDataset, parse_size, read_pair
+from transfer.datasets.base import IGNORE_INDEX, Resize, Sample, SegmentationDataset, read_pair
 from transfer.splits import few_shot_stems, split_file_name, write_stems
 
 CACHE_BYTES = 2 * 1024**3

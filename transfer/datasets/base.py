@@ -209,31 +209,3 @@ def pair_by_stem(images: dict[str, Path], labels: dict[str, Path], what: str) ->
         raise UserError(f"{images[missing[0]]}: image has no {what} label"
                         + (f" ({len(missing)} images lack one)" if len(missing) > 1 else ""))
     return [Sample(stem, images[stem], labels[stem]) for stem in sorted(images)]
-
-
-def parse_size(text, what: str, allow_short_side: bool = True):
-    """`"192x640"` -> (192, 640); `512` or `"512"` -> 512 (short side, if allowed);
-    `"native"`/`"none"`/None -> None. Accepts the YAML/JSON forms too ([192, 640])."""
-    if text is None or (isinstance(text, str) and text.strip().lower() in ("native", "none", "")):
-        return None
-    if isinstance(text, (list, tuple)) and len(text) == 2:
-        h, w = text
-    elif isinstance(text, int) or (isinstance(text, str) and text.strip().isdigit()):
-        if not allow_short_side:
-            raise UserError(f"{what}: give HxW (e.g. 512x512), got {text!r}")
-        side = int(text)
-        if side < 8:
-            raise UserError(f"{what}: a short side of {side} pixels is too small")
-        return side
-    elif isinstance(text, str) and "x" in text.lower():
-        h, _, w = text.lower().partition("x")
-    else:
-        raise UserError(f"{what}: expected HxW (e.g. 192x640){', a short side (e.g. 512)' if allow_short_side else ''} "
-                        f"or 'native', got {text!r}")
-    try:
-        h, w = int(h), int(w)
-    except (TypeError, ValueError):
-        raise UserError(f"{what}: expected HxW with integers, got {text!r}") from None
-    if h < 8 or w < 8:
-        raise UserError(f"{what}: {h}x{w} is too small (at least 8x8)")
-    return (h, w)

@@ -1,0 +1,109 @@
+"""The method interface every pre-training method implements, and its registry.
+
+A method owns its networks (`modules`: everything the resume snapshot must hold; `encoder` and
+the optional `decoder` are what the checkpoint keeps), draws its batches from a `Batches` of the
+data kind it trains on, and returns a loss per step. The shared loop (`pretrain.loop`) does the
+optimisation, NaN handling, snapshots and history; a method never sees the optimiser.
+
+Method-specific settings are a pydantic `Options` model: the CLI's `-o KEY=VALUE` and the
+manifest's `pretrain.options` are validated by it, and `bench pretrain --help` lists them.
+
+Add a method with a module in this package (it is imported automatically):
+
+    @register_method
+    class MyMethod(PretrainMethod):
+        name = "my_method"
+        kind = "image"           # the data kind of pretrain.sources.base
+        class Options(MethodOptions):
+            temperature: float = Field(0.2, gt=0, description="...")
+        def loss(self, gen, batch_size): ...
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+from torch import nn
+
+from bench.errors import UserError
+from bench.models.backbones import create_encoder, normalize
+from pretrain.batches import Batches
+from pretrain.sources.base import PretrainSource
+
+
+class MethodOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PretrainMethod:
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def __init__(self, config: dict, source: PretrainSource):
+        self.config = config
+        self.options = parse_options(type(self), config.get("options") or {})
+        self.batches = Batches(source, self.kind, self.name, resize=config.get("resize"), crop=config.get("crop"))
+        self.encoder = create_encoder(config["arch"])
+        self.decoder: nn.Module | None = None
+        self.modules: dict[str, nn.Module] = {"encoder": self.encoder}
+
+    def normalized(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 N×3×H×W → float input normalised as the encoder's weights expect."""
+        return normalize(images_uint8.float() / 255.0, self.encoder.normalization)
+
+    def loss(self, gen: torch.Generator, batch_size: int) -> tuple[torch.Tensor | None, dict]:
+        """The step's loss (None: nothing to learn from in this batch, skip it) and its named terms."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Called after each optimiser step (momentum encoders update here)."""
+
+    def decoder_meta(self) -> dict | None:
+        """What the checkpoint says about `decoder` (its `kind` decides whether transfer can reuse it)."""
+        return None
+
+    def extra_meta(self) -> dict:
+        """Anything else the checkpoint metadata should record (e.g. max depth, learned intrinsics)."""
+        return {}
+
+
+_REGISTRY: dict[str, type[PretrainMethod]] = {}
+
+
+def register_method(cls: type[PretrainMethod]) -> type[PretrainMethod]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"pre-training method {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[PretrainMethod]:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown pre-training method {name!r}; available: {', '.join(list_methods())}")
+    return _REGISTRY[name]
+
+
+def parse_options(cls: type[PretrainMethod], options: dict) -> MethodOptions:
+    """Validate a method's options; the first problem becomes one line."""
+    try:
+        return cls.Options(**options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "options"
+        known = ", ".join(cls.Options.model_fields) or "none"
+        raise UserError(f"--method {cls.name} option {where}: {err['msg']} (options: {known})") from None
+
+
+def options_help(cls: type[PretrainMethod]) -> list[str]:
+    """One line per option: name, default, description (for --help and the README)."""
+    lines = []
+    for key, field in cls.Options.model_fields.items():
+        lines.append(f"{key}={field.default!r}: {field.description or ''}".rstrip(": "))
+    return lines

@@ -1,0 +1,129 @@
+"""What a pre-training dataset looks like to a method: items of a few kinds, read lazily.
+
+A source is one dataset on disk (the generated world, KITTI raw, Cityscapes sequences, NYUv2, a
+folder of video frames, an ImageNet-layout folder). It lists item ids per *kind* and loads one
+item at its native size as numpy arrays; resizing, cropping and batching happen in
+`pretrain.batches`, the same for every source. A method asks for the kind it trains on, and a
+source that cannot deliver it is a one-line error naming the kinds it can.
+
+Kinds and the arrays `load` returns for them:
+
+| kind     | fields                                                                                   |
+|----------|------------------------------------------------------------------------------------------|
+| `image`  | `image` H×W×3 uint8                                                                      |
+| `depth`  | `image`; `depth` H×W float32 metres, 0 where there is no measurement (sparse LiDAR)       |
+| `video`  | `frames` [previous, current, next] of H×W×3 uint8; `K` 3×3 float64 or None (uncalibrated) |
+| `stereo` | `left`, `right` H×W×3 uint8 (rectified); `K` 3×3 float64; `baseline` metres (right camera |
+|          | sits at +baseline along the left camera's x axis)                                        |
+| `label`  | `image`; `label` int (index into `class_names`)                                          |
+
+Item ids are stable strings (relative paths without extension, e.g. `seq_000/000003`): the
+pseudo-labels of `bench pseudo-label` are keyed by the `video` item id of the centre frame.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import numpy as np
+from PIL import Image
+
+from bench.errors import UserError
+
+KINDS = ("image", "depth", "video", "stereo", "label")
+
+
+class PretrainSource:
+    name: ClassVar[str]
+    kinds: ClassVar[tuple[str, ...]]
+    # Native-size reading is the default; a source whose frames are large names the size its
+    # items are resized to unless the user says otherwise (`--resize`), as HxW.
+    default_size: ClassVar[tuple[int, int] | None] = None
+    # Depth range of the scenes (metres): the sigmoid depth heads are scaled to it.
+    max_depth: float = 80.0
+    class_names: list[str] = []
+
+    def __init__(self, root: Path, options: dict):
+        self.root = Path(root)
+        self.options = options
+
+    def items(self, kind: str) -> list[str]:
+        """Item ids of `kind`, sorted; raises UserError when there are none."""
+        raise NotImplementedError
+
+    def load(self, kind: str, item_id: str) -> dict:
+        raise NotImplementedError
+
+    def check_kind(self, kind: str, method: str) -> None:
+        if kind not in self.kinds:
+            raise UserError(f"--method {method} trains on {kind} data, which dataset {self.name!r} does not "
+                            f"provide (it has: {', '.join(self.kinds)})")
+
+
+_REGISTRY: dict[str, type[PretrainSource]] = {}
+
+
+def register_source(cls: type[PretrainSource]) -> type[PretrainSource]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"pre-training source {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def list_sources() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def open_source(name: str, root, options: dict | None = None) -> PretrainSource:
+    if name not in _REGISTRY:
+        raise UserError(f"unknown pre-training dataset {name!r}; available: {', '.join(list_sources())}")
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"{root}: folder not found")
+    return _REGISTRY[name](root, dict(options or {}))
+
+
+# Readers shared by sources: every failure is one line naming the file.
+
+def read_rgb(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable image ({exc})") from None
+
+
+def read_png_uint16(path: Path) -> np.ndarray:
+    """A 16-bit PNG (KITTI depth, Cityscapes disparity) as uint16, refusing 8-bit files, which
+    would silently give depths 256 times too small."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable PNG ({exc})") from None
+    if arr.dtype not in (np.uint16, np.int32) or arr.ndim != 2:
+        raise UserError(f"{path}: expected a single-channel 16-bit PNG, got {arr.dtype} with shape {arr.shape}")
+    return arr.astype(np.uint16)
+
+
+def require_items(ids: list[str], where: Path, what: str) -> list[str]:
+    if not ids:
+        raise UserError(f"{where}: no {what} found")
+    return sorted(ids)
+
+
+def lazy(fn: Callable[[], object]) -> Callable[[], object]:
+    """Memoise a zero-argument reader (calibration files are read once per source)."""
+    cache: list = []
+
+    def get():
+        if not cache:
+            cache.append(fn())
+        return cache[0]
+
+    return get

@@ -1,0 +1,75 @@
+"""The generated world (`bench data synth`) as a pre-training source.
+
+Only the training sequences are used: the held-out ones are the segmentation evaluation set, and
+no pre-training may see them. Frames give every geometric kind (depth, video with the known
+intrinsics, stereo with the known baseline); the object-centric crops are the `label` kind, the
+ImageNet stand-in.
+"""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+
+from bench.errors import UserError
+from bench.synth import load_meta
+from bench.synth.split import frame_ids, split_sequences
+
+from .base import PretrainSource, read_rgb, register_source, require_items
+
+
+@register_source
+class SynthSource(PretrainSource):
+    name = "synth"
+    kinds = ("image", "depth", "video", "stereo", "label")
+
+    def __init__(self, root, options):
+        super().__init__(root, options)
+        self.meta = load_meta(self.root)
+        self.K = np.asarray(self.meta["intrinsics"], dtype=np.float64)
+        self.class_names = list(self.meta["classes"])
+        self.max_depth = float(self.meta["max_depth"])
+        self._frames = {seq: frame_ids(self.root, seq) for seq in split_sequences(self.meta)["train"]}
+        self._crops: dict[str, int] | None = None
+
+    def items(self, kind: str) -> list[str]:
+        if kind == "label":
+            return require_items(list(self._crop_labels()), self.root / "crops", "object crops")
+        ids = []
+        for seq, frames in self._frames.items():
+            # A video item needs a previous and a next frame in the same sequence.
+            usable = frames[1:-1] if kind == "video" else frames
+            ids += [f"{seq}/{fid}" for fid in usable]
+        return require_items(ids, self.root, f"training-sequence frames usable as {kind} items")
+
+    def _crop_labels(self) -> dict[str, int]:
+        if self._crops is None:
+            index = self.root / "crops" / "index.csv"
+            if not index.is_file():
+                raise UserError(f"{index}: missing; regenerate the world with `bench data synth`")
+            with open(index, newline="") as f:
+                self._crops = {row["path"]: int(row["label"]) for row in csv.DictReader(f)}
+        return self._crops
+
+    def load(self, kind: str, item_id: str) -> dict:
+        if kind == "label":
+            return {"image": read_rgb(self.root / "crops" / item_id), "label": self._crop_labels()[item_id]}
+        seq, fid = item_id.split("/")
+        rgb = read_rgb(self.root / seq / "rgb" / f"{fid}.png")
+        if kind == "image":
+            return {"image": rgb}
+        if kind == "depth":
+            depth = np.load(self.root / seq / "depth" / f"{fid}.npy").astype(np.float32)
+            # Sky and anything at the range cap carry no measurement, like LiDAR without a return.
+            depth[depth >= float(self.meta["max_depth"])] = 0.0
+            return {"image": rgb, "depth": depth}
+        if kind == "video":
+            i = int(fid)
+            width = len(fid)
+            frames = [read_rgb(self.root / seq / "rgb" / f"{j:0{width}d}.png") for j in (i - 1, i + 1)]
+            return {"frames": [frames[0], rgb, frames[1]], "K": self.K.copy()}
+        if kind == "stereo":
+            right = read_rgb(self.root / seq / "rgb_right" / f"{fid}.png")
+            return {"left": rgb, "right": right, "K": self.K.copy(), "baseline": float(self.meta["baseline"])}
+        raise ValueError(kind)
