@@ -58,8 +58,8 @@ class PretrainSpec(_Strict):
     state_every: int = Field(100, ge=1)
     max_bad_steps: int = Field(20, ge=1)
     grad_clip: float | None = Field(None, gt=0)
-    resize: str | list[int] | None = None
-    crop: str | list[int] | None = None
+    resize: str | int | list[int] | None = None
+    crop: str | int | list[int] | None = None
     init: Path | None = None
     options: dict = Field(default_factory=dict)
     source_options: dict = Field(default_factory=dict)

@@ -89,3 +89,30 @@ def test_relative_paths_resolve_against_the_manifest_folder(tmp_path, monkeypatc
     (sub / "m.yaml").write_text(BASE + "out: ../results/here\n")
     monkeypatch.chdir(sub.parent.parent)  # somewhere else entirely
     assert load_manifest(sub / "m.yaml").out == (tmp_path / "results" / "here").resolve()
+
+
+PRE = BASE.replace("{name: a, arch: resnet10t}", "{name: a, arch: resnet10t, pretrain: PRETRAIN}")
+
+
+@pytest.mark.parametrize("pretrain, expected", [
+    ("{method: depth_magic}", "m.yaml: backbones[0].pretrain.method: unknown method 'depth_magic'; available:"),
+    ("{method: depth_supervised, options: {silog_lamda: 1}}",
+     "m.yaml: backbones[0].pretrain: method depth_supervised option silog_lamda: Extra inputs"),
+    ("{method: depth_supervised, options: {head_init_std: 0}}", "option head_init_std: Input should be greater than 0"),
+    ("{method: depth_supervised, dataset: kitti_raw}", "pretrain: dataset 'kitti_raw' needs a root folder"),
+    ("{method: depth_supervised, dataset: imagenet}", "pretrain.dataset: unknown pre-training dataset 'imagenet'"),
+    ("{method: depth_supervised, crop: 12}", "crop: give HxW"),
+    ("{method: depth_supervised, init: nope.pth}", "backbones[0].pretrain.init: file not found"),
+])
+def test_pretrain_section_errors_are_one_line(tmp_path, pretrain, expected):
+    with pytest.raises(UserError) as err:
+        load_manifest(_write(tmp_path, PRE.replace("PRETRAIN", pretrain)))
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_pretrain_paths_resolve_against_the_manifest_folder(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"")
+    m = load_manifest(_write(tmp_path, PRE.replace(
+        "PRETRAIN", "{method: depth_supervised, init: w.pth, crop: 32x64, options: {sparse_fraction: 0.1}}")))
+    spec = m.backbones[0].pretrain
+    assert spec.init == (tmp_path / "w.pth").resolve() and spec.options == {"sparse_fraction": 0.1}
