@@ -1,0 +1,138 @@
+"""`nyuv2_depth`: the 1449 labelled NYU Depth V2 frames with their (inpainted, dense) depth maps.
+
+Layout (ROOT, the folder the segmentation transfer's `nyuv2` reads too):
+
+    ROOT/nyu_depth_v2_labeled.mat   MATLAB v7.3 (HDF5): `images` 480x640x3xN uint8 and `depths`
+                                    480x640xN single (metres), which HDF5 shows axis-reversed as
+                                    (N, 3, W, H) and (N, W, H)
+    ROOT/splits.mat                 optional: trainNdxs / testNdxs, 1-based image indices
+
+Item ids are the 1-based image index, zero-padded (`0001`..`1449`), as in the transfer stage.
+Kinds: `image` and `depth` (H x W metres; a non-finite or negative value counts as no
+measurement). Items are read one at a time; each process opens the HDF5 file itself on first use
+(h5py handles survive neither pickling nor fork).
+
+Options (`--source-option KEY=VALUE`):
+- `split`: `train` (the default when splits.mat exists: trainNdxs only, so the images the NYUv2
+  segmentation transfer evaluates on are never seen in pre-training) or `all` (every image;
+  the default without splits.mat).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import scipy.io
+
+from bench.errors import UserError
+
+from .base import PretrainSource, register_source, require_items
+
+OPTIONS = ("split",)
+LABELLED = "nyu_depth_v2_labeled.mat"
+URL = "http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat"
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def read_train_indices(path: Path) -> np.ndarray:
+    """trainNdxs of splits.mat (1-based), from MATLAB v5 (as distributed) or a v7.3 re-save."""
+    try:
+        values = scipy.io.loadmat(path, variable_names=("trainNdxs",)).get("trainNdxs")
+    except NotImplementedError:  # v7.3 is HDF5, which scipy leaves to h5py
+        try:
+            with h5py.File(path, "r") as f:
+                values = f["trainNdxs"][()] if "trainNdxs" in f else None
+        except OSError as exc:
+            raise UserError(f"{path}: unreadable MATLAB file ({_one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 -- scipy raises all sorts on a damaged file
+        raise UserError(f"{path}: unreadable MATLAB file ({_one_line(exc)})") from None
+    if values is None:
+        raise UserError(f"{path}: variable trainNdxs not found")
+    values = np.asarray(values, dtype=np.float64).ravel()
+    if values.size == 0 or not np.all(values == np.round(values)):
+        raise UserError(f"{path}: trainNdxs must be a non-empty list of whole image indices")
+    return values.astype(np.int64)
+
+
+@register_source
+class NYUv2Depth(PretrainSource):
+    name = "nyuv2_depth"
+    kinds = ("image", "depth")
+    default_size = (240, 320)
+    max_depth = 10.0
+
+    def __init__(self, root, options):
+        super().__init__(root, options)
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise UserError(f"dataset nyuv2_depth: unknown source option {unknown[0]!r} "
+                            f"(options: {', '.join(OPTIONS)})")
+        self.path = self.root / LABELLED
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: file not found; download it from {URL}")
+        self.splits = self.root / "splits.mat"
+        self.split = options.get("split") or ("train" if self.splits.is_file() else "all")
+        if self.split not in ("train", "all"):
+            raise UserError(f"--source-option split={self.split!r}: use train or all")
+        if self.split == "train" and not self.splits.is_file():
+            raise UserError(f"{self.splits}: file not found; split=train needs it (trainNdxs), or use split=all")
+        self._file, self._pid = None, None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def _data(self) -> h5py.File:
+        if self._file is None or self._pid != os.getpid():
+            self._file, self._pid = self._open(), os.getpid()
+        return self._file
+
+    def _open(self) -> h5py.File:
+        try:
+            f = h5py.File(self.path, "r")
+        except OSError as exc:
+            raise UserError(f"{self.path}: unreadable MATLAB v7.3/HDF5 file ({_one_line(exc)}); "
+                            f"re-download it from {URL}") from None
+        images, depths = f.get("images"), f.get("depths")
+        if not isinstance(images, h5py.Dataset) or not isinstance(depths, h5py.Dataset):
+            raise UserError(f"{self.path}: variables images and depths not found; re-download it from {URL}")
+        # MATLAB is column-major, so HDF5 shows its H x W x 3 x N as (N, 3, W, H).
+        if (images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8
+                or depths.shape != (images.shape[0], *images.shape[2:]) or depths.dtype.kind != "f"):
+            raise UserError(f"{self.path}: images {images.shape} {images.dtype} and depths {depths.shape} "
+                            f"{depths.dtype} are not the NYUv2 layout (N,3,W,H) uint8 / (N,W,H) float")
+        return f
+
+    def items(self, kind: str) -> list[str]:
+        count = self._data()["images"].shape[0]
+        if self.split == "all":
+            indices = range(1, count + 1)
+        else:
+            indices = read_train_indices(self.splits)
+            bad = indices[(indices < 1) | (indices > count)]
+            if bad.size:
+                raise UserError(f"{self.splits}: trainNdxs holds index {bad[0]}, outside 1..{count} of {LABELLED}")
+        return require_items(sorted({f"{int(i):04d}" for i in indices}), self.path, "images")
+
+    def _read(self, var: str, index: int) -> np.ndarray:
+        try:
+            return self._data()[var][index]
+        except (OSError, ValueError, IndexError) as exc:
+            raise UserError(f"{self.path}: image {index + 1:04d} unreadable ({_one_line(exc)}); "
+                            f"re-download it from {URL}") from None
+
+    def load(self, kind: str, item_id: str) -> dict:
+        index = int(item_id) - 1
+        image = np.ascontiguousarray(self._read("images", index).transpose(2, 1, 0))
+        if kind == "image":
+            return {"image": image}
+        if kind == "depth":
+            depth = np.ascontiguousarray(self._read("depths", index).T, dtype=np.float32)
+            depth[~np.isfinite(depth) | (depth < 0)] = 0.0
+            return {"image": image, "depth": depth}
+        raise ValueError(kind)
