@@ -80,6 +80,20 @@ def _cmd_pretrain(args) -> int:
     return 0
 
 
+def _cmd_pseudo_label(args) -> int:
+    from bench.sizes import parse_size
+    from pretrain.pseudo_label import run_pseudo_label
+
+    root = Path(args.root).resolve()
+    if not root.is_dir():
+        raise UserError(f"--root {root}: folder not found")
+    resize = parse_size(args.resize, "--resize", allow_short_side=False) if args.resize else None
+    print(run_pseudo_label(args.teacher, args.dataset, root, Path(args.out), batch_size=args.batch_size,
+                           resize=resize, source_options=_key_values(args.source_option, "--source-option"),
+                           short_side=args.short_side, progress=not args.no_progress))
+    return 0
+
+
 def _pretrain_epilog() -> str:
     from pretrain.methods import list_methods, method_class, options_help
     from pretrain.sources import list_sources
@@ -219,6 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--out", required=True, help="output folder")
     pt.add_argument("--no-progress", action="store_true", help="no progress bar")
     pt.set_defaults(fn=_cmd_pretrain)
+
+    pl = sub.add_parser("pseudo-label", help="write a teacher's depth predictions for depth_distill",
+                        description="Runs a teacher over every video frame of a pre-training dataset and writes "
+                        "OUT/<item>.npy (relative disparity) and OUT/pseudo_labels.json. An interrupted run "
+                        "resumes; a finished one with the same teacher is kept. Use the folder with "
+                        "`bench pretrain --method depth_distill -o pseudo_labels=OUT`.")
+    pl.add_argument("--teacher", required=True, help="a harness depth checkpoint (.safetensors with a depth "
+                    "decoder), or a local Depth Anything model folder in Hugging Face format")
+    pl.add_argument("--dataset", default="synth", choices=list_sources(), help="pre-training data (default: synth)")
+    pl.add_argument("--root", required=True, help="dataset folder")
+    pl.add_argument("--resize", help="write labels at this HxW (default: the dataset's training size)")
+    pl.add_argument("--short-side", type=int, default=518, help="Depth Anything input short side, rounded to a "
+                    "multiple of 14 (default: 518)")
+    pl.add_argument("--batch-size", type=int, default=4, help="frames per forward pass (default: 4)")
+    pl.add_argument("--source-option", action="append", metavar="KEY=VALUE", help="a dataset reader option; repeatable")
+    pl.add_argument("--out", required=True, help="output folder")
+    pl.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pl.set_defaults(fn=_cmd_pseudo_label)
 
     t = sub.add_parser("transfer", help="train and evaluate one segmentation transfer cell", description=
                        "Fine-tunes or probes a checkpoint on a seeded few-shot split and writes OUT/record.json.")

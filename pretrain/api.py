@@ -46,7 +46,11 @@ def resolve_config(config: dict) -> dict:
             out[key] = list(size) if size else None
             if out[key] is None:
                 del out[key]
-    out["options"] = parse_options(method_class(out["method"]), out.get("options") or {}).model_dump(mode="json")
+    cls = method_class(out["method"])
+    options = parse_options(cls, out.get("options") or {})
+    out["options"] = options.model_dump(mode="json")
+    if cls.content_ids(options):
+        out["content_ids"] = cls.content_ids(options)
     if out.get("source_options") == {}:
         del out["source_options"]
     if out.get("init"):

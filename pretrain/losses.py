@@ -33,3 +33,52 @@ def silog_from_differences(d: torch.Tensor, lam: float) -> torch.Tensor:
     """Mean-style form (1/n) sum d^2 - (lambda/n^2) (sum d)^2, used to cross-check the var form."""
     n = d.numel()
     return (d**2).sum() / n - lam * d.sum() ** 2 / n**2
+
+
+def scale_and_shift_invariant_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """MiDaS-style scale-and-shift-invariant L1 (as NimbleD uses against pseudo-disparities).
+
+    Per image, the scale s and shift t minimising sum_mask (s * pred + t - target)^2 are solved in
+    closed form, then the loss is the mean |s * pred + t - target| over the image's valid pixels.
+    s and t stay in the graph, as in MiDaS, so the gradient sees the alignment. Images are
+    averaged; one with fewer than 2 valid pixels has no defined alignment and contributes
+    nothing. Returns None when no image has a valid pixel (skip the step).
+
+    pred, target: N×... (flattened per image); mask: bool of the same shape, None = all pixels.
+    """
+    n = pred.shape[0]
+    p = pred.reshape(n, -1)
+    g = target.reshape(n, -1)
+    m = torch.ones_like(p, dtype=torch.bool) if mask is None else mask.reshape(n, -1).bool()
+    if not bool(m.any()):
+        return None
+    # torch.where, not multiplication: a masked-out NaN/inf (missing pseudo-label) must not leak in.
+    zero = torch.zeros((), dtype=p.dtype, device=p.device)
+    p = torch.where(m, p, zero)
+    g = torch.where(m, g.to(p.dtype), zero)
+    count = m.sum(dim=1).to(p.dtype)
+    denom = count.clamp(min=1)
+    # Centred form of the 2×2 normal equations: s = cov(p, g) / var(p), t = mean(g) - s mean(p).
+    # Centring keeps float32 accurate where the raw sums of p^2 would cancel catastrophically.
+    mean_p = p.sum(dim=1) / denom
+    mean_g = g.sum(dim=1) / denom
+    pc = torch.where(m, p - mean_p[:, None], zero)
+    gc = torch.where(m, g - mean_g[:, None], zero)
+    var_p = (pc * pc).sum(dim=1)
+    # A constant prediction (or a single pixel) leaves s undetermined: its least-squares fit is
+    # s = 0, t = mean(target). The threshold is rounding noise of the centring, relative to |p|.
+    noise = (16 * torch.finfo(p.dtype).eps) ** 2 * (p * p).sum(dim=1)
+    solvable = var_p > noise
+    s = torch.where(solvable, (pc * gc).sum(dim=1) / torch.where(solvable, var_p, torch.ones_like(var_p)), zero)
+    t = mean_g - s * mean_p
+    residual = torch.where(m, (s[:, None] * p + t[:, None] - g).abs(), zero)
+    per_image = residual.sum(dim=1) / denom
+    used = count >= 2
+    if not bool(used.any()):
+        # Valid pixels exist but no image can be aligned: a zero loss still tied to the graph.
+        return p.sum() * 0
+    return per_image[used].mean()

@@ -116,3 +116,11 @@ def test_pretrain_paths_resolve_against_the_manifest_folder(tmp_path):
         "PRETRAIN", "{method: depth_supervised, init: w.pth, crop: 32x64, options: {sparse_fraction: 0.1}}")))
     spec = m.backbones[0].pretrain
     assert spec.init == (tmp_path / "w.pth").resolve() and spec.options == {"sparse_fraction": 0.1}
+
+
+def test_the_quickstart_manifest_is_valid():
+    # (few_shot.yaml names the quickstart's checkpoints, which a fresh clone does not have yet.)
+    from pathlib import Path
+
+    m = load_manifest(Path(__file__).parent.parent / "configs" / "quickstart.yaml")
+    assert len(expand(m, {})) == len(m.backbones) * len(m.transfer.protocols) * len(m.transfer.seeds)

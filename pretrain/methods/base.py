@@ -69,6 +69,12 @@ class PretrainMethod:
         """Anything else the checkpoint metadata should record (e.g. max depth, learned intrinsics)."""
         return {}
 
+    @classmethod
+    def content_ids(cls, options: MethodOptions) -> dict:
+        """Hashes of files the options name by path, so that new contents under an old name make
+        a new training (added to the config fingerprint)."""
+        return {}
+
 
 _REGISTRY: dict[str, type[PretrainMethod]] = {}
 
