@@ -9,7 +9,8 @@ Per the NaN-divergence paper, a step whose loss or gradient is not finite is ski
 and the buffers its forward pass touched are restored) and counted; `max_bad_steps` consecutive bad steps end the run as `Diverged`. Because bad steps
 never update the weights, the networks at that point are the last good ones, and the caller
 keeps them. A batch without anything to learn from (loss None, e.g. no valid depth pixel) is
-skipped and counted separately. Both counters are columns of `history.csv`.
+(loss None, or a loss without gradient such as the SILog of an empty mask) is skipped and
+counted separately. Both counters are columns of `history.csv`.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
         saved = [b.detach().clone() for b in buffers]
         loss, terms = task.loss(step_generator(seed, step), batch_size)
         row = {"step": step + 1, "lr": lr}
-        if loss is None:  # nothing to learn from in this batch: skip it rather than produce NaN
+        empty = loss is None or (not loss.requires_grad and math.isfinite(float(loss)))
+        if empty:  # nothing to learn from in this batch: skip it rather than produce NaN
             counts["empty_batches"] += 1
             row["loss"] = float("nan")
         else:
@@ -118,7 +120,7 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
             reason = None if math.isfinite(value) else f"loss {value}"
             optimizer.zero_grad(set_to_none=True)
             if reason is None:
-                loss.backward()
+                loss.backward()  # (a non-finite loss never gets here, with or without a graph)
                 norm = float(torch.nn.utils.clip_grad_norm_(params, float(clip) if clip else math.inf))
                 reason = None if math.isfinite(norm) else f"gradient norm {norm}"
             row.update(loss=value, grad_norm=norm if reason is None else float("nan"),
@@ -137,7 +139,7 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
                 counts["consecutive_bad"] += 1
         history.append({**row, "empty_batches": counts["empty_batches"], "nonfinite_steps": counts["nonfinite_steps"]})
         bar.update(1)
-        if loss is not None and counts["consecutive_bad"] >= max_bad:
+        if not empty and counts["consecutive_bad"] >= max_bad:
             bar.close()
             write_history(history_path, history)
             raise Diverged(step + 1, counts["consecutive_bad"], reason, counts["last_good_step"])

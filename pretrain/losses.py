@@ -14,17 +14,23 @@ import torch
 def scale_invariant_log_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
-    valid: torch.Tensor,
-    *,
+    mask: torch.Tensor | None = None,
     lam: float = 0.85,
     eps: float = 1e-24,
-    unbiased: bool = False,
     sqrt: bool = False,
-) -> torch.Tensor | None:
-    """Loss over the valid pixels of the whole batch, or None when there are none (skip the step)."""
-    if not bool(valid.any()):
-        return None
-    d = torch.log(pred[valid] + eps) - torch.log(target[valid])
+    *,
+    unbiased: bool = False,
+) -> torch.Tensor:
+    """Loss over the pixels of the whole batch where `mask` is true (default: all of them).
+
+    An empty mask gives a finite zero that is not connected to the graph: the training loop
+    treats a loss without gradient as an empty batch and skips the update (a zero *gradient*
+    would still move the weights through AdamW's momentum and weight decay)."""
+    if mask is None:
+        mask = torch.ones_like(target, dtype=torch.bool)
+    if not bool(mask.any()):
+        return torch.zeros((), dtype=pred.dtype, device=pred.device)
+    d = torch.log(pred[mask] + eps) - torch.log(target[mask])
     loss = torch.var(d, unbiased=unbiased) + (1.0 - lam) * d.mean() ** 2
     return torch.sqrt(loss) if sqrt else loss
 

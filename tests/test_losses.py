@@ -30,7 +30,9 @@ def test_var_form_equals_mean_form():
 
 def test_empty_mask_is_skipped_and_single_pixel_is_safe():
     pred, target = torch.rand(4) + 0.5, torch.rand(4) + 0.5
-    assert scale_invariant_log_loss(pred, target, torch.zeros(4, dtype=torch.bool)) is None
+    empty = scale_invariant_log_loss(pred.requires_grad_(), target, torch.zeros(4, dtype=torch.bool))
+    assert float(empty) == 0.0 and not empty.requires_grad  # finite, and the loop skips the update
+    assert float(scale_invariant_log_loss(target, target)) == 0.0  # default mask: every pixel
     one = torch.tensor([True, False, False, False])
     assert math.isfinite(float(scale_invariant_log_loss(pred, target, one)))
     # The unbiased estimator the paper warns about is NaN for a single valid pixel.

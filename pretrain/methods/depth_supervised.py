@@ -60,7 +60,7 @@ class DepthSupervised(PretrainMethod):
         loss = scale_invariant_log_loss(pred, depth, valid, lam=o.silog_lambda, eps=o.silog_eps,
                                         unbiased=o.silog_unbiased, sqrt=o.silog_sqrt)
         terms = {"valid_fraction": valid.float().mean()}
-        if loss is not None:
+        if loss.requires_grad:  # (an empty mask gives a detached zero: the loop skips the step)
             terms["silog"] = loss.detach()
         return loss, terms
 
