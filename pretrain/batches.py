@@ -20,9 +20,6 @@ from bench.errors import UserError
 from pretrain.sources.base import PretrainSource
 
 CACHE_BYTES = 1 << 30
-# A stride-32 encoder needs at least 2 pixels at its deepest level for the decoders' reflection
-# padding; smaller inputs would fail deep inside a convolution.
-MIN_SIDE = 33
 IMAGE_FIELDS = ("image", "left", "right")
 
 
@@ -67,11 +64,6 @@ class Batches:
         if self.crop and (self.crop[0] > self.size[0] or self.crop[1] > self.size[1]):
             raise UserError(f"--crop {self.crop[0]}x{self.crop[1]} is larger than the training size "
                             f"{self.size[0]}x{self.size[1]}")
-
-        if min(self.out_size) < MIN_SIDE:
-            h, w = self.out_size
-            raise UserError(f"training size {h}x{w} is too small for a stride-32 encoder; use --resize or --crop "
-                            f"of at least {MIN_SIDE} pixels a side")
 
     def __len__(self) -> int:
         return len(self.ids)

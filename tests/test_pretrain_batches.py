@@ -79,6 +79,10 @@ def test_same_generator_same_batch(tiny_world):
     assert x["ids"] == y["ids"] and torch.equal(x["image"], y["image"]) and torch.equal(x["depth"], y["depth"])
 
 
-def test_too_small_a_training_size_is_one_line(tmp_path):
+def test_too_small_a_training_size_is_one_line(tiny_world):
+    from pretrain.api import build_method
+
+    config = {"method": "depth_supervised", "arch": "resnet10t", "root": str(tiny_world), "seed": 0,
+              "resize": [32, 64]}
     with pytest.raises(UserError, match="training size 32x64 is too small for a stride-32 encoder"):
-        Batches(_OneFrame(tmp_path, {}), "video", "m", resize=(32, 64))
+        build_method(config)

@@ -33,6 +33,11 @@ from pretrain.batches import Batches
 from pretrain.sources.base import PretrainSource
 
 
+# A stride-32 encoder needs at least 2 pixels at its deepest level for the decoders' reflection
+# padding; smaller inputs would fail deep inside a convolution.
+MIN_SIDE = 33
+
+
 class MethodOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -46,6 +51,10 @@ class PretrainMethod:
         self.config = config
         self.options = parse_options(type(self), config.get("options") or {})
         self.batches = Batches(source, self.kind, self.name, resize=config.get("resize"), crop=config.get("crop"))
+        if min(self.batches.out_size) < MIN_SIDE:
+            h, w = self.batches.out_size
+            raise UserError(f"training size {h}x{w} is too small for a stride-32 encoder; use --resize or --crop "
+                            f"of at least {MIN_SIDE} pixels a side")
         self.encoder = create_encoder(config["arch"])
         self.decoder: nn.Module | None = None
         self.modules: dict[str, nn.Module] = {"encoder": self.encoder}
