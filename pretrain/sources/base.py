@@ -43,10 +43,16 @@ class PretrainSource:
     # Depth range of the scenes (metres): the sigmoid depth heads are scaled to it.
     max_depth: float = 80.0
     class_names: list[str] = []
+    # The reader options (`--source-option KEY=VALUE`) this source understands.
+    option_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, root: Path, options: dict):
         self.root = Path(root)
         self.options = options
+        unknown = sorted(set(options) - set(self.option_names))
+        if unknown:
+            raise UserError(f"dataset {self.name}: unknown source option {unknown[0]!r} "
+                            f"(options: {', '.join(self.option_names) or 'none'})")
 
     def items(self, kind: str) -> list[str]:
         """Item ids of `kind`, sorted; raises UserError when there are none."""

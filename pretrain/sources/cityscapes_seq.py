@@ -88,15 +88,12 @@ def disparity_to_depth(raw: np.ndarray, fx: float, baseline: float) -> np.ndarra
 class CityscapesSequence(PretrainSource):
     name = "cityscapes_seq"
     kinds = ("image", "depth", "video", "stereo")
+    option_names = OPTIONS
     default_size = (192, 512)
     max_depth = 80.0
 
     def __init__(self, root, options):
         super().__init__(root, options)
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise UserError(f"dataset cityscapes_seq: unknown source option {unknown[0]!r} "
-                            f"(options: {', '.join(OPTIONS)})")
         self.split = str(options.get("split") or "train")
         try:
             self.crop_bottom = float(options.get("crop_bottom", 0.2))

@@ -29,14 +29,11 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 class ImageFolder(PretrainSource):
     name = "image_folder"
     kinds = ("label", "image")
+    option_names = OPTIONS
     default_size = (224, 224)
 
     def __init__(self, root, options):
         super().__init__(root, options)
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise UserError(f"dataset image_folder: unknown source option {unknown[0]!r} "
-                            f"(options: {', '.join(OPTIONS)})")
         split = str(options.get("split") or "train")
         self.folder = self.root / split if (self.root / split).is_dir() else self.root
         self.class_names = sorted(p.name for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith("."))

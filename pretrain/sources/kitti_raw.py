@@ -138,14 +138,12 @@ def _index_files(folder: Path, suffixes: tuple[str, ...]) -> dict[int, Path]:
 class KittiRaw(PretrainSource):
     name = "kitti_raw"
     kinds = ("image", "depth", "video", "stereo")
+    option_names = OPTIONS
     default_size = (192, 640)
     max_depth = 80.0
 
     def __init__(self, root, options):
         super().__init__(root, options)
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise UserError(f"dataset kitti_raw: unknown source option {unknown[0]!r} (options: {', '.join(OPTIONS)})")
         self._drives = self._find_drives()
         self._files: dict[tuple[str, str], dict[int, Path]] = {}
         self._calib: dict[tuple[str, str], dict] = {}

@@ -64,15 +64,12 @@ def read_train_indices(path: Path) -> np.ndarray:
 class NYUv2Depth(PretrainSource):
     name = "nyuv2_depth"
     kinds = ("image", "depth")
+    option_names = OPTIONS
     default_size = (240, 320)
     max_depth = 10.0
 
     def __init__(self, root, options):
         super().__init__(root, options)
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise UserError(f"dataset nyuv2_depth: unknown source option {unknown[0]!r} "
-                            f"(options: {', '.join(OPTIONS)})")
         self.path = self.root / LABELLED
         if not self.path.is_file():
             raise UserError(f"{self.path}: file not found; download it from {URL}")

@@ -61,13 +61,10 @@ def _frame_size(path: Path) -> tuple[int, int]:
 class VideoFolder(PretrainSource):
     name = "video_folder"
     kinds = ("image", "video")
+    option_names = OPTIONS
 
     def __init__(self, root, options):
         super().__init__(root, options)
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise UserError(f"dataset video_folder: unknown source option {unknown[0]!r} "
-                            f"(options: {', '.join(OPTIONS)})")
         self.K = parse_intrinsics(options["intrinsics"]) if options.get("intrinsics") else None
         if options.get("size"):
             self.default_size = parse_size(options["size"], "--source-option size", allow_short_side=False)
