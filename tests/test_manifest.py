@@ -124,3 +124,9 @@ def test_the_quickstart_manifest_is_valid():
 
     m = load_manifest(Path(__file__).parent.parent / "configs" / "quickstart.yaml")
     assert len(expand(m, {})) == len(m.backbones) * len(m.transfer.protocols) * len(m.transfer.seeds)
+
+
+def test_folder_options_resolve_against_the_manifest_folder(tmp_path):
+    m = load_manifest(_write(tmp_path, PRE.replace(
+        "PRETRAIN", "{method: depth_distill, options: {pseudo_labels: labels/teacher}}")))
+    assert m.backbones[0].pretrain.options["pseudo_labels"] == str((tmp_path / "labels" / "teacher").resolve())
