@@ -141,8 +141,9 @@ def _bars_figures(board, colours):
         panel_w = max(3.2, 0.28 * nb * len(protocols) + 1.2)
         ncols = max(1, min(len(panels), 3, int(16 // panel_w)))  # at most ~16 inches wide
         fig, axes = _figure(math.ceil(len(panels) / ncols), ncols, panel_w, 3.2, sharey=True)
-        bars, failed = {}, False
+        bars, failed, top = {}, False, 0.0
         for ax, (title, sub) in zip(axes.flat, panels):
+            protocols = _protocols(sub["protocol"])  # a panel shows only its own protocols (linear: one)
             for idx, row in sub.iterrows():
                 b = row["backbone"]
                 x = protocols.index(row["protocol"]) + (backbones.index(b) - (nb - 1) / 2) * width
@@ -153,11 +154,17 @@ def _bars_figures(board, colours):
                     continue
                 bars[idx] = ax.bar(x, m, width, color=colours[b], hatch=_hatch(colours, b),
                                    edgecolor="0.25", linewidth=0.5)[0]
+                top = max(top, m)
                 if _finite(lo, hi):
                     ax.errorbar(x, (lo + hi) / 2, yerr=abs(hi - lo) / 2, fmt="none", ecolor="0.15", capsize=2, lw=1)
+                    top = max(top, hi)
             ax.set_xticks(range(len(protocols)), protocols)
+            ax.set_xlim(-0.5, len(protocols) - 0.5)
             ax.set(title=title, xlabel="protocol", ylabel="mIoU (%)")
-            ax.set_ylim(bottom=0)
+        # The panels share one y axis: set its range once every bar is drawn, or the first
+        # panel's autoscaled top would clip the taller bars of the others.
+        for ax in axes.flat:
+            ax.set_ylim(0, max(top * 1.05, 1.0))
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
         extra = [Line2D([], [], marker="x", ls="none", color="0.3", label="no successful seed")] if failed else []

@@ -105,6 +105,9 @@ def test_bar_heights_are_the_board_miou(colours):
         for idx, row in expect.iterrows():
             assert bars[idx].get_height() == pytest.approx(row.miou_mean)
             assert bars[idx].get_height() != pytest.approx(row.pixel_acc_mean)
+            # Nothing is clipped: every bar (and its interval) fits under its panel's y range.
+            top = bars[idx].axes.get_ylim()[1]
+            assert row.miou_mean <= top and (not np.isfinite(row.miou_ci_high) or row.miou_ci_high <= top)
         # Two train sizes: one panel per size; every bar drawn is one of ours.
         axes = [ax for ax in fig.axes if ax.get_visible() and ax.patches]
         assert len(axes) == 2
@@ -184,3 +187,13 @@ def test_cka_heatmap(tmp_path):
     with pytest.raises(ValueError):
         plots.plot_cka_heatmap(small, ["a"], ["b"], "t", tmp_path / "bad", "x", "y")
 
+
+
+def test_a_tall_bar_in_a_later_panel_is_not_clipped(colours):
+    board = make_board()
+    last = board[(board.dataset == "synth") & board.miou_mean.notna()].train_size.max()
+    tall = board[(board.dataset == "synth") & (board.train_size == last) & board.miou_mean.notna()].index[0]
+    board.loc[tall, ["miou_mean", "miou_ci_low", "miou_ci_high"]] = [97.0, 96.0, 98.0]
+    (_, fig, bars), *_ = plots._bars_figures(board, colours)
+    assert bars[tall].axes.get_ylim()[1] >= 98.0
+    fig.clear()
