@@ -6,7 +6,8 @@ weights, optimiser state, step, counters) are written atomically every `state_ev
 loaded with `torch.load(weights_only=True)`; a snapshot whose config fingerprint differs is ignored.
 
 Per the NaN-divergence paper, a step whose loss or gradient is not finite is skipped (no update,
-and the buffers its forward pass touched are restored) and counted; `max_bad_steps` consecutive bad steps end the run as `Diverged`. Because bad steps
+and the buffers its forward pass touched are restored) and counted; `max_bad_steps` consecutive bad steps end the run as `Diverged`, and so does a run that ends
+without a single good step. Because bad steps
 never update the weights, the networks at that point are the last good ones, and the caller
 keeps them. A batch without anything to learn from (loss None, e.g. no valid depth pixel) is
 (loss None, or a loss without gradient such as the SILog of an empty mask) is skipped and
@@ -104,6 +105,7 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
     bar = progress_bar(enabled=progress, total=steps, initial=start, unit="step",
                        desc=f"pretrain {config.get('name', config['method'])}")
     batch_size = int(config["batch_size"])
+    reason = None
     for step in range(start, steps):
         lr = float(config["lr"]) * lr_factor(step, steps, warmup)
         for group in optimizer.param_groups:
@@ -147,6 +149,10 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
             snapshot(step + 1)
     bar.close()
     write_history(history_path, history)
+    if counts["last_good_step"] == 0 and counts["nonfinite_steps"]:
+        # Shorter than max_bad_steps but not one good step: the weights are the initial ones,
+        # and calling that a finished pre-training would hide it.
+        raise Diverged(steps, counts["consecutive_bad"], reason, 0)
     elapsed = time.perf_counter() - t0
     finite = [r["loss"] for r in history if math.isfinite(r.get("loss", math.nan))]
     return {"steps": steps, "resumed_from": start, "empty_batches": counts["empty_batches"],

@@ -252,3 +252,10 @@ def test_init_refuses_partial_foreign_and_pickled_code(tiny_world, tmp_path):
                     {"arch": "resnet18", "method": "x", "data": {}, "steps": 1, "normalization": {}, "seed": 0})
     with pytest.raises(UserError, match="resnet18 checkpoint cannot initialise --arch resnet10t"):
         build_method(_config(tiny_world, init=str(other)))
+
+
+def test_a_run_without_one_good_step_is_diverged_even_if_shorter_than_k(tiny_world, tmp_path, monkeypatch):
+    _inject(monkeypatch, set(range(1, 9)))
+    with pytest.raises(Diverged, match="last good step 0"):
+        run_pretrain(_config(tiny_world, max_bad_steps=20), tmp_path, progress=False, log=_quiet)
+    assert not (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / LAST_GOOD_NAME).exists()

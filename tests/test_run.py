@@ -105,3 +105,19 @@ def test_kill_9_then_rerun_leaves_one_ok_record_per_cell(tmp_path):
     for name, rec in before.items():  # finished cells were not run again
         assert after[name]["finished_at"] == rec["finished_at"]
     assert not [p for p in results.rglob("*.tmp")]
+
+
+def test_a_diverging_pretraining_blocks_only_its_own_cells(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import pretrain.methods.depth_supervised as ds
+
+    monkeypatch.setattr(ds.DepthSupervised, "loss", lambda self, gen, bs: (torch.tensor(float("nan")), {}))
+    manifest = tiny_manifest(tmp_path, protocols="[linear]")
+    results = tmp_path / "results"
+    assert main(["run", str(manifest), "--workers", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "pre-training depth failed:" in err and "consecutive non-finite steps" in err
+    assert json.loads((results / "pretrain" / "depth" / "diverged.json").read_text())["status"] == "diverged"
+    assert not (results / "pretrain" / "depth" / "checkpoint.safetensors").exists()
+    assert {r["cell"]["backbone"] for r in _records(results).values()} == {"random", "cls"}
