@@ -6,12 +6,12 @@ weights, optimiser state, step, counters) are written atomically every `state_ev
 loaded with `torch.load(weights_only=True)`; a snapshot whose config fingerprint differs is ignored.
 
 Per the NaN-divergence paper, a step whose loss or gradient is not finite is skipped (no update,
-and the buffers its forward pass touched are restored) and counted; `max_bad_steps` consecutive bad steps end the run as `Diverged`, and so does a run that ends
-without a single good step. Because bad steps
-never update the weights, the networks at that point are the last good ones, and the caller
-keeps them. A batch without anything to learn from (loss None, e.g. no valid depth pixel) is
-(loss None, or a loss without gradient such as the SILog of an empty mask) is skipped and
-counted separately. Both counters are columns of `history.csv`.
+and the buffers its forward pass touched are restored) and counted; `max_bad_steps` consecutive
+bad steps end the run as `Diverged`, and so does a run that ends without a single good step.
+Because bad steps never update the weights, the networks at that point are the last good ones,
+and the caller keeps them. A batch without anything to learn from (loss None, or a loss without
+gradient such as the SILog of an empty mask, e.g. no valid depth pixel) is skipped and counted
+separately. Both counters are columns of `history.csv`.
 """
 
 from __future__ import annotations
