@@ -13,7 +13,6 @@ plus `options` (the method's own settings, see `pretrain.methods`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -39,6 +38,7 @@ def resolve_config(config: dict) -> dict:
     from bench.sizes import parse_size
     from pretrain.methods import parse_options
 
+    cls = method_class(config["method"])  # unknown method: one line before anything else
     out = {k: v for k, v in config.items() if v is not None}
     for key in ("resize", "crop"):
         if key in out:
@@ -46,11 +46,11 @@ def resolve_config(config: dict) -> dict:
             out[key] = list(size) if size else None
             if out[key] is None:
                 del out[key]
-    cls = method_class(out["method"])
     options = parse_options(cls, out.get("options") or {})
     out["options"] = options.model_dump(mode="json")
-    if cls.content_ids(options):
-        out["content_ids"] = cls.content_ids(options)
+    content_ids = cls.content_ids(options)  # (may read files: once)
+    if content_ids:
+        out["content_ids"] = content_ids
     if out.get("source_options") == {}:
         del out["source_options"]
     if out.get("init"):
@@ -109,7 +109,6 @@ def _meta(task, config: dict, fp: str, summary: dict, steps: int) -> dict:
 
 def run_pretrain(config: dict, out_dir, *, progress: bool = True, log=print) -> Path:
     out_dir = Path(out_dir)
-    method_class(config["method"])  # unknown method: one line before any work
     config = resolve_config(config)
     fp = pretrain_fingerprint(config)
     if is_pretrained(out_dir, fp):
@@ -137,7 +136,3 @@ def run_pretrain(config: dict, out_dir, *, progress: bool = True, log=print) -> 
         f"{summary['images_per_s']:.1f} img/s)")
     return path
 
-
-def read_divergence(out_dir) -> dict | None:
-    path = Path(out_dir) / "diverged.json"
-    return json.loads(path.read_text()) if path.is_file() else None

@@ -60,7 +60,7 @@ class Batches:
         self.crop = tuple(crop) if crop else None
         self.cache_bytes, self._cache, self._used = cache_bytes, {}, 0
         if self.size is None:
-            self.size = tuple(self._item(0, probe=True)["_native"])
+            self._item(0)  # the first item's native size becomes the training size
         if self.crop and (self.crop[0] > self.size[0] or self.crop[1] > self.size[1]):
             raise UserError(f"--crop {self.crop[0]}x{self.crop[1]} is larger than the training size "
                             f"{self.size[0]}x{self.size[1]}")
@@ -72,14 +72,14 @@ class Batches:
     def out_size(self) -> tuple[int, int]:
         return self.crop or self.size
 
-    def _item(self, index: int, probe: bool = False) -> dict:
+    def _item(self, index: int) -> dict:
         if index in self._cache:
             return self._cache[index]
         raw = self.source.load(self.kind, self.ids[index])
         first = raw.get("image", raw.get("left", (raw.get("frames") or [None])[0]))
         native = first.shape[:2]
-        if probe:
-            return {"_native": native}
+        if self.size is None:
+            self.size = tuple(native)
         item = self._resize(raw, native)
         nbytes = sum(v.numel() * v.element_size() for v in item.values() if isinstance(v, torch.Tensor))
         if self._used + nbytes <= self.cache_bytes:

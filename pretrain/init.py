@@ -72,11 +72,7 @@ def initialise(task, init) -> dict:
         report = load_encoder_weights(task.encoder, ckpt.encoder, source=f"--init {path}")
         saved, ours = ckpt.meta.get("decoder") or {}, task.decoder_meta() or {}
         if task.decoder is not None and ckpt.decoder and saved.get("kind") == ours.get("kind"):
-            body = {k: v for k, v in ckpt.decoder.items() if not k.startswith("heads.")}
-            own = task.decoder.state_dict()
-            if all(k in own and own[k].shape == v.shape for k, v in body.items()):
-                task.decoder.load_state_dict(body, strict=False)
-                report["decoder_loaded"] = len(body)
+            report["decoder_loaded"] = task.decoder.load_body(ckpt.decoder)
         return report
     state = read_state_dict(path)
     body = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}

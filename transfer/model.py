@@ -97,10 +97,7 @@ def build_model(arch: str, checkpoint: Checkpoint | None, decoder_kind: str, ini
         where = checkpoint.path if checkpoint is not None else "random init"
         raise UserError(f"{where}: init encoder+decoder needs {decoder_kind} decoder weights, which this checkpoint lacks; use --init encoder")
     if reusable and init in ("auto", "encoder+decoder"):
-        body = {k: v for k, v in checkpoint.decoder.items() if not k.startswith("heads.")}
-        own = {k for k in decoder.state_dict() if not k.startswith("heads.")}
-        if set(body) != own:
+        if not decoder.load_body(checkpoint.decoder):  # heads stay fresh: only the last layer is new
             raise UserError(f"{checkpoint.path}: decoder weights do not match the {decoder_kind} decoder layout")
-        decoder.load_state_dict(body, strict=False)  # heads stay fresh: only the last layer is new
         info["effective"] = "encoder+decoder"
     return SegmentationModel(encoder, decoder, decoder_kind), info

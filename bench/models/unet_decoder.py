@@ -56,6 +56,16 @@ class UNetDecoder(nn.Module):
             {str(s): self._make_head(DECODER_CHANNELS[s], out_channels) for s in self.scales}
         )
 
+    def load_body(self, state: dict[str, torch.Tensor]) -> int:
+        """Load a saved decoder's body (every tensor but the output heads) and return how many
+        tensors that was; 0, loading nothing, when its names or shapes differ from this body's."""
+        body = {k: v for k, v in state.items() if not k.startswith("heads.")}
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith("heads.")}
+        if set(body) != set(own) or any(own[k].shape != v.shape for k, v in body.items()):
+            return 0
+        self.load_state_dict(body, strict=False)  # heads stay as they are
+        return len(body)
+
     def head_conv(self, scale: int = 0) -> nn.Conv2d:
         return self.heads[str(scale)][1]
 
