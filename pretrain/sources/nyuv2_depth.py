@@ -20,7 +20,6 @@ Options (`--source-option KEY=VALUE`):
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
@@ -28,6 +27,7 @@ import numpy as np
 import scipy.io
 
 from bench.errors import UserError
+from bench.matfile import ProcessLocalHDF5, one_line
 
 from .base import PretrainSource, register_source, require_items
 
@@ -35,9 +35,6 @@ OPTIONS = ("split",)
 LABELLED = "nyu_depth_v2_labeled.mat"
 URL = "http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat"
 
-
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def read_train_indices(path: Path) -> np.ndarray:
@@ -49,9 +46,9 @@ def read_train_indices(path: Path) -> np.ndarray:
             with h5py.File(path, "r") as f:
                 values = f["trainNdxs"][()] if "trainNdxs" in f else None
         except OSError as exc:
-            raise UserError(f"{path}: unreadable MATLAB file ({_one_line(exc)})") from None
+            raise UserError(f"{path}: unreadable MATLAB file ({one_line(exc)})") from None
     except Exception as exc:  # noqa: BLE001 -- scipy raises all sorts on a damaged file
-        raise UserError(f"{path}: unreadable MATLAB file ({_one_line(exc)})") from None
+        raise UserError(f"{path}: unreadable MATLAB file ({one_line(exc)})") from None
     if values is None:
         raise UserError(f"{path}: variable trainNdxs not found")
     values = np.asarray(values, dtype=np.float64).ravel()
@@ -79,22 +76,9 @@ class NYUv2Depth(PretrainSource):
             raise UserError(f"--source-option split={self.split!r}: use train or all")
         if self.split == "train" and not self.splits.is_file():
             raise UserError(f"{self.splits}: file not found; split=train needs it (trainNdxs), or use split=all")
-        self._file, self._pid = None, None
+        self._mat = ProcessLocalHDF5(self.path, f"re-download it from {URL}", self._check_layout)
 
-    def __getstate__(self):
-        return {**self.__dict__, "_file": None, "_pid": None}
-
-    def _data(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = self._open(), os.getpid()
-        return self._file
-
-    def _open(self) -> h5py.File:
-        try:
-            f = h5py.File(self.path, "r")
-        except OSError as exc:
-            raise UserError(f"{self.path}: unreadable MATLAB v7.3/HDF5 file ({_one_line(exc)}); "
-                            f"re-download it from {URL}") from None
+    def _check_layout(self, f: h5py.File) -> None:
         images, depths = f.get("images"), f.get("depths")
         if not isinstance(images, h5py.Dataset) or not isinstance(depths, h5py.Dataset):
             raise UserError(f"{self.path}: variables images and depths not found; re-download it from {URL}")
@@ -103,10 +87,9 @@ class NYUv2Depth(PretrainSource):
                 or depths.shape != (images.shape[0], *images.shape[2:]) or depths.dtype.kind != "f"):
             raise UserError(f"{self.path}: images {images.shape} {images.dtype} and depths {depths.shape} "
                             f"{depths.dtype} are not the NYUv2 layout (N,3,W,H) uint8 / (N,W,H) float")
-        return f
 
     def items(self, kind: str) -> list[str]:
-        count = self._data()["images"].shape[0]
+        count = self._mat.file()["images"].shape[0]
         if self.split == "all":
             indices = range(1, count + 1)
         else:
@@ -116,20 +99,13 @@ class NYUv2Depth(PretrainSource):
                 raise UserError(f"{self.splits}: trainNdxs holds index {bad[0]}, outside 1..{count} of {LABELLED}")
         return require_items(sorted({f"{int(i):04d}" for i in indices}), self.path, "images")
 
-    def _read(self, var: str, index: int) -> np.ndarray:
-        try:
-            return self._data()[var][index]
-        except (OSError, ValueError, IndexError) as exc:
-            raise UserError(f"{self.path}: image {index + 1:04d} unreadable ({_one_line(exc)}); "
-                            f"re-download it from {URL}") from None
-
     def load(self, kind: str, item_id: str) -> dict:
         index = int(item_id) - 1
-        image = np.ascontiguousarray(self._read("images", index).transpose(2, 1, 0))
+        image = np.ascontiguousarray(self._mat.read("images", index).transpose(2, 1, 0))
         if kind == "image":
             return {"image": image}
         if kind == "depth":
-            depth = np.ascontiguousarray(self._read("depths", index).T, dtype=np.float32)
+            depth = np.ascontiguousarray(self._mat.read("depths", index).T, dtype=np.float32)
             depth[~np.isfinite(depth) | (depth < 0)] = 0.0
             return {"image": image, "depth": depth}
         raise ValueError(kind)

@@ -24,7 +24,6 @@ Default transforms: resize None, crop None, eval_resize None -- train and evalua
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
@@ -32,6 +31,7 @@ import numpy as np
 import scipy.io
 
 from bench.errors import UserError
+from bench.matfile import ProcessLocalHDF5, one_line
 from transfer.datasets import register_dataset
 from transfer.datasets.base import IGNORE_INDEX, LabelMapping, Sample, SegmentationDataset, Transforms, require_file
 
@@ -65,9 +65,6 @@ def _voc_colour(i: int) -> tuple[int, int, int]:
 PALETTE_40 = tuple(_voc_colour(i) for i in range(1, 41))
 
 
-def _one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
 
 def _load_small_mat(path: Path, names: tuple[str, ...], fix: str) -> dict:
     """Vector variables of a small .mat: numeric ones flat, cell arrays of strings as lists of str.
@@ -79,7 +76,7 @@ def _load_small_mat(path: Path, names: tuple[str, ...], fix: str) -> dict:
     except NotImplementedError:
         values = _load_v73(path, names, fix)
     except Exception as exc:  # noqa: BLE001 -- scipy raises all sorts on a damaged file
-        raise UserError(f"{path}: unreadable MATLAB file ({_one_line(exc)}); {fix}") from None
+        raise UserError(f"{path}: unreadable MATLAB file ({one_line(exc)}); {fix}") from None
     missing = [k for k in names if k not in values]
     if missing:
         raise UserError(f"{path}: variable {missing[0]} not found (expected {', '.join(names)}); {fix}")
@@ -104,7 +101,7 @@ def _load_v73(path: Path, names: tuple[str, ...], fix: str) -> dict:
                     values[k] = np.asarray(data).ravel()
             return values
     except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable MATLAB v7.3 file ({_one_line(exc)}); {fix}") from None
+        raise UserError(f"{path}: unreadable MATLAB v7.3 file ({one_line(exc)}); {fix}") from None
 
 
 def _integers(values: np.ndarray, where: str) -> np.ndarray:
@@ -129,8 +126,8 @@ class NYUv2(SegmentationDataset):
         self.labelled = require_file(self.root / "nyu_depth_v2_labeled.mat",
                                      f"the NYUv2 root must hold it, splits.mat and classMapping40.mat; "
                                      f"download it from {URL}")
-        self._file, self._pid = None, None
-        num_images = len(self._data()["labels"])
+        self._mat = ProcessLocalHDF5(self.labelled, f"re-download it from {URL}", self._check_layout)
+        num_images = len(self._mat.file()["labels"])
 
         mapping = _load_small_mat(self.root / "classMapping40.mat", ("mapClass", "className"), fix)
         names_40 = tuple(mapping["className"])
@@ -164,21 +161,8 @@ class NYUv2(SegmentationDataset):
                 raise UserError(f"{split_file}: {var} lists an image twice; {fix}")
             self._indices[split] = sorted(int(i) for i in idx)
 
-    # h5py handles survive neither pickling nor fork, so each process opens its own on first use.
-    def __getstate__(self):
-        return {**self.__dict__, "_file": None, "_pid": None}
-
-    def _data(self) -> h5py.File:
-        if self._file is None or self._pid != os.getpid():
-            self._file, self._pid = self._open(), os.getpid()
-        return self._file
-
-    def _open(self) -> h5py.File:
+    def _check_layout(self, f: h5py.File) -> None:
         fix = f"re-download it from {URL}"
-        try:
-            f = h5py.File(self.labelled, "r")
-        except OSError as exc:
-            raise UserError(f"{self.labelled}: unreadable MATLAB v7.3/HDF5 file ({_one_line(exc)}); {fix}") from None
         for var in ("images", "labels"):
             if not isinstance(f.get(var), h5py.Dataset):
                 raise UserError(f"{self.labelled}: variable {var} not found; {fix}")
@@ -190,24 +174,16 @@ class NYUv2(SegmentationDataset):
                 or images.dtype != np.uint8 or labels.dtype.kind not in "iu"):
             raise UserError(f"{self.labelled}: images {images.shape} {images.dtype} and labels {labels.shape} "
                             f"{labels.dtype} are not the NYUv2 layout (N,3,W,H) uint8 / (N,W,H) integer; {fix}")
-        return f
-
-    def _read(self, var: str, index: int) -> np.ndarray:
-        try:
-            return self._data()[var][index]
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{self.labelled}: image {index + 1:04d} unreadable ({_one_line(exc)}); "
-                            f"re-download it from {URL}") from None
 
     def samples(self, split: str) -> list[Sample]:
         self.check_split(split)
         return [Sample(f"{i:04d}", i - 1, i - 1) for i in self._indices[split]]
 
     def read_image(self, sample: Sample) -> np.ndarray:
-        return np.ascontiguousarray(self._read("images", sample.image).transpose(2, 1, 0))
+        return np.ascontiguousarray(self._mat.read("images", sample.image).transpose(2, 1, 0))
 
     def describe(self, sample: Sample) -> str:
         return f"{self.labelled} image {sample.label + 1:04d} (index {sample.label})"
 
     def read_label(self, sample: Sample) -> np.ndarray:
-        return self.mapping(self._read("labels", sample.label).T, self.describe(sample))
+        return self.mapping(self._mat.read("labels", sample.label).T, self.describe(sample))
