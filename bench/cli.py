@@ -108,10 +108,10 @@ def _pretrain_epilog() -> str:
 
 def _cmd_transfer(args) -> int:
     from bench.checkpoint import file_sha256, read_checkpoint_meta
-    from bench.manifest import default_presets
     from bench.matrix import Cell, cell_config
     from transfer.data import dataset_settings
-    from transfer.protocols import decoder_for
+    from transfer.decoders import split_decoder_name
+    from transfer.protocols import decoder_for, resolve_preset
     from transfer.train import run_transfer
 
     root = Path(args.root).resolve()
@@ -125,17 +125,26 @@ def _cmd_transfer(args) -> int:
         meta = read_checkpoint_meta(args.checkpoint)
         arch, method = meta["arch"], meta["method"]
         ckpt, sha = str(Path(args.checkpoint).resolve()), file_sha256(args.checkpoint)
-    preset = default_presets()[args.protocol]
+    decoder = decoder_for(args.protocol, args.decoder)
+    decoder_options = _key_values(args.decoder_option, "--decoder-option")
+    prefix, file_arg = split_decoder_name(decoder)
+    if file_arg is not None:  # `mmseg:CONFIG` names a file relative to the cwd
+        decoder_options["spec"] = str(Path(file_arg).resolve())
+    flags = {"optimizer": args.optimizer, "lr": args.lr, "encoder_lr_mult": args.encoder_lr_mult,
+             "weight_decay": args.weight_decay, "momentum": args.momentum, "warmup_steps": args.warmup_steps,
+             "poly_power": args.poly_power}
+    preset = resolve_preset(args.protocol, decoder, {args.protocol: flags})
     cell = Cell(args.name or (Path(args.checkpoint).parent.name if ckpt else "random"), method, arch,
-                args.dataset, args.protocol, decoder_for(args.protocol, args.decoder), args.train_size, args.seed)
+                args.dataset, args.protocol, decoder, args.train_size, args.seed)
     settings = dataset_settings(args.dataset, classes=args.classes, train_split=args.train_split,
                                 eval_split=args.eval_split, resize=args.resize, crop=args.crop,
                                 eval_resize=args.eval_resize)
     config = cell_config(cell, data_id=str(root), dataset=settings, dataset_root=root, checkpoint=ckpt,
-                         checkpoint_sha256=sha,
-                         init=args.init, steps=args.steps, batch_size=args.batch_size,
-                         eval_every=args.eval_every or args.steps, lr=args.lr or preset.lr,
-                         encoder_lr_mult=args.encoder_lr_mult, weight_decay=args.weight_decay)
+                         checkpoint_sha256=sha, init=args.init, steps=args.steps, batch_size=args.batch_size,
+                         eval_every=args.eval_every or args.steps, optim=preset.model_dump(),
+                         decoder_options=decoder_options, feature_cache=not args.no_feature_cache,
+                         feature_cache_views=args.feature_cache_views, augment=not args.no_augment)
+    config["device"] = args.device
     record = run_transfer(config, Path(args.out), progress=not args.no_progress)
     m = record["metrics"]
     print(f"{record['status']}: mIoU {100 * m['miou']:.2f} pixel acc {100 * m['pixel_acc']:.2f} -> "
@@ -268,14 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-resize", default="default", help="evaluation resize: HxW, a short side, or native; "
                    "metrics are always on native-size labels (default: the dataset's)")
     t.add_argument("--protocol", required=True, choices=["full", "frozen", "linear"], help="what trains (see README)")
-    t.add_argument("--decoder", default="monodepth2", choices=["monodepth2", "linear"], help="decoder (protocol linear always uses linear)")
+    t.add_argument("--decoder", default="monodepth2", help="monodepth2, deeplabv3, mask2former, linear, or "
+                   "mmseg:CONFIG.py (the [mmseg] extra); protocol linear always uses linear (default: monodepth2)")
+    t.add_argument("--decoder-option", action="append", metavar="KEY=VALUE",
+                   help="a decoder option (README, 'Decoders'; e.g. output_stride=8 for deeplabv3); repeatable")
     t.add_argument("--init", default="auto", choices=["auto", "encoder+decoder", "encoder"], help="reuse the checkpoint's decoder (auto: when it has one)")
     t.add_argument("--train-size", type=int, default=16, help="labelled training images, drawn with --seed (default: 16)")
     t.add_argument("--steps", type=int, default=300, help="optimisation steps (default: 300)")
     t.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
-    t.add_argument("--lr", type=float, help="peak learning rate (default: the protocol's preset)")
-    t.add_argument("--encoder-lr-mult", type=float, default=1.0, help="encoder learning-rate multiplier for protocol full")
-    t.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay (default: 1e-4)")
+    preset = t.add_argument_group("optimiser (default: the protocol/decoder preset, README 'Protocols')")
+    preset.add_argument("--optimizer", choices=["adamw", "sgd"])
+    preset.add_argument("--lr", type=float, help="peak learning rate of the decoder")
+    preset.add_argument("--encoder-lr-mult", type=float, help="encoder lr = lr x this (protocol full)")
+    preset.add_argument("--weight-decay", type=float)
+    preset.add_argument("--momentum", type=float, help="SGD momentum")
+    preset.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 5%% of the steps)")
+    preset.add_argument("--poly-power", type=float, help="poly decay exponent (default: 0.9)")
+    t.add_argument("--no-feature-cache", action="store_true", help="frozen/linear: run the frozen encoder on "
+                   "every step instead of caching its features")
+    t.add_argument("--feature-cache-views", type=int, default=8, help="cached crops per image for datasets with "
+                   "a random crop (default: 8)")
+    t.add_argument("--no-augment", action="store_true", help="no flips, centre crop (exactly reproducible probes)")
+    t.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     t.add_argument("--eval-every", type=int, help="evaluate every K steps for the learning curve (default: only at the end)")
     t.add_argument("--seed", type=int, default=0, help="seed for the few-shot split, initialisation and batches")
     t.add_argument("--out", required=True, help="output folder")

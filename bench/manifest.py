@@ -15,12 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bench.errors import UserError
 from bench.models.backbones import list_backbones
+from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
+from transfer.protocols import PresetOverride
 
 # Method options that name files or folders: resolved against the manifest's folder.
 PATH_OPTIONS = ("pseudo_labels",)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 Protocol = Literal["full", "frozen", "linear"]
-Decoder = Literal["monodepth2"]
 
 
 class _Strict(BaseModel):
@@ -164,25 +165,11 @@ class DatasetSpec(_Strict):
                                 eval_resize=self.eval_resize)
 
 
-class OptimizerPreset(_Strict):
-    lr: float = Field(gt=0)
-    encoder_lr_mult: float = Field(1.0, ge=0)
-    weight_decay: float = Field(1e-4, ge=0)
-
-
-def default_presets() -> dict[str, OptimizerPreset]:
-    # AdamW with warm-up + poly decay. The linear probe takes a larger step: it has few weights
-    # and a BatchNorm in front of them.
-    return {
-        "full": OptimizerPreset(lr=1e-3, encoder_lr_mult=1.0),
-        "frozen": OptimizerPreset(lr=1e-3),
-        "linear": OptimizerPreset(lr=1e-2),
-    }
-
-
 class TransferSection(_Strict):
     protocols: list[Protocol] = Field(default_factory=lambda: ["full", "frozen", "linear"], min_length=1)
-    decoders: list[Decoder] = Field(default_factory=lambda: ["monodepth2"], min_length=1)
+    # Registered decoders (README, "Decoders"); `mmseg:CONFIG` runs an MMSegmentation config.
+    decoders: list[str] = Field(default_factory=lambda: ["monodepth2"], min_length=1)
+    decoder_options: dict[str, dict] = Field(default_factory=dict)  # decoder name -> its options
     train_sizes: list[int] = Field(default_factory=lambda: [16], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     init: Literal["auto", "encoder+decoder", "encoder"] = "auto"
@@ -190,7 +177,11 @@ class TransferSection(_Strict):
     batch_size: int = Field(8, ge=1)
     eval_every: int = Field(50, ge=1)
     keep_weights: bool = False  # full cells save their fine-tuned encoder (for pre-trained vs fine-tuned CKA)
-    optimizer: dict[Protocol, OptimizerPreset] = Field(default_factory=dict)
+    # Layers over the built-in presets, keyed PROTOCOL or PROTOCOL/DECODER (README, "Protocols").
+    optimizer: dict[str, PresetOverride] = Field(default_factory=dict)
+    feature_cache: bool = True  # frozen and linear cells train on cached encoder features
+    feature_cache_views: int = Field(DEFAULT_VIEWS_PER_IMAGE, ge=1)  # per image, for datasets with a random crop
+    augment: bool = True  # random crop (where the dataset has one) and horizontal flips
 
     @field_validator("train_sizes")
     @classmethod
@@ -199,8 +190,32 @@ class TransferSection(_Strict):
             raise ValueError("train sizes must be at least 1")
         return v
 
-    def preset(self, protocol: str) -> OptimizerPreset:
-        return self.optimizer.get(protocol) or default_presets()[protocol]
+    @field_validator("decoders")
+    @classmethod
+    def _known_decoders(cls, v: list[str]) -> list[str]:
+        from transfer.decoders import decoder_class
+
+        for name in v:
+            try:
+                decoder_class(name)
+            except UserError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _preset_keys(cls, v: dict) -> dict:
+        from transfer.protocols import preset_key_problem
+
+        for key in v:
+            if problem := preset_key_problem(key):
+                raise ValueError(problem)
+        return v
+
+    def preset(self, protocol: str, decoder: str):
+        from transfer.protocols import resolve_preset
+
+        return resolve_preset(protocol, decoder, {k: o.model_dump() for k, o in self.optimizer.items()})
 
 
 class Manifest(_Strict):
@@ -294,8 +309,30 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
             for key in PATH_OPTIONS:  # folder options of a method, relative to the manifest like every path
                 if isinstance(b.pretrain.options.get(key), str):
                     b.pretrain.options[key] = str(resolve(Path(b.pretrain.options[key])))
+    _resolve_decoders(m, resolve, path)
     for i, d in enumerate(m.datasets):
         if d.root is not None:
             d.root = resolve(d.root)
             if not d.root.is_dir():
                 raise UserError(f"{path}: datasets[{i}].root: folder not found: {d.root}")
+
+
+def _resolve_decoders(m: Manifest, resolve, path: Path) -> None:
+    """`PREFIX:FILE` decoders name files relative to the manifest: the decoder keeps the name as
+    written (cell names and fingerprints do not depend on where the manifest lives) and its
+    options get the resolved file as `spec`. Every decoder's options are checked now, so a typo
+    fails before anything runs."""
+    from transfer.decoders import parse_decoder_options, split_decoder_name
+
+    t = m.transfer
+    unknown = sorted(set(t.decoder_options) - set(t.decoders) - {"linear"})
+    if unknown:
+        raise UserError(f"{path}: transfer.decoder_options: {unknown[0]!r} is not in transfer.decoders")
+    for name in [*t.decoders, "linear"]:
+        _, arg = split_decoder_name(name)
+        if arg is not None:
+            t.decoder_options[name] = {**t.decoder_options.get(name, {}), "spec": str(resolve(Path(arg)))}
+        try:
+            parse_decoder_options(name, t.decoder_options.get(name))
+        except UserError as exc:
+            raise UserError(f"{path}: transfer.decoders: {exc}") from None

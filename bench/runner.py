@@ -178,4 +178,7 @@ def transfer_config(m: Manifest, cell: Cell, checkpoint: Path | None, checkpoint
     t = m.transfer
     return cell_config(cell, data_id=data_id, dataset=dataset, dataset_root=dataset_root, checkpoint=checkpoint,
                        checkpoint_sha256=checkpoint_sha256, init=t.init, steps=t.steps, batch_size=t.batch_size,
-                       eval_every=t.eval_every, keep_weights=t.keep_weights, **t.preset(cell.protocol).model_dump())
+                       eval_every=t.eval_every, keep_weights=t.keep_weights,
+                       optim=t.preset(cell.protocol, cell.decoder).model_dump(),
+                       decoder_options=t.decoder_options.get(cell.decoder), feature_cache=t.feature_cache,
+                       feature_cache_views=t.feature_cache_views, augment=t.augment)

@@ -110,12 +110,22 @@ def test_eval_batches_group_equal_sizes_and_keep_native_labels(monkeypatch):
     assert shapes == [((2, 3, 4, 4), (2, 8, 8)), ((1, 3, 4, 4), (1, 12, 8)), ((1, 3, 4, 4), (1, 8, 8))]
 
 
-class _Oracle(torch.nn.Module):
-    """Reads the class from the image colour: perfect at any size."""
-
-    def forward(self, images):
-        cls = (images[:, 0].long() + 30) // 60
+class _ColourHead(torch.nn.Module):
+    def forward(self, features, size):
+        cls = (features[0][:, 0].long() + 30) // 60
         return torch.nn.functional.one_hot(cls, 4).permute(0, 3, 1, 2).float()
+
+
+class _Oracle(torch.nn.Module):
+    """Reads the class from the image colour: perfect at any size. The identity 'encoder' hands
+    the image to the head, as `SegmentationModel.encode` hands features to a decoder."""
+
+    def __init__(self):
+        super().__init__()
+        self.decoder = _ColourHead()
+
+    def encode(self, images):
+        return [images]
 
 
 def test_evaluation_scores_upsampled_predictions_on_native_labels(monkeypatch):

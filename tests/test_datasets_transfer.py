@@ -50,8 +50,8 @@ def test_transfer_cell_on_each_dataset(roots, tmp_path, name):
     settings = dataset_settings(name, resize=resize, crop=crop, eval_resize=eval_resize)
     cell = Cell("random", "none", "resnet10t", name, "frozen", "monodepth2", 2, 0)
     config = cell_config(cell, data_id=name, dataset=settings, dataset_root=roots[name], checkpoint=None,
-                         checkpoint_sha256=None, init="auto", steps=2, batch_size=2, eval_every=2, lr=1e-3,
-                         encoder_lr_mult=1.0, weight_decay=0.0)
+                         checkpoint_sha256=None, init="auto", steps=2, batch_size=2, eval_every=2,
+                         optim={"lr": 1e-3, "weight_decay": 0.0})
     record = run_transfer(config, tmp_path, progress=False)
     assert record["status"] == "ok", record["error"]
     assert set(record["metrics"]["per_class_iou"]) == set(record["class_names"])

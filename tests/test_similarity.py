@@ -15,7 +15,7 @@ def _cell(tiny_world, ckpt, protocol, out, keep_weights=True, backbone="depth"):
                 "linear" if protocol == "linear" else "monodepth2", 2, 0)
     config = cell_config(cell, data_id="tiny", dataset=dataset_settings("synth"), dataset_root=tiny_world,
                          checkpoint=ckpt, checkpoint_sha256=None, init="auto", steps=3, batch_size=2, eval_every=3,
-                         lr=1e-2, encoder_lr_mult=1.0, weight_decay=0.0, keep_weights=keep_weights)
+                         optim={"lr": 1e-2, "weight_decay": 0.0}, keep_weights=keep_weights)
     return run_transfer(config, out, progress=False)
 
 

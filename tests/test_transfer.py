@@ -13,7 +13,7 @@ def _config(tiny_world, ckpt, protocol, decoder="monodepth2", init="auto", steps
     cfg = {"cell": {"backbone": "b", "method": "m", "arch": "resnet10t", "dataset": "synth", "protocol": protocol,
                     "decoder": decoder, "train_size": 4, "seed": 0},
            "data_id": "tiny", "dataset": dataset_settings("synth"), "checkpoint_sha256": None, "init": init, "steps": steps, "batch_size": 2,
-           "eval_every": 2, "lr": 1e-2, "encoder_lr_mult": 1.0, "weight_decay": 1e-4}
+           "eval_every": 2, "optim": {"lr": 1e-2, "weight_decay": 1e-4}}
     cfg["fingerprint"] = fingerprint(cfg)
     cfg["dataset_root"], cfg["checkpoint"] = str(tiny_world), str(ckpt) if ckpt else None
     return cfg
@@ -45,6 +45,11 @@ def test_decoder_reuse_replaces_only_the_last_layer(tiny_depth_ckpt):
     state = model.decoder.state_dict()
     body = [k for k in ckpt.decoder if not k.startswith("heads.")]
     assert body and all(torch.equal(state[k], ckpt.decoder[k]) for k in body)
+    # Exactly the body is loaded: every other tensor is the fresh classifier.
+    loaded = {k for k, v in state.items() if k in ckpt.decoder and v.shape == ckpt.decoder[k].shape
+              and torch.equal(v, ckpt.decoder[k])}
+    assert loaded == set(body) and info["decoder_tensors_loaded"] == len(body)
+    assert set(state) - loaded == {"heads.0.1.weight", "heads.0.1.bias"}
     assert state["heads.0.1.weight"].shape[0] == 7 != ckpt.decoder["heads.0.1.weight"].shape[0]
     fresh, info = build_model("resnet10t", ckpt, "monodepth2", "encoder", num_classes=7)
     assert info["effective"] == "encoder"

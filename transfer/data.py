@@ -13,13 +13,13 @@ from disk on every use), so a full-size training set does not exhaust the machin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from bench.augment import flip_batch
 from bench.errors import UserError
 from bench.sizes import parse_size
 from transfer.datasets import dataset_class, open_dataset
@@ -80,13 +80,28 @@ class _Cached:
         return item
 
 
+@dataclass(frozen=True)
+class View:
+    """One augmented training view: image `index`, crop at (`top`, `left`) (-1: no crop), and a
+    horizontal flip. Views are drawn first and rendered after, so a feature cache can key on them."""
+    index: int
+    top: int
+    left: int
+    flip: bool
+
+
 class TrainImages:
     def __init__(self, dataset: SegmentationDataset, samples: list[Sample], resize: Resize,
-                 crop: tuple[int, int] | None, cache_bytes: int = CACHE_BYTES):
+                 crop: tuple[int, int] | None, cache_bytes: int = CACHE_BYTES, augment: bool = True):
         if not samples:
             raise UserError(f"dataset {dataset.name}: no training images selected")
         self.dataset, self.samples, self.resize, self.crop = dataset, samples, resize, crop
+        # Without augmentation there is no flip; a crop, if set, is the centre crop.
+        self.augment = augment
         self.items = _Cached(self._prepare, len(samples), cache_bytes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
 
     def _prepare(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image, label = read_pair(self.dataset, self.samples[i])
@@ -94,33 +109,82 @@ class TrainImages:
         _check_side(self.dataset, self.crop or size, "training")
         return resize_image(image, size), resize_label(label, size)
 
-    def batch(self, gen: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images B×3×h×w and int64 labels B×h×w for one step."""
+    def draw(self, gen: torch.Generator, batch_size: int) -> list[View]:
+        """The step's views: images drawn with replacement, then a crop box each, then flips."""
         pick = torch.randint(len(self.items), (batch_size,), generator=gen).tolist()
-        pairs = [self.items[i] for i in pick]
-        if self.crop is not None:
-            pairs = [random_crop(gen, img, lbl, self.crop) for img, lbl in pairs]
+        boxes = [self._crop_box(gen, i) for i in pick]
+        flips = (torch.rand(batch_size, generator=gen) < 0.5).tolist() if self.augment else [False] * batch_size
+        return [View(i, top, left, bool(f)) for i, (top, left), f in zip(pick, boxes, flips)]
+
+    def fixed_views(self, index: int, count: int, seed: int) -> list[View]:
+        """`count` views of one image, drawn once from its own generator: the finite set of
+        augmentations a feature cache can hold when random crops make every step's view new."""
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + 7919 * index + 1)
+        views = []
+        for _ in range(count):
+            top, left = self._crop_box(gen, index)
+            flip = bool(torch.rand(1, generator=gen) < 0.5) and self.augment
+            views.append(View(index, top, left, flip))
+        return views
+
+    def _crop_box(self, gen: torch.Generator, i: int) -> tuple[int, int]:
+        if self.crop is None:
+            return -1, -1
+        h, w = self.items[i][1].shape
+        ch, cw = self.crop
+        h, w = max(h, ch), max(w, cw)  # smaller images are padded (see `random_crop`)
+        if not self.augment:
+            return (h - ch) // 2, (w - cw) // 2
+        top = int(torch.randint(h - ch + 1, (1,), generator=gen))
+        left = int(torch.randint(w - cw + 1, (1,), generator=gen))
+        return top, left
+
+    def render(self, view: View) -> tuple[np.ndarray, np.ndarray]:
+        image, label = self.items[view.index]
+        if view.top >= 0:
+            image, label = _crop(image, label, self.crop, view.top, view.left)
+        if view.flip:
+            image, label = image[:, ::-1], label[:, ::-1]
+        return image, label
+
+    def load(self, views: list[View]) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images B×3×h×w and int64 labels B×h×w of these views."""
+        pairs = [self.render(v) for v in views]
         shapes = {lbl.shape for _, lbl in pairs}
         if len(shapes) > 1:
             raise UserError(f"dataset {self.dataset.name}: training images differ in size after resizing "
                             f"({sorted(shapes)[:2]}); set a crop or an exact resize HxW")
-        return flip_batch(gen, *_stack(pairs))
+        return _stack(pairs)
+
+    def labels(self, views: list[View]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self.render(v)[1] for v in views]).astype(np.int64))
+
+    def batch(self, gen: torch.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images B×3×h×w and int64 labels B×h×w for one step."""
+        return self.load(self.draw(gen, batch_size))
 
 
-def random_crop(gen: torch.Generator, image: np.ndarray, label: np.ndarray,
-                crop: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """A crop at a random position; where the image is smaller it is padded (black image,
-    ignored label), so padding never counts as a class."""
+def _crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], top: int,
+          left: int) -> tuple[np.ndarray, np.ndarray]:
+    """The crop at (top, left); where the image is smaller it is padded (black image, ignored
+    label), so padding never counts as a class."""
     ch, cw = crop
     h, w = label.shape
     if h < ch or w < cw:
         ph, pw = max(ch - h, 0), max(cw - w, 0)
         image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
         label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
-        h, w = label.shape
+    return image[top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
+
+
+def random_crop(gen: torch.Generator, image: np.ndarray, label: np.ndarray,
+                crop: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A crop at a random position (padded where the image is smaller)."""
+    ch, cw = crop
+    h, w = max(label.shape[0], ch), max(label.shape[1], cw)
     top = int(torch.randint(h - ch + 1, (1,), generator=gen))
     left = int(torch.randint(w - cw + 1, (1,), generator=gen))
-    return image[top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
+    return _crop(image, label, crop, top, left)
 
 
 class EvalImages:
@@ -140,16 +204,27 @@ class EvalImages:
     def batches(self, batch_size: int):
         """Yields (uint8 images B×3×h×w, int64 native labels B×H×W), consecutive images of equal
         size together."""
+        for _, images, labels in self.indexed_batches(batch_size):
+            yield images, labels
+
+    def load(self, indices: list[int]) -> torch.Tensor:
+        """uint8 images B×3×h×w of these evaluation images (equal sizes)."""
+        return _stack([self.items[i] for i in indices])[0]
+
+    def indexed_batches(self, batch_size: int):
+        """As `batches`, with the images' indices first (the keys of a feature cache)."""
         group: list[tuple[np.ndarray, np.ndarray]] = []
+        index: list[int] = []
         for i in range(len(self.items)):
             item = self.items[i]
             if group and (len(group) == batch_size or item[0].shape != group[0][0].shape
                           or item[1].shape != group[0][1].shape):
-                yield _stack(group)
-                group = []
+                yield (index, *_stack(group))
+                group, index = [], []
             group.append(item)
+            index.append(i)
         if group:
-            yield _stack(group)
+            yield (index, *_stack(group))
 
 
 def _stack(group) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,13 +254,14 @@ def dataset_settings(name: str, *, classes: int | None = None, train_split: str 
     }
 
 
-def open_transfer_data(settings: dict, root, train_size: int, seed: int) -> tuple[SegmentationDataset, list[str],
-                                                                                 TrainImages, EvalImages]:
+def open_transfer_data(settings: dict, root, train_size: int, seed: int, augment: bool = True
+                       ) -> tuple[SegmentationDataset, list[str], TrainImages, EvalImages]:
     """(dataset, few-shot stems, training images, evaluation images) of one cell."""
     dataset, pool, evaluation = open_pools(settings, root)
     stems = few_shot_stems([s.stem for s in pool], train_size, seed, dataset.name)
     by_stem = {s.stem: s for s in pool}
-    train = TrainImages(dataset, [by_stem[s] for s in stems], as_size(settings["resize"]), as_size(settings["crop"]))
+    train = TrainImages(dataset, [by_stem[s] for s in stems], as_size(settings["resize"]), as_size(settings["crop"]),
+                        augment=augment)
     return dataset, stems, train, EvalImages(dataset, evaluation, as_size(settings["eval_resize"]))
 
 

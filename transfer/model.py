@@ -1,43 +1,25 @@
-"""Segmentation networks: a harness encoder plus a decoder, built from a checkpoint.
+"""Segmentation networks: a harness encoder plus a registered decoder, built from a checkpoint.
 
-Decoders: `monodepth2` (the U-Net of the depth network; its body can be initialised from a
-depth checkpoint, with only the output layer fresh) and `linear` (BatchNorm + 1×1 conv over the
-encoder's levels at strides 4..32, upsampled to stride 4 and concatenated: a linear probe in the
-spirit of DINOv2's multi-layer linear evaluation).
+The encoder and the decoder stay separate modules: `encode` runs the encoder (without autograd
+once it is frozen), the decoder maps feature levels to class scores. Training code that caches a
+frozen encoder's features (`transfer.feature_cache`) calls the decoder directly.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bench.checkpoint import Checkpoint, load_encoder_weights
 from bench.errors import UserError
 from bench.models.backbones import create_encoder, normalize
-from bench.models.unet_decoder import UNetDecoder
+from transfer.decoders import SegmentationDecoder, decoder_class, parse_decoder_options
 
-DECODERS = ("monodepth2", "linear")
 INITS = ("auto", "encoder+decoder", "encoder")
 
 
-class LinearHead(nn.Module):
-    def __init__(self, encoder_channels: list[int], num_classes: int):
-        super().__init__()
-        self.levels = list(range(1, len(encoder_channels)))  # skip the stride-2 stem level
-        width = sum(encoder_channels[i] for i in self.levels)
-        self.bn = nn.BatchNorm2d(width)
-        self.classifier = nn.Conv2d(width, num_classes, 1)
-
-    def forward(self, features: list[torch.Tensor], size) -> torch.Tensor:
-        base = features[self.levels[0]].shape[-2:]
-        x = torch.cat([F.interpolate(features[i], size=base, mode="bilinear", align_corners=False)
-                       if features[i].shape[-2:] != base else features[i] for i in self.levels], dim=1)
-        return F.interpolate(self.classifier(self.bn(x)), size=size, mode="bilinear", align_corners=False)
-
-
 class SegmentationModel(nn.Module):
-    def __init__(self, encoder: nn.Module, decoder: nn.Module, decoder_kind: str):
+    def __init__(self, encoder: nn.Module, decoder: SegmentationDecoder, decoder_kind: str):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -56,48 +38,55 @@ class SegmentationModel(nn.Module):
             self.encoder.eval()
         return self
 
-    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
+    def encode(self, images_uint8: torch.Tensor) -> list[torch.Tensor]:
         x = normalize(images_uint8.float() / 255.0, self.encoder.normalization)
         if self.encoder_frozen:
             with torch.no_grad():
-                features = self.encoder(x)
-        else:
-            features = self.encoder(x)
-        size = x.shape[-2:]
-        if self.decoder_kind == "linear":
-            return self.decoder(features, size)
-        return self.decoder(features, size=size)[0]
+                return self.encoder(x)
+        return self.encoder(x)
+
+    def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encode(images_uint8), images_uint8.shape[-2:])
 
 
 def build_model(arch: str, checkpoint: Checkpoint | None, decoder_kind: str, init: str,
-                num_classes: int) -> tuple[SegmentationModel, dict]:
+                num_classes: int, decoder_options: dict | None = None) -> tuple[SegmentationModel, dict]:
     """The model and a description of how it was initialised (recorded with the run)."""
-    if decoder_kind not in DECODERS:
-        raise UserError(f"unknown decoder {decoder_kind!r}; available: {', '.join(DECODERS)}")
+    cls = decoder_class(decoder_kind)
+    options = parse_decoder_options(decoder_kind, decoder_options)
     if init not in INITS:
         raise UserError(f"unknown init {init!r}; available: {', '.join(INITS)}")
-    encoder = create_encoder(arch)
-    info = {"requested": init, "effective": "none", "encoder_coverage": None}
+    encoder = create_encoder(arch, **cls.encoder_kwargs(options))
+    info = {"requested": init, "effective": "none", "encoder_coverage": None, "decoder_tensors_loaded": 0}
     if checkpoint is not None:
         if checkpoint.meta["arch"] != arch:
             raise UserError(f"{checkpoint.path}: checkpoint arch {checkpoint.meta['arch']!r} differs from {arch!r}")
         info["encoder_coverage"] = load_encoder_weights(encoder, checkpoint.encoder, source=str(checkpoint.path))
         encoder.normalization = checkpoint.meta["normalization"]
         info["effective"] = "encoder"
+    decoder = cls(encoder.channels, encoder.strides, num_classes, options)
 
-    if decoder_kind == "linear":
-        if init == "encoder+decoder":
-            raise UserError("init encoder+decoder needs a dense decoder; the linear decoder has no weights to reuse")
-        return SegmentationModel(encoder, LinearHead(encoder.channels, num_classes), "linear"), info
-
-    decoder = UNetDecoder(encoder.channels, out_channels=num_classes, scales=(0,))
     saved = checkpoint.meta.get("decoder") if checkpoint is not None else None
-    reusable = saved is not None and saved.get("kind") == decoder_kind and checkpoint.decoder
+    saved_kind = saved.get("kind") if saved else None
+    reusable = cls.reuses is not None and saved_kind == cls.reuses and bool(checkpoint.decoder)
     if init == "encoder+decoder" and not reusable:
         where = checkpoint.path if checkpoint is not None else "random init"
-        raise UserError(f"{where}: init encoder+decoder needs {decoder_kind} decoder weights, which this checkpoint lacks; use --init encoder")
+        if cls.reuses is None:
+            raise UserError(f"init encoder+decoder: the {decoder_kind} decoder has no pre-trained counterpart to reuse "
+                            f"(only {', '.join(sorted(_reusing()))} can); use --init encoder")
+        found = f"a {saved_kind} decoder" if saved_kind else "no decoder weights"
+        raise UserError(f"{where}: init encoder+decoder needs {cls.reuses} decoder weights, and this checkpoint has "
+                        f"{found}; use --init encoder")
     if reusable and init in ("auto", "encoder+decoder"):
-        if not decoder.load_body(checkpoint.decoder):  # heads stay fresh: only the last layer is new
+        loaded = decoder.load_body(checkpoint.decoder)  # only the last layer stays fresh
+        if not loaded:
             raise UserError(f"{checkpoint.path}: decoder weights do not match the {decoder_kind} decoder layout")
         info["effective"] = "encoder+decoder"
+        info["decoder_tensors_loaded"] = loaded
     return SegmentationModel(encoder, decoder, decoder_kind), info
+
+
+def _reusing() -> set[str]:
+    from transfer.decoders.base import _REGISTRY
+
+    return {name for name, c in _REGISTRY.items() if c.reuses is not None}

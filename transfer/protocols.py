@@ -1,17 +1,86 @@
-"""Transfer protocols: what trains, and at which learning rate.
+"""Transfer protocols (what trains) and their optimiser presets (how).
 
 - `full`: encoder and decoder train; the encoder at `lr * encoder_lr_mult`.
 - `frozen`: encoder weights and BatchNorm statistics fixed (eval mode, no gradients, not in the
   optimiser); the decoder trains.
 - `linear`: frozen encoder, BatchNorm + 1×1 linear head (the `linear` decoder).
+
+Every preset is a warm-up (linear, from lr/warmup) followed by a poly decay to 0. Presets are
+looked up per protocol, then per `protocol/decoder`, each layer overriding the fields it names;
+a manifest's `transfer.optimizer` adds its own layers on top (README, "Protocols").
 """
 
 from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from bench.errors import UserError
 from transfer.model import SegmentationModel
 
 PROTOCOLS = ("full", "frozen", "linear")
+
+
+class OptimizerPreset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of the decoder")
+    encoder_lr_mult: float = Field(1.0, ge=0, description="encoder lr = lr x this (protocol full)")
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
+    warmup_steps: int | None = Field(None, ge=0, description="linear warm-up steps (default: 5% of the steps)")
+    poly_power: float = Field(0.9, ge=0, description="poly decay exponent after the warm-up")
+
+
+class PresetOverride(BaseModel):
+    """A layer over a preset: only the fields it names change."""
+    model_config = ConfigDict(extra="forbid")
+    optimizer: Literal["adamw", "sgd"] | None = None
+    lr: float | None = Field(None, gt=0)
+    encoder_lr_mult: float | None = Field(None, ge=0)
+    weight_decay: float | None = Field(None, ge=0)
+    momentum: float | None = Field(None, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0)
+    poly_power: float | None = Field(None, ge=0)
+
+
+# The built-in layers. AdamW for the U-Net and linear heads (what fits few-shot budgets best in
+# our runs); DeepLabV3's own recipe (SGD, momentum 0.9, poly 0.9; Chen et al. 2017); Mask2Former's
+# (AdamW, weight decay 0.05, the encoder at 0.1x, as Cheng et al. 2022 and Depth Anything use).
+BUILTIN_PRESETS: dict[str, dict] = {
+    "full": {"optimizer": "adamw", "lr": 1e-3, "encoder_lr_mult": 1.0, "weight_decay": 1e-4},
+    "frozen": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
+    "linear": {"optimizer": "adamw", "lr": 1e-2, "weight_decay": 0.0},
+    "full/deeplabv3": {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "weight_decay": 1e-4},
+    "frozen/deeplabv3": {"optimizer": "sgd", "lr": 1e-2, "momentum": 0.9, "weight_decay": 1e-4},
+    "full/mask2former": {"optimizer": "adamw", "lr": 1e-4, "encoder_lr_mult": 0.1, "weight_decay": 0.05},
+    "frozen/mask2former": {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.05},
+}
+
+
+def preset_key_problem(key: str) -> str | None:
+    """Why `key` is not `PROTOCOL` or `PROTOCOL/DECODER` (None when it is)."""
+    protocol, _, decoder = key.partition("/")
+    if protocol not in PROTOCOLS:
+        return f"optimizer preset {key!r}: unknown protocol {protocol!r} (available: {', '.join(PROTOCOLS)})"
+    if "/" in key and not decoder:
+        return f"optimizer preset {key!r}: nothing after '/'"
+    return None
+
+
+def resolve_preset(protocol: str, decoder: str, *layers: dict[str, dict]) -> OptimizerPreset:
+    """The preset of a (protocol, decoder) cell: built-ins, then each layer, protocol before
+    protocol/decoder. A prefix decoder (`mmseg:cfg.py`) matches `protocol/mmseg`."""
+    family = decoder.split(":", 1)[0]
+    fields: dict = {}
+    for source in (BUILTIN_PRESETS, *layers):
+        for key in (protocol, f"{protocol}/{family}", f"{protocol}/{decoder}"):
+            entry = source.get(key)
+            if entry:
+                fields.update({k: v for k, v in dict(entry).items() if v is not None})
+    return OptimizerPreset(**fields)
 
 
 def decoder_for(protocol: str, decoder: str) -> str:
@@ -24,7 +93,7 @@ def param_groups(model: SegmentationModel, protocol: str, lr: float, encoder_lr_
         raise UserError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
     if protocol == "linear" and model.decoder_kind != "linear":
         raise UserError("protocol linear needs decoder linear")
-    groups = [{"params": list(model.decoder.parameters()), "lr": lr, "name": "decoder"}]
+    groups = [{"params": [p for p in model.decoder.parameters() if p.requires_grad], "lr": lr, "name": "decoder"}]
     if protocol == "full":
         groups.append({"params": list(model.encoder.parameters()), "lr": lr * encoder_lr_mult, "name": "encoder"})
     else:
@@ -32,3 +101,16 @@ def param_groups(model: SegmentationModel, protocol: str, lr: float, encoder_lr_
     for g in groups:
         g["base_lr"] = g["lr"]
     return groups
+
+
+def build_optimizer(groups: list[dict], preset: OptimizerPreset) -> torch.optim.Optimizer:
+    if preset.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=preset.momentum, weight_decay=preset.weight_decay)
+    return torch.optim.AdamW(groups, weight_decay=preset.weight_decay)
+
+
+def lr_factor(step: int, steps: int, warmup: int, power: float) -> float:
+    """Linear warm-up to 1 over `warmup` steps, then poly decay `(1 - t)^power` to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return (1.0 - (step - warmup) / max(1, steps - warmup)) ** power

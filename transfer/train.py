@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import platform
@@ -22,33 +23,57 @@ from bench.metrics import ConfusionMatrix
 from bench.progress import bar as progress_bar
 from bench.records import write_json_atomic
 from transfer.data import dataset_settings, open_transfer_data
+from transfer.feature_cache import DEFAULT_BUDGET_BYTES, DEFAULT_VIEWS_PER_IMAGE, FeatureCache
 from transfer.model import build_model
-from transfer.protocols import param_groups
+from transfer.protocols import OptimizerPreset, build_optimizer, lr_factor, param_groups
 from transfer.splits import write_stems
 
 RECORD_SCHEMA = 1
 FINAL_WEIGHTS = "final.safetensors"  # written when the config asks to keep weights
 
 
-def poly_factor(step: int, steps: int, warmup: int, power: float = 0.9) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return (1.0 - (step - warmup) / max(1, steps - warmup)) ** power
+def optimizer_preset(config: dict) -> OptimizerPreset:
+    """The cell's optimiser settings; configs written before presets had lr/encoder_lr_mult/weight_decay."""
+    if "optim" in config:
+        return OptimizerPreset(**config["optim"])
+    return OptimizerPreset(lr=config["lr"], encoder_lr_mult=config.get("encoder_lr_mult", 1.0),
+                           weight_decay=config.get("weight_decay", 1e-4), warmup_steps=config.get("warmup_steps"))
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
 
 
 @torch.no_grad()
-def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size: int) -> dict:
-    """Dataset-level confusion matrix on native-resolution labels: logits predicted at the eval
+def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size: int, *,
+             cache: FeatureCache | None = None, device=None, autocast=None) -> dict:
+    """Dataset-level confusion matrix on native-resolution labels: scores predicted at the eval
     size are upsampled (bilinear) to each label's size before the argmax."""
     model.eval()
+    device = device or torch.device("cpu")
     cm = ConfusionMatrix(num_classes, ignore_index)
-    for images, labels in eval_images.batches(batch_size):
-        logits = model(images)
-        if logits.shape[-2:] != labels.shape[-2:]:
-            logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        cm.update(logits.argmax(1), labels)
+    for index, images, labels in eval_images.indexed_batches(batch_size):
+        with autocast or contextlib.nullcontext():
+            if cache is not None:
+                features = cache.features([("eval", i) for i in index],
+                                          lambda keys: _to(eval_images.load([i for _, i in keys]), device))
+            else:
+                features = model.encode(_to(images, device))
+            scores = model.decoder(features, images.shape[-2:]).float()
+        labels = labels.to(device)
+        if scores.shape[-2:] != labels.shape[-2:]:
+            scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        cm.update(scores.argmax(1), labels)
     model.train()
     return cm.compute()
+
+
+def _to(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    images = images.to(device, non_blocking=True)
+    # channels-last is the fast convolution layout on GPUs (tensor cores); on CPU it does not pay.
+    return images.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else images
 
 
 def run_transfer(config: dict, out_dir, *, progress: bool = True) -> dict:
@@ -71,22 +96,56 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
     t_start = time.perf_counter()
     seed, steps = int(cell["seed"]), int(config["steps"])
     torch.manual_seed(seed)
+    device = pick_device(config.get("device"))
     settings = config.get("dataset") or dataset_settings(cell["dataset"])
-    data, train_stems, train_images, eval_images = open_transfer_data(settings, config["dataset_root"],
-                                                                       int(cell["train_size"]), seed)
+    data, train_stems, train_images, eval_images = open_transfer_data(
+        settings, config["dataset_root"], int(cell["train_size"]), seed, augment=config.get("augment", True))
     # Published with the results: the exact images this cell trained on.
     write_stems(out_dir / "train_split.txt", train_stems)
     checkpoint = load_checkpoint(config["checkpoint"]) if config.get("checkpoint") else None
+    decoder_options = dict(config.get("decoder_options") or {})
+    if config.get("decoder_spec"):
+        decoder_options["spec"] = config["decoder_spec"]
     model, init_info = build_model(cell["arch"], checkpoint, cell["decoder"], config.get("init", "auto"),
-                                   data.num_classes)
-    groups = param_groups(model, cell["protocol"], float(config["lr"]), float(config.get("encoder_lr_mult", 1.0)))
-    optimizer = torch.optim.AdamW(groups, weight_decay=float(config.get("weight_decay", 1e-4)))
+                                   data.num_classes, decoder_options)
+    preset = optimizer_preset(config)
+    groups = param_groups(model, cell["protocol"], preset.lr, preset.encoder_lr_mult)
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(groups, preset)
+    # bf16 autocast on GPUs: the speed of half precision without fp16's loss scaling.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
     sha_before = state_sha256(model.encoder.state_dict())
-    log(f"cell {cell} init {init_info['effective']} data {settings} "
+    batch_size = int(config["batch_size"])
+
+    cache, fixed_views = None, None
+    if model.encoder_frozen and config.get("feature_cache", True):
+        levels = model.decoder.used_levels(len(model.encoder.channels))
+        cache = FeatureCache(model.encode, levels, spill_dir=out_dir / "feature_cache",
+                             budget_bytes=int(config.get("feature_cache_bytes", DEFAULT_BUDGET_BYTES)))
+        if train_images.crop is not None:
+            per_image = int(config.get("feature_cache_views", DEFAULT_VIEWS_PER_IMAGE))
+            fixed_views = [train_images.fixed_views(i, per_image, seed) for i in range(len(train_images))]
+    log(f"cell {cell} init {init_info['effective']} data {settings} optimizer {preset.model_dump()} "
+        f"device {device} feature cache {'on' if cache else 'off'} "
         f"train images {len(train_stems)} eval images {len(eval_images.samples)}")
 
+    def step_batch(gen: torch.Generator):
+        if fixed_views is not None:
+            pick = torch.randint(len(fixed_views), (batch_size,), generator=gen).tolist()
+            which = torch.randint(len(fixed_views[0]), (batch_size,), generator=gen).tolist()
+            views = [fixed_views[i][v] for i, v in zip(pick, which)]
+        else:
+            views = train_images.draw(gen, batch_size)
+        if cache is not None:
+            features = cache.features(views, lambda keys: _to(train_images.load(keys)[0], device))
+            return features, train_images.labels(views).to(device)
+        x, y = train_images.load(views)
+        return model.encode(_to(x, device)), y.to(device)
+
     eval_every = int(config.get("eval_every", steps)) or steps
-    warmup = min(int(config.get("warmup_steps", max(1, steps // 20))), steps)
+    warmup = min(preset.warmup_steps if preset.warmup_steps is not None else max(1, steps // 20), steps)
     curve, status, error, eval_s, steps_done = [], "ok", None, 0.0, 0
     model.train()
     t_train = time.perf_counter()
@@ -94,10 +153,11 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
                        desc=f"{cell['backbone']}/{cell['protocol']}/s{seed}")
     for step in range(steps):
         for g in groups:
-            g["lr"] = g["base_lr"] * poly_factor(step, steps, warmup)
+            g["lr"] = g["base_lr"] * lr_factor(step, steps, warmup, preset.poly_power)
         gen = step_generator(seed, step)
-        x, y = train_images.batch(gen, int(config["batch_size"]))
-        loss = F.cross_entropy(model(x), y, ignore_index=data.ignore_index)
+        with autocast or contextlib.nullcontext():
+            features, y = step_batch(gen)
+            loss = model.decoder.loss(features, y, data.ignore_index)
         value = float(loss.detach())
         if not math.isfinite(value):
             status, error = "diverged", f"loss became {value} at step {step + 1}"
@@ -111,7 +171,8 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
         bar.update(1)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             t_eval = time.perf_counter()
-            m = evaluate(model, eval_images, data.num_classes, data.ignore_index, int(config["batch_size"]))
+            m = evaluate(model, eval_images, data.num_classes, data.ignore_index, batch_size,
+                         cache=cache, device=device, autocast=autocast)
             eval_s += time.perf_counter() - t_eval
             curve.append({"step": step + 1, "loss": value, "miou": m["miou"], "pixel_acc": m["pixel_acc"],
                           "mean_class_acc": m["mean_class_acc"], "per_class_iou": m["per_class_iou"]})
@@ -144,11 +205,16 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
             "path": str(checkpoint.path), "sha256": config.get("checkpoint_sha256"),
             "method": checkpoint.meta.get("method"), "steps": checkpoint.meta.get("steps"),
         },
+        "optimizer": preset.model_dump(),
+        "feature_cache": None if cache is None else {
+            **cache.stats, "train_views": "exact" if fixed_views is None else f"{len(fixed_views[0])} per image"},
+        "device": str(device),
         "timings": {
             "wall_s": time.perf_counter() - t_start, "train_s": train_s, "eval_s": eval_s,
             "steps_done": steps_done, "steps_per_s": steps_done / train_s if train_s > 0 else None,
             # Peak resident memory of the process that ran the cell (KiB on Linux).
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         },
         "versions": {"harness": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      "timm": _timm_version()},
@@ -161,6 +227,8 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
         save_checkpoint(out_dir / FINAL_WEIGHTS, model.encoder.state_dict(), {
             "arch": cell["arch"], "method": f"{cell['method']}+{cell['protocol']}", "data": cell["dataset"],
             "steps": steps_done, "normalization": model.encoder.normalization, "seed": seed})
+    if cache is not None:
+        cache.close()
     write_json_atomic(out_dir / "record.json", record)
     log(f"status {status}; record written")
     return record

@@ -59,12 +59,15 @@ def backbone_spec(arch: str) -> BackboneSpec:
     return _REGISTRY[arch]()
 
 
-def create_encoder(arch: str) -> nn.Module:
-    """Build a randomly initialised encoder; weights come from checkpoints, never the network."""
+def create_encoder(arch: str, **timm_overrides) -> nn.Module:
+    """Build a randomly initialised encoder; weights come from checkpoints, never the network.
+
+    `timm_overrides` change the structure but never the weights' names or shapes (e.g. a
+    decoder's `output_stride`, which dilates the last stages instead of striding them)."""
     import timm
 
     spec = backbone_spec(arch)
-    kwargs = dict(spec.timm_kwargs)
+    kwargs = {**spec.timm_kwargs, **timm_overrides}
     if spec.out_indices is not None:
         kwargs["out_indices"] = spec.out_indices
     model = timm.create_model(spec.timm_name, pretrained=False, features_only=True, **kwargs)

@@ -1,0 +1,41 @@
+"""DeepLabV3: torchvision's ASPP head on a dilated encoder of output stride 8 or 16.
+
+The encoder is built with timm's `output_stride`, which dilates the last stages instead of
+striding them; its weights (and their names) are unchanged, so any checkpoint of the arch loads.
+The atrous rates follow Chen et al. (2017): (6, 12, 18) at output stride 16, doubled at 8. The
+head sees the deepest level only, as DeepLabV3 (not V3+) does; its logits are upsampled to the
+image. Always a fresh head: the cross-architecture setting (Fig. 1c)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+
+from transfer.decoders.base import DecoderOptions, SegmentationDecoder, register_decoder
+
+
+@register_decoder
+class DeepLabV3Decoder(SegmentationDecoder):
+    name = "deeplabv3"
+
+    class Options(DecoderOptions):
+        output_stride: Literal[8, 16] = Field(16, description="encoder output stride (8: finer, about 4x the compute)")
+
+    @classmethod
+    def encoder_kwargs(cls, options) -> dict:
+        return {"output_stride": options.output_stride}
+
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options):
+        super().__init__()
+        rates = (6, 12, 18) if options.output_stride == 16 else (12, 24, 36)
+        self.head = DeepLabHead(channels[-1], num_classes, atrous_rates=rates)
+
+    def used_levels(self, num_levels: int) -> list[int]:
+        return [num_levels - 1]
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(self.head(features[-1]), size=size, mode="bilinear", align_corners=False)

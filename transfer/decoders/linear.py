@@ -1,0 +1,34 @@
+"""The linear probe: BatchNorm + 1×1 convolution over the encoder's levels.
+
+Levels at strides 4..32 (the stride-2 stem is skipped) are upsampled to stride 4 and
+concatenated; the classifier's logits are upsampled to the image. This is DINOv2's multi-layer
+linear evaluation for dense prediction; nothing but the BatchNorm and the 1×1 conv learns."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from transfer.decoders.base import SegmentationDecoder, register_decoder
+
+
+@register_decoder
+class LinearHead(SegmentationDecoder):
+    name = "linear"
+
+    def __init__(self, channels: list[int], strides: list[int], num_classes: int, options):
+        super().__init__()
+        self.levels = [i for i, s in enumerate(strides) if s >= 4] or [len(channels) - 1]
+        width = sum(channels[i] for i in self.levels)
+        self.bn = nn.BatchNorm2d(width)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+
+    def used_levels(self, num_levels: int) -> list[int]:
+        return list(self.levels)
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        base = features[self.levels[0]].shape[-2:]
+        x = torch.cat([F.interpolate(features[i], size=base, mode="bilinear", align_corners=False)
+                       if features[i].shape[-2:] != base else features[i] for i in self.levels], dim=1)
+        return F.interpolate(self.classifier(self.bn(x)), size=size, mode="bilinear", align_corners=False)
