@@ -1,10 +1,14 @@
 # The two commands a fresh clone needs: `make quickstart` and `make test`.
-# Both create the virtual environment on first use (pip install -e ".[dev]").
+# Both create the virtual environment on first use (pip install -e ".[$(EXTRAS)]").
+# CI adds the MMSegmentation bridge: `EXTRAS=dev,mmseg make test` (.ci/run).
 
 PYTHON ?= python3
 VENV   ?= .venv
+EXTRAS ?= dev
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+comma  := ,
+# One stamp per extras set: asking for more extras installs them, the same set again is a no-op.
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: quickstart test setup clean-results
 
@@ -20,7 +24,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 clean-results:

@@ -123,7 +123,11 @@ def test_the_quickstart_manifest_is_valid():
     from pathlib import Path
 
     m = load_manifest(Path(__file__).parent.parent / "configs" / "quickstart.yaml")
-    assert len(expand(m, {})) == len(m.backbones) * len(m.transfer.protocols) * len(m.transfer.seeds)
+    dense = [p for p in m.transfer.protocols if p != "linear"]
+    per_backbone = len(dense) * len(m.transfer.decoders) + ("linear" in m.transfer.protocols)
+    assert len(expand(m, {})) == len(m.backbones) * per_backbone * len(m.transfer.seeds)
+    # The demand: the embedded default shows the depth decoder and a cross-architecture head.
+    assert {"monodepth2", "deeplabv3"} <= set(m.transfer.decoders)
 
 
 def test_folder_options_resolve_against_the_manifest_folder(tmp_path):

@@ -245,3 +245,66 @@ def test_cli_decoder_mistakes_are_one_line(tiny_world, tmp_path, capsys, args, m
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "\n" not in err
     assert not (tmp_path / "x" / "record.json").exists()
+
+
+def test_manifest_runs_every_protocol_decoder_and_init(tmp_path):
+    from bench.runner import run_manifest
+
+    manifest = tmp_path / "decoders.yaml"
+    manifest.write_text(f"""
+name: decoders
+out: {tmp_path / 'results'}
+data:
+  synth: {{sequences: 3, frames: 4, height: 48, width: 144, seed: 0, crops_per_class: 6}}
+backbones:
+  - {{name: random, arch: resnet10t}}
+  - name: depth
+    arch: resnet10t
+    pretrain: {{method: depth_supervised, steps: 2, batch_size: 2}}
+datasets: [{{name: synth}}]
+transfer:
+  protocols: [full, frozen, linear]
+  decoders: [monodepth2, deeplabv3, mask2former]
+  decoder_options:
+    deeplabv3: {{output_stride: 8}}
+    mask2former: {{hidden_dim: 32, num_queries: 4, decoder_layers: 2, pixel_decoder_layers: 1, train_points: 256}}
+  optimizer:
+    frozen/deeplabv3: {{lr: 0.02}}
+  train_sizes: [2]
+  steps: 2
+  batch_size: 2
+  eval_every: 2
+""")
+    assert run_manifest(manifest, progress=False) == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*/record.json")]
+    seen = {(r["cell"]["backbone"], r["cell"]["protocol"], r["cell"]["decoder"], r["init"]["effective"])
+            for r in records}
+    assert len(records) == 14 and all(r["status"] == "ok" for r in records)
+    # The depth checkpoint's decoder is reused by the U-Net only; the other heads start fresh.
+    assert ("depth", "full", "monodepth2", "encoder+decoder") in seen
+    assert ("depth", "frozen", "deeplabv3", "encoder") in seen and ("random", "full", "mask2former", "none") in seen
+    by_cell = {(r["cell"]["backbone"], r["cell"]["protocol"], r["cell"]["decoder"]): r for r in records}
+    assert by_cell["depth", "frozen", "deeplabv3"]["optimizer"]["lr"] == 0.02
+    assert by_cell["depth", "full", "deeplabv3"]["optimizer"]["lr"] == 1e-2
+    assert by_cell["depth", "full", "deeplabv3"]["config"]["decoder_options"] == {"output_stride": 8}
+    for r in records:
+        frozen = r["cell"]["protocol"] != "full"
+        assert (r["encoder_sha256_before"] == r["encoder_sha256_after"]) == frozen
+
+
+@pytest.mark.parametrize("transfer, message", [
+    ("decoders: [upernet]", "unknown decoder 'upernet'"),
+    ("decoder_options: {deeplabv3: {output_stride: 4}}\n  decoders: [deeplabv3]", "output_stride"),
+    ("decoder_options: {mask2former: {num_queries: 4}}", "'mask2former' is not in transfer.decoders"),
+    ("optimizer: {fine: {lr: 0.1}}", "unknown protocol 'fine'"),
+    ("optimizer: {full: {optimizer: adam}}", "optimizer"),
+])
+def test_manifest_decoder_and_optimizer_mistakes_are_one_line(tmp_path, transfer, message):
+    from bench.manifest import load_manifest
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: bad\nbackbones: [{{name: r, arch: resnet10t}}]\ndatasets: [{{name: synth}}]\n"
+                    f"transfer:\n  {transfer}\n")
+    with pytest.raises(UserError, match=message) as exc:
+        load_manifest(path)
+    assert "\n" not in str(exc.value) and str(path) in str(exc.value)

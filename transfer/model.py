@@ -87,6 +87,6 @@ def build_model(arch: str, checkpoint: Checkpoint | None, decoder_kind: str, ini
 
 
 def _reusing() -> set[str]:
-    from transfer.decoders.base import _REGISTRY
+    from transfer.decoders.base import DECODERS
 
-    return {name for name, c in _REGISTRY.items() if c.reuses is not None}
+    return {name for name, c in DECODERS.items() if c.reuses is not None}

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from bench.errors import UserError
+from bench.registry import Registry
 from bench.models.backbones import create_encoder, normalize
 from pretrain.batches import Batches
 from pretrain.sources.base import PretrainSource
@@ -85,24 +86,10 @@ class PretrainMethod:
         return {}
 
 
-_REGISTRY: dict[str, type[PretrainMethod]] = {}
-
-
-def register_method(cls: type[PretrainMethod]) -> type[PretrainMethod]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"pre-training method {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def list_methods() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def method_class(name: str) -> type[PretrainMethod]:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown pre-training method {name!r}; available: {', '.join(list_methods())}")
-    return _REGISTRY[name]
+METHODS: Registry[PretrainMethod] = Registry("pre-training method")
+register_method = METHODS.register
+list_methods = METHODS.names
+method_class = METHODS.get
 
 
 def parse_options(cls: type[PretrainMethod], options: dict) -> MethodOptions:

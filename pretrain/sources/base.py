@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from bench.errors import UserError
+from bench.registry import Registry
 
 KINDS = ("image", "depth", "video", "stereo", "label")
 
@@ -67,27 +68,17 @@ class PretrainSource:
                             f"provide (it has: {', '.join(self.kinds)})")
 
 
-_REGISTRY: dict[str, type[PretrainSource]] = {}
-
-
-def register_source(cls: type[PretrainSource]) -> type[PretrainSource]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"pre-training source {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def list_sources() -> list[str]:
-    return sorted(_REGISTRY)
+SOURCES: Registry[PretrainSource] = Registry("pre-training dataset")
+register_source = SOURCES.register
+list_sources = SOURCES.names
 
 
 def open_source(name: str, root, options: dict | None = None) -> PretrainSource:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown pre-training dataset {name!r}; available: {', '.join(list_sources())}")
+    cls = SOURCES.get(name)
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: folder not found")
-    return _REGISTRY[name](root, dict(options or {}))
+    return cls(root, dict(options or {}))
 
 
 # Readers shared by sources: every failure is one line naming the file.

@@ -11,27 +11,13 @@ gives the registered names (the CLI and manifest values). The modules below regi
 
 from __future__ import annotations
 
-from bench.errors import UserError
+from bench.registry import Registry
 from transfer.datasets.base import IGNORE_INDEX, LabelMapping, Sample, SegmentationDataset, Transforms
 
-_REGISTRY: dict[str, type[SegmentationDataset]] = {}
-
-
-def register_dataset(cls: type[SegmentationDataset]) -> type[SegmentationDataset]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"dataset {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def list_datasets() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def dataset_class(name: str) -> type[SegmentationDataset]:
-    if name not in _REGISTRY:
-        raise UserError(f"unknown dataset {name!r}; available: {', '.join(list_datasets())}")
-    return _REGISTRY[name]
+DATASETS: Registry[SegmentationDataset] = Registry("dataset")
+register_dataset = DATASETS.register
+list_datasets = DATASETS.names
+dataset_class = DATASETS.get
 
 
 def open_dataset(name: str, root, classes: int | None = None) -> SegmentationDataset:

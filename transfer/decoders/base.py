@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
 from bench.errors import UserError
+from bench.registry import Registry
 
 
 class DecoderOptions(BaseModel):
@@ -75,19 +76,10 @@ class SegmentationDecoder(nn.Module):
         return 0
 
 
-_REGISTRY: dict[str, type[SegmentationDecoder]] = {}
-
-
-def register_decoder(cls: type[SegmentationDecoder]) -> type[SegmentationDecoder]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"decoder {cls.name!r} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def list_decoders() -> list[str]:
-    """Registered names; a prefix decoder is listed as `prefix:ARG`."""
-    return sorted(n + "ARG" if n.endswith(":") else n for n in _REGISTRY)
+# A prefix decoder is listed as `prefix:ARG`.
+DECODERS: Registry[SegmentationDecoder] = Registry("decoder", lambda n: n + "ARG" if n.endswith(":") else n)
+register_decoder = DECODERS.register
+list_decoders = DECODERS.names
 
 
 def split_decoder_name(name: str) -> tuple[str, str | None]:
@@ -101,10 +93,7 @@ def split_decoder_name(name: str) -> tuple[str, str | None]:
 
 
 def decoder_class(name: str) -> type[SegmentationDecoder]:
-    key, _ = split_decoder_name(name)
-    if key not in _REGISTRY:
-        raise UserError(f"unknown decoder {name!r}; available: {', '.join(list_decoders())}")
-    return _REGISTRY[key]
+    return DECODERS.get(split_decoder_name(name)[0], shown=name)
 
 
 def decoder_slug(name: str) -> str:
