@@ -124,7 +124,7 @@ class _Oracle(torch.nn.Module):
         super().__init__()
         self.decoder = _ColourHead()
 
-    def encode(self, images):
+    def features(self, images):
         return [images]
 
 

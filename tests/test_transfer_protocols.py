@@ -135,13 +135,13 @@ def _steps_lower_the_loss(model, tiny_world, steps=8, lr=1e-3):
     x, y = train.batch(torch.Generator().manual_seed(0), 4)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
-    before = model.decoder.loss(model.encode(x), y, 255).item()
+    before = model.decoder.loss(model.features(x), y, 255).item()
     for _ in range(steps):
-        loss = model.decoder.loss(model.encode(x), y, 255)
+        loss = model.decoder.loss(model.features(x), y, 255)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = model.decoder.loss(model.encode(x), y, 255).item()
+    after = model.decoder.loss(model.features(x), y, 255).item()
     return before, after
 
 

@@ -1,8 +1,9 @@
 """Encoder features computed once: frozen and linear cells train their head on a cache.
 
 A frozen encoder maps the same input to the same features, so running it on every step is
-waste. `FeatureCache` keeps, per key (a training `View` or an evaluation image index), the
-feature levels the decoder reads -- in memory up to a byte budget, then as safetensors files in a
+waste. `FeatureCache` keeps, per key (a training `View` or an evaluation image index), what the
+decoder's `prepare` makes of the encoder's levels (the levels it reads; for the linear probe,
+already resampled and concatenated) -- in memory up to a byte budget, then as safetensors files in a
 spill folder that `close()` removes.
 
 Augmentation stays honest: a key is an exact augmented view (image, crop box, flip), and its
@@ -28,9 +29,10 @@ DEFAULT_VIEWS_PER_IMAGE = 8
 
 
 class FeatureCache:
-    def __init__(self, encode: Callable[[torch.Tensor], list[torch.Tensor]], levels: list[int],
+    def __init__(self, encode: Callable[[torch.Tensor], list[torch.Tensor | None]],
                  budget_bytes: int = DEFAULT_BUDGET_BYTES, spill_dir: Path | None = None):
-        self._encode, self.levels = encode, list(levels)
+        self._encode = encode  # uint8 images -> feature levels, None where nothing is needed
+        self.levels: list[int] = []
         self._budget, self._spill_dir = budget_bytes, spill_dir
         self._memory: dict[Hashable, list[torch.Tensor]] = {}
         self._on_disk: dict[Hashable, Path] = {}
@@ -38,7 +40,7 @@ class FeatureCache:
         self._num_levels: int | None = None
 
     def features(self, keys: list[Hashable], images: Callable[[list[Hashable]], torch.Tensor]) -> list:
-        """Stacked feature levels of `keys` (None at levels the decoder does not read); `images`
+        """Stacked feature levels of `keys` (None where the encoder's output was None); `images`
         renders the uint8 batch of the keys not cached yet, which are encoded together."""
         missing = [k for k in dict.fromkeys(keys) if k not in self._memory and k not in self._on_disk]
         self.stats["hits"] += len(keys) - len(missing)
@@ -46,6 +48,7 @@ class FeatureCache:
         if missing:
             out = self._encode(images(missing))
             self._num_levels = len(out)
+            self.levels = [i for i, t in enumerate(out) if t is not None]
             for j, key in enumerate(missing):
                 # clone: a slice would keep the whole batch's storage alive
                 fresh[key] = [out[i][j].detach().clone() for i in self.levels]

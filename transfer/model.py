@@ -45,8 +45,12 @@ class SegmentationModel(nn.Module):
                 return self.encoder(x)
         return self.encoder(x)
 
+    def features(self, images_uint8: torch.Tensor) -> list[torch.Tensor | None]:
+        """What the decoder's `forward` and `loss` take: its `prepare` of the encoder's levels."""
+        return self.decoder.prepare(self.encode(images_uint8))
+
     def forward(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encode(images_uint8), images_uint8.shape[-2:])
+        return self.decoder(self.features(images_uint8), images_uint8.shape[-2:])
 
 
 def build_model(arch: str, checkpoint: Checkpoint | None, decoder_kind: str, init: str,

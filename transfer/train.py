@@ -11,6 +11,7 @@ import datetime as _dt
 import math
 import platform
 import resource
+import shutil
 import time
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size
                 features = cache.features([("eval", i) for i in index],
                                           lambda keys: _to(eval_images.load([i for _, i in keys]), device))
             else:
-                features = model.encode(_to(images, device))
+                features = model.features(_to(images, device))
             scores = model.decoder(features, images.shape[-2:]).float()
         labels = labels.to(device)
         if scores.shape[-2:] != labels.shape[-2:]:
@@ -89,6 +90,8 @@ def run_transfer(config: dict, out_dir, *, progress: bool = True) -> dict:
         except Exception as exc:
             log(f"error: {type(exc).__name__}: {exc}")
             raise
+        finally:  # a feature cache spilled to disk never outlives its cell, failed or not
+            shutil.rmtree(out_dir / "feature_cache", ignore_errors=True)
 
 
 def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
@@ -121,8 +124,7 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
 
     cache, fixed_views = None, None
     if model.encoder_frozen and config.get("feature_cache", True):
-        levels = model.decoder.used_levels(len(model.encoder.channels))
-        cache = FeatureCache(model.encode, levels, spill_dir=out_dir / "feature_cache",
+        cache = FeatureCache(model.features, spill_dir=out_dir / "feature_cache",
                              budget_bytes=int(config.get("feature_cache_bytes", DEFAULT_BUDGET_BYTES)))
         if train_images.crop is not None:
             per_image = int(config.get("feature_cache_views", DEFAULT_VIEWS_PER_IMAGE))
@@ -142,7 +144,7 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
             features = cache.features(views, lambda keys: _to(train_images.load(keys)[0], device))
             return features, train_images.labels(views).to(device)
         x, y = train_images.load(views)
-        return model.encode(_to(x, device)), y.to(device)
+        return model.features(_to(x, device)), y.to(device)
 
     eval_every = int(config.get("eval_every", steps)) or steps
     warmup = min(preset.warmup_steps if preset.warmup_steps is not None else max(1, steps // 20), steps)

@@ -4,9 +4,13 @@ A decoder is an `nn.Module` over the encoder's feature levels (a list of N×C×h
 strides of `encoder.strides`). The encoder stays outside it, so freezing, feature caching, CKA and
 the encoder digests treat every decoder alike:
 
-- `forward(features, size)` returns per-class scores N×K×H×W at `size` (the argmax is the label
+- `prepare(features)` is the parameter-free first stage of the head (by default: drop the levels
+  it does not read, i.e. set them to None; the linear probe resamples and concatenates here). For
+  a frozen encoder its output is what the feature cache stores, so work done here is done once
+  per view. `forward` and `loss` take its output (`SegmentationModel.features` chains the two);
+- `forward(prepared, size)` returns per-class scores N×K×H×W at `size` (the argmax is the label
   map);
-- `loss(features, labels, ignore_index)` is the training loss (cross-entropy on `forward` unless
+- `loss(prepared, labels, ignore_index)` is the training loss (cross-entropy on `forward` unless
   the head has its own, as Mask2Former does);
 - `reuses` names the pre-training decoder kind whose body `load_body` can take over
   (`--init encoder+decoder`); None for heads that always start fresh.
@@ -65,8 +69,13 @@ class SegmentationDecoder(nn.Module):
         raise NotImplementedError
 
     def used_levels(self, num_levels: int) -> list[int]:
-        """The feature levels `forward` reads; a feature cache stores only these."""
+        """The feature levels the head reads."""
         return list(range(num_levels))
+
+    def prepare(self, features: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """The parameter-free first stage (see the module docstring)."""
+        used = set(self.used_levels(len(features)))
+        return [f if i in used else None for i, f in enumerate(features)]
 
     def loss(self, features: list[torch.Tensor], labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
         return F.cross_entropy(self(features, labels.shape[-2:]), labels, ignore_index=ignore_index)

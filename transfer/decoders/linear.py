@@ -27,8 +27,13 @@ class LinearHead(SegmentationDecoder):
     def used_levels(self, num_levels: int) -> list[int]:
         return list(self.levels)
 
-    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def prepare(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        # Resampling and concatenating have no weights: for a frozen encoder they run once per view
+        # (cached), which is most of a linear probe's cost per step.
         base = features[self.levels[0]].shape[-2:]
-        x = torch.cat([F.interpolate(features[i], size=base, mode="bilinear", align_corners=False)
-                       if features[i].shape[-2:] != base else features[i] for i in self.levels], dim=1)
-        return F.interpolate(self.classifier(self.bn(x)), size=size, mode="bilinear", align_corners=False)
+        return [torch.cat([F.interpolate(features[i], size=base, mode="bilinear", align_corners=False)
+                           if features[i].shape[-2:] != base else features[i] for i in self.levels], dim=1)]
+
+    def forward(self, prepared: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(self.classifier(self.bn(prepared[0])), size=size, mode="bilinear",
+                             align_corners=False)
