@@ -2,8 +2,7 @@
 
 A frozen encoder maps the same input to the same features, so running it on every step is
 waste. `FeatureCache` keeps, per key (a training `View` or an evaluation image index), what the
-decoder's `prepare` makes of the encoder's levels (the levels it reads; for the linear probe,
-already resampled and concatenated) -- in memory up to a byte budget, then as safetensors files in a
+decoder's `prepare` makes of the encoder's levels (by default just the levels it reads) -- in memory up to a byte budget, then as safetensors files in a
 spill folder that `close()` removes.
 
 Augmentation stays honest: a key is an exact augmented view (image, crop box, flip), and its
