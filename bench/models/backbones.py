@@ -1,21 +1,29 @@
 """Backbone registry: named encoders that return multi-scale feature maps.
 
-Every entry wraps a `timm` model built with `features_only=True`, so the encoder's state-dict
-keys are exactly timm's (and, for ResNets, torchvision's): foreign weights load without renaming.
-The built module carries `feature_info` (channels and strides per level, as timm defines it) and
-the input normalisation its weights expect, which checkpoints record.
+Every encoder's state-dict keys are exactly timm's (and, for ResNets, torchvision's), so foreign
+weights load without renaming. Two families:
+
+- CNNs (`family="cnn"`): a `timm` model built with `features_only=True`; ResNets give five
+  levels at strides 2, 4, 8, 16, 32.
+- ViTs (`family="vit"`): a timm `VisionTransformer` giving four levels at strides 4, 8, 16, 32
+  from four intermediate blocks, as Depth Anything / DPT take them (`bench.models.vit`).
+
+The built module carries `channels` and `strides` per level, `feature_info`, and the input
+normalisation its weights expect, which checkpoints record. `forward(x)` takes an
+ImageNet-normalised N×3×H×W batch of any size and returns one map per level, of size
+ceil(H/stride) × ceil(W/stride).
 
 Add a backbone with the decorator:
 
     @register_backbone("my_net")
     def my_net() -> BackboneSpec:
-        return BackboneSpec(timm_name="my_net_from_timm")
+        return BackboneSpec(timm_name="my_net_from_timm")   # a ViT: add family="vit"
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -29,11 +37,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class BackboneSpec:
     timm_name: str
-    # Which of timm's feature levels to return; None means all of them.
+    # Which of timm's feature levels to return (CNNs); None means all of them.
     out_indices: tuple[int, ...] | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     timm_kwargs: dict = field(default_factory=dict)
+    family: Literal["cnn", "vit"] = "cnn"
+    # ViTs: the four blocks tapped; None derives them from the depth (`bench.models.vit.default_blocks`).
+    blocks: tuple[int, ...] | None = None
 
 
 _REGISTRY: dict[str, Callable[[], BackboneSpec]] = {}
@@ -63,11 +74,16 @@ def create_encoder(arch: str, **timm_overrides) -> nn.Module:
     """Build a randomly initialised encoder; weights come from checkpoints, never the network.
 
     `timm_overrides` change the structure but never the weights' names or shapes (e.g. a
-    decoder's `output_stride`, which dilates the last stages instead of striding them)."""
+    decoder's `output_stride`, which dilates the last stages instead of striding them; a ViT
+    resamples its deepest levels at that stride instead)."""
     import timm
 
     spec = backbone_spec(arch)
     kwargs = {**spec.timm_kwargs, **timm_overrides}
+    if spec.family == "vit":
+        from bench.models.vit import vit_encoder
+
+        return vit_encoder(spec.timm_name, arch=arch, mean=spec.mean, std=spec.std, blocks=spec.blocks, **kwargs)
     if spec.out_indices is not None:
         kwargs["out_indices"] = spec.out_indices
     model = timm.create_model(spec.timm_name, pretrained=False, features_only=True, **kwargs)
@@ -105,3 +121,33 @@ def _resnet50() -> BackboneSpec:
 @register_backbone("resnet10t")
 def _resnet10t() -> BackboneSpec:
     return BackboneSpec(timm_name="resnet10t")
+
+
+# ViTs: four levels at strides 4, 8, 16, 32 from blocks 2, 5, 8, 11 (12 blocks), final norm applied.
+@register_backbone("vit_small_patch14_dinov2")
+def _vit_small_dinov2() -> BackboneSpec:
+    # DINOv2 ViT-S/14: Depth Anything Small's encoder.
+    return BackboneSpec(timm_name="vit_small_patch14_dinov2", family="vit")
+
+
+@register_backbone("vit_base_patch14_dinov2")
+def _vit_base_dinov2() -> BackboneSpec:
+    return BackboneSpec(timm_name="vit_base_patch14_dinov2", family="vit")
+
+
+@register_backbone("vit_small_patch16_224")
+def _vit_small_patch16() -> BackboneSpec:
+    # DINO ViT-S/16 (timm's `.dino` weights fit it).
+    return BackboneSpec(timm_name="vit_small_patch16_224", family="vit")
+
+
+@register_backbone("vit_base_patch16_224")
+def _vit_base_patch16() -> BackboneSpec:
+    # MAE / DINO ViT-B/16 (timm's `.mae` and `.dino` weights fit it).
+    return BackboneSpec(timm_name="vit_base_patch16_224", family="vit")
+
+
+# A ~5M-parameter ViT for quick CPU runs and tests.
+@register_backbone("vit_tiny_patch16_224")
+def _vit_tiny_patch16() -> BackboneSpec:
+    return BackboneSpec(timm_name="vit_tiny_patch16_224", family="vit")
