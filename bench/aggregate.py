@@ -124,7 +124,9 @@ def write_reports(results_dir, baseline: str | None = None, plots: bool = True) 
     df = records_frame(results_dir)
     if df.empty:
         raise UserError(f"{results_dir}: no run records under runs/*/record.json")
-    order = manifest_backbones(results_dir) or list(dict.fromkeys(df["backbone"]))
+    # Manifest order first; backbones added by `bench submit` (records, not manifest) after it.
+    order = manifest_backbones(results_dir)
+    order += [b for b in dict.fromkeys(df["backbone"]) if b not in order]
     known = set(df["backbone"])
     if baseline is not None and baseline not in known:
         raise UserError(f"--baseline {baseline!r} is not a backbone of {results_dir}; "

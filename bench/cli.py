@@ -24,6 +24,29 @@ def _cmd_run(args) -> int:
                         as_json=args.json, progress=not args.no_progress)
 
 
+def _cmd_submit(args) -> int:
+    from bench.submit import submit
+
+    return submit(name=args.name, arch=args.arch, checkpoint=Path(args.checkpoint), manifest=Path(args.manifest),
+                  fmt=args.format, key_map=Path(args.key_map) if args.key_map else None,
+                  allow_partial=args.allow_partial, out=args.out, workers=args.workers,
+                  progress=not args.no_progress)
+
+
+def _cmd_convert(args) -> int:
+    from bench.importers import convert
+
+    key_map = Path(args.key_map) if args.key_map else None
+    if key_map is not None and not key_map.is_file():
+        raise UserError(f"--key-map {key_map}: file not found")
+    path, report = convert(Path(args.checkpoint), args.arch, Path(args.out), fmt=args.format, key_map=key_map,
+                           allow_partial=args.allow_partial, name=Path(args.out).stem)
+    cov = report.get("coverage") or report
+    print(f"{report.get('format')}: {cov.get('loaded')}/{cov.get('total')} encoder tensors, "
+          f"{len(report.get('dropped') or [])} dropped, decoder {'yes' if report.get('decoder') else 'no'} -> {path}")
+    return 0
+
+
 def _cmd_data_synth(args) -> int:
     from bench.synth import render_world
 
@@ -208,6 +231,40 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="with --dry-run: print the cells as a JSON list")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(fn=_cmd_run)
+
+    def import_options(p) -> None:
+        p.add_argument("--format", default="auto", help="checkpoint layout: auto (detected), harness, torchvision, "
+                       "timm, monodepth2, depthtosemantic, nimbled, moco, dino, mae, depth_anything "
+                       "(README, 'Adding a backbone')")
+        p.add_argument("--key-map", help="YAML/JSON list of [regex, replacement] renames applied after unwrapping; "
+                       "a null replacement drops the key")
+        p.add_argument("--allow-partial", action="store_true", help="accept fewer than all encoder tensors "
+                       "(recorded with every run of this backbone)")
+
+    sb = sub.add_parser("submit", help="add an outside checkpoint to a manifest's matrix and its leaderboard",
+                        description="Validate and convert a checkpoint, run exactly the manifest's cells for it "
+                        "(every record already there is re-used), and refresh the leaderboard and plots. A refused "
+                        "checkpoint is one line and adds nothing to the results.")
+    sb.add_argument("--name", required=True, help="backbone name in the leaderboard (new to the manifest)")
+    sb.add_argument("--arch", required=True, help="registered backbone the weights are for (README, 'Adding a backbone')")
+    sb.add_argument("--checkpoint", required=True, help="weights file, or a monodepth2 folder")
+    import_options(sb)
+    sb.add_argument("--manifest", required=True, help="the manifest whose matrix the backbone joins")
+    sb.add_argument("--out", help="results folder (default: the manifest's)")
+    sb.add_argument("--workers", type=int, help="parallel processes (default: the manifest's)")
+    sb.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sb.set_defaults(fn=_cmd_submit)
+
+    cv = sub.add_parser("convert", help="convert a foreign checkpoint into a harness .safetensors",
+                        description="Reads a checkpoint safely (pickles only with weights_only=True), checks key "
+                        "coverage, finite weights and a forward pass, and writes a harness checkpoint with its "
+                        "provenance. Use it for pickles that need more than plain tensors: convert them where you "
+                        "trust them, then submit the safetensors.")
+    cv.add_argument("checkpoint", help="weights file, or a monodepth2 folder")
+    cv.add_argument("--arch", required=True, help="registered backbone the weights are for")
+    import_options(cv)
+    cv.add_argument("--out", required=True, help="output .safetensors file")
+    cv.set_defaults(fn=_cmd_convert)
 
     from pretrain.methods import list_methods
     from pretrain.sources import list_sources

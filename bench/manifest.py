@@ -99,11 +99,22 @@ class PretrainSpec(_Strict):
         return self
 
 
+class ImportSpec(_Strict):
+    """A foreign checkpoint the harness converts before use (README, "Adding a backbone")."""
+
+    file: Path  # a weights file, or a monodepth2 folder
+    format: str = "auto"  # auto | harness | torchvision | timm | monodepth2 | moco | dino | mae | ...
+    key_map: Path | None = None  # regex renames applied after unwrapping
+    allow_partial: bool = False  # accept fewer than all encoder tensors (recorded with every run)
+
+
 class Backbone(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = Field(pattern=NAME_PATTERN)
     arch: str
     pretrain: PretrainSpec | None = None
     checkpoint: Path | None = None
+    import_: ImportSpec | None = Field(None, alias="import")
 
     @field_validator("arch")
     @classmethod
@@ -114,14 +125,18 @@ class Backbone(_Strict):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if self.pretrain is not None and self.checkpoint is not None:
-            raise ValueError("give either pretrain or checkpoint, not both")
+        given = [k for k in ("pretrain", "checkpoint", "import_") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give at most one of pretrain, checkpoint, import (got {', '.join(given)})"
+                             .replace("import_", "import"))
         return self
 
     @property
     def method(self) -> str:
         if self.pretrain is not None:
             return self.pretrain.method
+        if self.import_ is not None:
+            return "imported"
         return "checkpoint" if self.checkpoint is not None else "none"
 
 
@@ -297,6 +312,14 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
             b.checkpoint = resolve(b.checkpoint)
             if not b.checkpoint.is_file():
                 raise UserError(f"{path}: backbones[{i}].checkpoint: file not found: {b.checkpoint}")
+        if b.import_ is not None:
+            b.import_.file = resolve(b.import_.file)
+            if not b.import_.file.exists():
+                raise UserError(f"{path}: backbones[{i}].import.file: not found: {b.import_.file}")
+            if b.import_.key_map is not None:
+                b.import_.key_map = resolve(b.import_.key_map)
+                if not b.import_.key_map.is_file():
+                    raise UserError(f"{path}: backbones[{i}].import.key_map: file not found: {b.import_.key_map}")
         if b.pretrain is not None and b.pretrain.root is not None:
             b.pretrain.root = resolve(b.pretrain.root)
             if not b.pretrain.root.is_dir():

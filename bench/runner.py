@@ -22,6 +22,7 @@ from bench.executors import LocalExecutor
 from bench.manifest import Manifest, SynthWorld, load_manifest
 from bench.matrix import Cell, cell_config, expand
 from bench.records import fingerprint, is_finished, write_json_atomic
+from bench.submit import import_backbone
 from transfer.data import publish_splits
 
 RECORD_NAME = "record.json"
@@ -84,22 +85,29 @@ def _transfer_job(config: dict, out_dir: str, progress: bool) -> str:
         return "failed"
 
 
-def _checkpoint_methods(m: Manifest) -> dict[str, str]:
-    """Imported checkpoints carry their own method label."""
+def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None) -> dict[str, str]:
+    """Checkpoints (given or imported) carry their own method label."""
     methods = {}
     for b in m.backbones:
-        if b.checkpoint is not None:
-            meta = read_checkpoint_meta(b.checkpoint)
+        path = b.checkpoint or (imported or {}).get(b.name)
+        if path is not None:
+            meta = read_checkpoint_meta(path)
             if meta["arch"] != b.arch:
-                raise UserError(f"{b.checkpoint}: checkpoint arch {meta['arch']!r} but backbone "
+                raise UserError(f"{path}: checkpoint arch {meta['arch']!r} but backbone "
                                 f"{b.name!r} says arch {b.arch!r}")
             methods[b.name] = meta["method"]
     return methods
 
 
-def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, progress=True) -> int:
+def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, progress=True,
+                 extra_backbones=(), only: set[str] | None = None) -> int:
+    """Run a manifest's matrix. `extra_backbones` join the manifest's (`bench submit`); `only`
+    restricts the work to those backbones' pre-trainings and cells (the reports cover all records)."""
     m = load_manifest(path)
-    cells = expand(m, _checkpoint_methods(m))
+    if extra_backbones:
+        m.backbones = [*m.backbones, *extra_backbones]
+    selected = [b for b in m.backbones if only is None or b.name in only]
+    cells = [c for c in expand(m, _checkpoint_methods(m)) if only is None or c.backbone in only]
     if dry_run:
         if as_json:
             print(json.dumps([{"id": c.id, **c.as_dict()} for c in cells], indent=2))
@@ -110,18 +118,28 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         return 0
 
     out_dir = Path(out or m.out or Path("results") / m.name).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "manifest.resolved.json", m.model_dump(mode="json"))
-    executor = LocalExecutor(workers or m.workers)
     t0 = time.perf_counter()
 
+    # Stage 0: foreign checkpoints, converted once into the harness format. First, so that a
+    # refused checkpoint stops the run before anything is written.
+    checkpoints: dict[str, Path | None] = {b.name: b.checkpoint for b in m.backbones}
+    for b in selected:
+        if b.import_ is not None:
+            checkpoints[b.name] = import_backbone(b.name, b.arch, b.import_, out_dir, log=_say)
+    imported = {b.name: checkpoints[b.name] for b in selected if b.import_ is not None}
+    if imported:  # their method label is the format the conversion found
+        methods = _checkpoint_methods(m, imported)
+        cells = [Cell(**{**c.as_dict(), "method": methods.get(c.backbone, c.method)}) for c in cells]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "manifest.resolved.json", m.model_dump(mode="json", by_alias=True))
+    executor = LocalExecutor(workers or m.workers)
     world_id = world_fingerprint(m.data.synth)
     world_root = ensure_world(m.data.synth, world_id, out_dir)
 
     # Stage 1: pre-training, one job per backbone that asks for it.
-    checkpoints: dict[str, Path | None] = {b.name: b.checkpoint for b in m.backbones}
     jobs, names = [], []
-    for b in m.backbones:
+    for b in selected:
         if b.pretrain is not None:
             cfg = pretrain_config(b, world_root, world_id)
             jobs.append((_pretrain_job, {"config": cfg, "out_dir": str(out_dir / "pretrain" / b.name),

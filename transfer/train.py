@@ -206,6 +206,8 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
         "checkpoint": None if checkpoint is None else {
             "path": str(checkpoint.path), "sha256": config.get("checkpoint_sha256"),
             "method": checkpoint.meta.get("method"), "steps": checkpoint.meta.get("steps"),
+            # Imported checkpoints: source hashes, format and key report (`bench submit`).
+            "provenance": checkpoint.meta.get("provenance"),
         },
         "optimizer": preset.model_dump(),
         "feature_cache": None if cache is None else {
