@@ -27,7 +27,8 @@ def _cmd_run(args) -> int:
 def _cmd_submit(args) -> int:
     from bench.submit import submit
 
-    return submit(name=args.name, arch=args.arch, checkpoint=Path(args.checkpoint), manifest=Path(args.manifest),
+    arch = args.arch or f"entry:{args.entry}"
+    return submit(name=args.name, arch=arch, checkpoint=Path(args.checkpoint), manifest=Path(args.manifest),
                   fmt=args.format, key_map=Path(args.key_map) if args.key_map else None,
                   allow_partial=args.allow_partial, out=args.out, workers=args.workers,
                   progress=not args.no_progress)
@@ -246,7 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(every record already there is re-used), and refresh the leaderboard and plots. A refused "
                         "checkpoint is one line and adds nothing to the results.")
     sb.add_argument("--name", required=True, help="backbone name in the leaderboard (new to the manifest)")
-    sb.add_argument("--arch", required=True, help="registered backbone the weights are for (README, 'Adding a backbone')")
+    which = sb.add_mutually_exclusive_group(required=True)
+    which.add_argument("--arch", help="registered backbone the weights are for (README, 'Adding a backbone')")
+    which.add_argument("--entry", metavar="MODULE:FUNCTION", help="your own encoder: FUNCTION() in the importable "
+                       "MODULE returns an nn.Module whose forward gives a list of feature maps")
     sb.add_argument("--checkpoint", required=True, help="weights file, or a monodepth2 folder")
     import_options(sb)
     sb.add_argument("--manifest", required=True, help="the manifest whose matrix the backbone joins")

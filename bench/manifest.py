@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.errors import UserError
-from bench.models.backbones import list_backbones
+from bench.models.backbones import is_known_arch, list_backbones
 from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
 from transfer.protocols import PresetOverride
 
@@ -119,8 +119,9 @@ class Backbone(_Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        if v not in list_backbones():
-            raise ValueError(f"unknown arch {v!r}; registered: {', '.join(list_backbones())}")
+        if not is_known_arch(v):
+            raise ValueError(f"unknown arch {v!r}; registered: {', '.join(list_backbones())} "
+                             f"(or entry:MODULE:FUNCTION for your own encoder)")
         return v
 
     @model_validator(mode="after")

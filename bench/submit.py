@@ -68,6 +68,8 @@ def submit(*, name: str, arch: str, checkpoint: Path, manifest: Path, fmt: str =
            progress: bool = True) -> int:
     """Convert `checkpoint`, then run the manifest's cells for this one backbone and refresh the
     reports. Nothing is added to the results when the checkpoint is refused."""
+    from pydantic import ValidationError
+
     from bench.manifest import Backbone, ImportSpec, load_manifest
     from bench.runner import run_manifest
 
@@ -79,6 +81,10 @@ def submit(*, name: str, arch: str, checkpoint: Path, manifest: Path, fmt: str =
         raise UserError(f"--checkpoint {checkpoint}: not found")
     spec = ImportSpec(file=checkpoint, format=fmt, key_map=Path(key_map).resolve() if key_map else None,
                       allow_partial=allow_partial)
-    backbone = Backbone(name=name, arch=arch, import_=spec)
+    try:
+        backbone = Backbone(name=name, arch=arch, import_=spec)
+    except ValidationError as exc:
+        raise UserError(f"--name {name} --arch {arch}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") \
+            from None
     return run_manifest(manifest, out=out, workers=workers, progress=progress, extra_backbones=[backbone],
                         only={name})

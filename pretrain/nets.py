@@ -45,6 +45,10 @@ class PoseNet(nn.Module):
             raise UserError(f"option pose_arch={arch!r} is not a registered backbone; use one of: "
                             f"{', '.join(list_backbones())}")
         spec = backbone_spec(arch)
+        if spec.family != "cnn":  # a ViT's fixed-size patch embedding is no 6-channel pose CNN
+            cnns = [n for n in list_backbones() if backbone_spec(n).family == "cnn"]
+            raise UserError(f"option pose_arch={arch!r}: the pose network needs a CNN backbone; use one of: "
+                            f"{', '.join(cnns)}")
         try:
             self.encoder = timm.create_model(spec.timm_name, pretrained=False, features_only=True, in_chans=6)
         except Exception as exc:  # e.g. an architecture timm cannot build with 6 input channels

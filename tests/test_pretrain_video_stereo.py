@@ -131,5 +131,7 @@ def test_bad_options_are_one_line_errors(tiny_world):
         build_method(_config(tiny_world, "depth_video", 1, intrinsics="guess"))
     with pytest.raises(UserError, match="pose_arch='nope' is not a registered backbone"):
         build_method(_config(tiny_world, "depth_video", 1, pose_arch="nope"))
+    with pytest.raises(UserError, match="the pose network needs a CNN backbone"):
+        build_method(_config(tiny_world, "depth_video", 1, pose_arch="vit_tiny_patch16_224"))
     with pytest.raises(UserError, match="min_depth=90.0 must be below max_depth=80.0"):
         build_method(_config(tiny_world, "depth_stereo", 1, min_depth=90.0))

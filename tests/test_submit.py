@@ -150,3 +150,53 @@ def test_convert_cli_and_manifest_import_entries(tmp_path, capsys):
     assert json.loads(report.read_text())["report"]["format"] == "depth_anything"
     assert main(["run", str(manifest), "--no-progress"]) == 0  # converted once, cells current
     assert (report.read_bytes(), converted.stat().st_mtime_ns) == stamp
+
+
+ENTRY_MODULE = '''
+import torch
+from torch import nn
+
+
+class TinyEncoder(nn.Module):
+    """Five stride-2 convolutions: levels at strides 2..32, like a ResNet's."""
+
+    def __init__(self):
+        super().__init__()
+        widths = [3, 8, 16, 24, 32, 48]
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 3, 2, 1) for a, b in zip(widths, widths[1:]))
+
+    def forward(self, x):
+        levels = []
+        for conv in self.convs:
+            x = torch.relu(conv(x))
+            levels.append(x)
+        return levels
+
+
+def encoder():
+    return TinyEncoder()
+'''
+
+
+def test_an_entry_point_encoder_can_be_submitted(results, tmp_path, monkeypatch):
+    manifest, results_dir = results
+    (tmp_path / "my_encoders.py").write_text(ENTRY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    torch.save(importlib.import_module("my_encoders").encoder().state_dict(), tmp_path / "mine.pth")
+    assert main(["submit", "--name", "mine", "--entry", "my_encoders:encoder", "--checkpoint",
+                 str(tmp_path / "mine.pth"), "--manifest", str(manifest), "--no-progress"]) == 0
+    runs = [r for r in _records(results_dir).values() if r["cell"]["backbone"] == "mine"]
+    assert len(runs) == 2 and all(r["status"] == "ok" and r["cell"]["arch"] == "entry:my_encoders:encoder"
+                                  for r in runs)
+    assert all(r["init"]["encoder_coverage"]["loaded"] == 10 for r in runs)
+
+
+def test_an_unimportable_entry_is_one_line(results, tmp_path, capsys):
+    manifest, _ = results
+    torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "x.pth")
+    assert main(["submit", "--name", "nope", "--entry", "no_such_module:encoder", "--checkpoint",
+                 str(tmp_path / "x.pth"), "--manifest", str(manifest), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot import no_such_module" in err and "\n" not in err

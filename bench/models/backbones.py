@@ -42,7 +42,7 @@ class BackboneSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     timm_kwargs: dict = field(default_factory=dict)
-    family: Literal["cnn", "vit"] = "cnn"
+    family: Literal["cnn", "vit", "entry"] = "cnn"
     # ViTs: the four blocks tapped; None derives them from the depth (`bench.models.vit.default_blocks`).
     blocks: tuple[int, ...] | None = None
 
@@ -64,7 +64,18 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_known_arch(arch: str) -> bool:
+    """Registered, or user code named as `entry:MODULE:FUNCTION` (bench/models/entry.py)."""
+    from bench.models.entry import is_entry
+
+    return arch in _REGISTRY or is_entry(arch)
+
+
 def backbone_spec(arch: str) -> BackboneSpec:
+    from bench.models.entry import is_entry
+
+    if is_entry(arch):
+        return BackboneSpec(timm_name="", family="entry")
     if arch not in _REGISTRY:
         raise UserError(f"unknown arch {arch!r}; registered: {', '.join(list_backbones())}")
     return _REGISTRY[arch]()
@@ -80,6 +91,10 @@ def create_encoder(arch: str, **timm_overrides) -> nn.Module:
 
     spec = backbone_spec(arch)
     kwargs = {**spec.timm_kwargs, **timm_overrides}
+    if spec.family == "entry":
+        from bench.models.entry import entry_encoder
+
+        return entry_encoder(arch, spec.mean, spec.std, **timm_overrides)
     if spec.family == "vit":
         from bench.models.vit import vit_encoder
 
