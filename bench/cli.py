@@ -20,8 +20,21 @@ from transfer.datasets import list_datasets
 def _cmd_run(args) -> int:
     from bench.runner import run_manifest
 
+    slurm = {"partition": args.slurm_partition, "account": args.slurm_account, "time_min": args.slurm_time,
+             "wait": False if args.no_wait else None}
+    overrides = {"kind": args.executor, "ray_address": args.ray_address, "slurm": slurm}
     return run_manifest(args.manifest, out=args.out, workers=args.workers, dry_run=args.dry_run,
-                        as_json=args.json, progress=not args.no_progress)
+                        as_json=args.json, progress=not args.no_progress, executor_overrides=overrides)
+
+
+def _cmd_status(args) -> int:
+    import json
+
+    from bench.status import format_status, matrix_status
+
+    summary = matrix_status(Path(args.results_dir))
+    print(json.dumps(summary, indent=2) if args.json else format_status(summary, verbose=args.all))
+    return 0
 
 
 def _cmd_submit(args) -> int:
@@ -169,6 +182,7 @@ def _cmd_transfer(args) -> int:
                          decoder_options=decoder_options, feature_cache=not args.no_feature_cache,
                          feature_cache_views=args.feature_cache_views, augment=not args.no_augment)
     config["device"] = args.device
+    config["state_every"] = args.state_every
     record = run_transfer(config, Path(args.out), progress=not args.no_progress)
     m = record["metrics"]
     print(f"{record['status']}: mIoU {100 * m['miou']:.2f} pixel acc {100 * m['pixel_acc']:.2f} -> "
@@ -231,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="list the cells and exit; nothing is written")
     r.add_argument("--json", action="store_true", help="with --dry-run: print the cells as a JSON list")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ex = r.add_argument_group("executor (default: the manifest's `executor:` section; README, 'Scaling out')")
+    ex.add_argument("--executor", choices=["local", "ray", "slurm"], help="where jobs run")
+    ex.add_argument("--ray-address", help="ray: auto or HOST:PORT joins a running cluster (default: a local Ray)")
+    ex.add_argument("--slurm-partition", help="slurm: partition")
+    ex.add_argument("--slurm-account", help="slurm: account")
+    ex.add_argument("--slurm-time", type=int, metavar="MINUTES", help="slurm: time limit per job")
+    ex.add_argument("--no-wait", action="store_true", help="slurm: submit and exit; `bench status` and a later "
+                    "`bench run` pick up the results")
     r.set_defaults(fn=_cmd_run)
 
     def import_options(p) -> None:
@@ -241,6 +263,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "a null replacement drops the key")
         p.add_argument("--allow-partial", action="store_true", help="accept fewer than all encoder tensors "
                        "(recorded with every run of this backbone)")
+
+    st = sub.add_parser("status", help="done / running / failed / skipped / pending cells of a results folder",
+                        description="Summarises a matrix from its results folder alone (records, running markers, "
+                        "in-cell states, Slurm job states): works while `bench run` runs, or after a Slurm driver "
+                        "exited.")
+    st.add_argument("results_dir", help="results folder of a `bench run`")
+    st.add_argument("--all", action="store_true", help="list every cell, not only the ones needing attention")
+    st.add_argument("--json", action="store_true", help="print the summary as JSON")
+    st.set_defaults(fn=_cmd_status)
 
     sb = sub.add_parser("submit", help="add an outside checkpoint to a manifest's matrix and its leaderboard",
                         description="Validate and convert a checkpoint, run exactly the manifest's cells for it "
@@ -360,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "a random crop (default: 8)")
     t.add_argument("--no-augment", action="store_true", help="no flips, centre crop (exactly reproducible probes)")
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    t.add_argument("--state-every", type=int, default=100, help="save a resumable state every N steps; a re-run "
+                   "with the same options resumes from it (0: never; default: 100)")
     t.add_argument("--eval-every", type=int, help="evaluate every K steps for the learning curve (default: only at the end)")
     t.add_argument("--seed", type=int, default=0, help="seed for the few-shot split, initialisation and batches")
     t.add_argument("--out", required=True, help="output folder")

@@ -198,6 +198,7 @@ class TransferSection(_Strict):
     feature_cache: bool = True  # frozen and linear cells train on cached encoder features
     feature_cache_views: int = Field(DEFAULT_VIEWS_PER_IMAGE, ge=1)  # per image, for datasets with a random crop
     augment: bool = True  # random crop (where the dataset has one) and horizontal flips
+    state_every: int = Field(100, ge=0)  # steps between resumable in-cell states (0: never)
 
     @field_validator("train_sizes")
     @classmethod
@@ -234,6 +235,40 @@ class TransferSection(_Strict):
         return resolve_preset(protocol, decoder, {k: o.model_dump() for k, o in self.optimizer.items()})
 
 
+class Resources(_Strict):
+    """What one job (a pre-training or a cell) asks of a Ray or Slurm executor."""
+
+    cpus: int = Field(1, ge=1)
+    gpus: int = Field(0, ge=0)  # more than 1: the cell runs data-parallel (DDP) on them
+    memory_gb: float | None = Field(None, gt=0)
+
+
+class RaySpec(_Strict):
+    address: str | None = None  # auto | HOST:PORT (join a cluster); none starts a local Ray
+    shared_fs: bool = True  # false: checkpoints and records travel through Ray's object store
+    max_retries: int = Field(2, ge=0)  # re-runs of a task whose worker died
+
+
+class SlurmSpec(_Strict):
+    partition: str | None = None
+    account: str | None = None
+    time_min: int = Field(60, ge=1)  # per job; a timed-out cell is requeued and resumes
+    array_parallelism: int = Field(64, ge=1)
+    folder: Path | None = None  # submitit's logs and pickles (default: RESULTS/slurm)
+    wait: bool = True  # false: submit and exit; `bench status` / `bench run` pick the results up
+    cluster: Literal["slurm", "local", "debug"] = "slurm"  # local: submitit's local executor (no Slurm)
+    max_requeues: int = Field(3, ge=0)  # preemptions/timeouts a job may be requeued after
+    sbatch: dict = Field(default_factory=dict)  # extra sbatch parameters, e.g. {constraint: a100}
+
+
+class ExecutorSpec(_Strict):
+    kind: Literal["local", "ray", "slurm"] = "local"
+    retries: int = Field(1, ge=0)  # re-runs of a failed job within one `bench run`
+    resources: Resources = Resources()
+    ray: RaySpec = RaySpec()
+    slurm: SlurmSpec = SlurmSpec()
+
+
 class Manifest(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     out: Path | None = None  # relative to the manifest's folder; default: results/<name> under the cwd
@@ -242,6 +277,7 @@ class Manifest(_Strict):
     backbones: list[Backbone] = Field(min_length=1)
     datasets: list[DatasetSpec] = Field(min_length=1)
     transfer: TransferSection = TransferSection()
+    executor: ExecutorSpec = ExecutorSpec()
 
     @model_validator(mode="after")
     def _unique_names(self):

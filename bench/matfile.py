@@ -14,11 +14,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from bench.errors import UserError
-
-
-def one_line(exc: Exception) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+from bench.errors import UserError, one_line
 
 
 class ProcessLocalHDF5:

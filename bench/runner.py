@@ -17,12 +17,13 @@ from tqdm import tqdm
 
 from bench.aggregate import where, write_reports
 from bench.checkpoint import file_sha256, read_checkpoint_meta
-from bench.errors import UserError
-from bench.executors import LocalExecutor
+from bench.errors import UserError, one_line
+from bench.executors import Job, make_executor
 from bench.manifest import Manifest, SynthWorld, load_manifest
 from bench.matrix import Cell, cell_config, expand
 from bench.records import fingerprint, is_finished, write_json_atomic
 from bench.submit import import_backbone
+from pretrain.loop import Diverged
 from transfer.data import publish_splits
 
 RECORD_NAME = "record.json"
@@ -71,18 +72,24 @@ def _pretrain_job(config: dict, out_dir: str, progress: bool) -> str:
 
 
 def _transfer_job(config: dict, out_dir: str, progress: bool) -> str:
+    import traceback
+
+    from bench.status import running_marker
     from transfer.train import run_transfer
 
-    try:
-        return run_transfer(config, Path(out_dir), progress=progress)["status"]
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 -- recorded, then retried on the next run
-        write_json_atomic(Path(out_dir) / RECORD_NAME, {
-            "schema": 1, "cell": config["cell"], "fingerprint": config["fingerprint"], "status": "failed",
-            "error": f"{type(exc).__name__}: {exc}", "config": config,
-        })
-        return "failed"
+    with running_marker(Path(out_dir)):  # `bench status` shows the cell as running meanwhile
+        try:
+            return run_transfer(config, Path(out_dir), progress=progress)["status"]
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 -- recorded, then retried on the next run
+            with open(Path(out_dir) / "log.txt", "a") as log:  # the traceback for whoever debugs it
+                log.write(traceback.format_exc())
+            write_json_atomic(Path(out_dir) / RECORD_NAME, {
+                "schema": 1, "cell": config["cell"], "fingerprint": config["fingerprint"], "status": "failed",
+                "error": f"{type(exc).__name__}: {one_line(exc)}", "config": config,
+            })
+            return "failed"
 
 
 def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None) -> dict[str, str]:
@@ -100,7 +107,7 @@ def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None) ->
 
 
 def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, progress=True,
-                 extra_backbones=(), only: set[str] | None = None) -> int:
+                 extra_backbones=(), only: set[str] | None = None, executor_overrides: dict | None = None) -> int:
     """Run a manifest's matrix. `extra_backbones` join the manifest's (`bench submit`); `only`
     restricts the work to those backbones' pre-trainings and cells (the reports cover all records)."""
     m = load_manifest(path)
@@ -133,23 +140,27 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "manifest.resolved.json", m.model_dump(mode="json", by_alias=True))
-    executor = LocalExecutor(workers or m.workers)
+    executor = make_executor(m.executor, workers=workers or m.workers, out_dir=out_dir, **(executor_overrides or {}))
     world_id = world_fingerprint(m.data.synth)
     world_root = ensure_world(m.data.synth, world_id, out_dir)
+    retries = m.executor.retries
 
     # Stage 1: pre-training, one job per backbone that asks for it.
     jobs, names = [], []
     for b in selected:
         if b.pretrain is not None:
             cfg = pretrain_config(b, world_root, world_id)
-            jobs.append((_pretrain_job, {"config": cfg, "out_dir": str(out_dir / "pretrain" / b.name),
-                                         "progress": progress}))
+            pre_dir = out_dir / "pretrain" / b.name
+            jobs.append(Job(_pretrain_job, {"config": cfg, "out_dir": str(pre_dir), "progress": progress},
+                            name=f"pretrain/{b.name}", out_dir=pre_dir,
+                            needs=[world_root] if b.pretrain.root is None else [],
+                            resources=m.executor.resources.model_dump()))
             names.append(b.name)
-    broken: set[str] = set()
-    for i, result, exc in executor.run(jobs):
+    broken: dict[str, str] = {}
+    for i, result, exc in _with_retries(executor, jobs, retries):
         if exc is not None:
-            broken.add(names[i])
-            _say(f"pre-training {names[i]} failed: {exc}; its cells are skipped")
+            broken[names[i]] = one_line(exc)
+            _say(f"pre-training {names[i]} failed: {one_line(exc)}; its cells are skipped")
         else:
             checkpoints[names[i]] = Path(result)
             _say(f"pre-trained {names[i]}: {result}")
@@ -160,29 +171,40 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     datasets = {d.name: d for d in m.datasets}
     for spec in m.datasets:
         publish_splits(spec.settings(), spec.root or world_root, m.transfer.train_sizes, m.transfer.seeds, out_dir)
-    todo, skipped = [], 0
+    todo, current = [], 0
     for cell in cells:
-        if cell.backbone in broken:
+        cell_dir = out_dir / "runs" / cell.id
+        if cell.backbone in broken:  # a record says why, so a gap in the table is never silent
+            write_json_atomic(cell_dir / RECORD_NAME, {
+                "schema": 1, "cell": cell.as_dict(), "fingerprint": None, "status": "skipped",
+                "error": f"pre-training {cell.backbone} failed: {broken[cell.backbone]}",
+                "config": {"init": m.transfer.init}})
             continue
         spec = datasets[cell.dataset]
         config = transfer_config(m, cell, checkpoints[cell.backbone], hashes.get(cell.backbone), spec.settings(),
                                  spec.root or world_root, str(spec.root) if spec.root else world_id)
-        cell_dir = out_dir / "runs" / cell.id
         if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
-            skipped += 1
+            current += 1
             continue
-        todo.append((_transfer_job, {"config": config, "out_dir": str(cell_dir), "progress": progress}))
-    _say(f"{len(cells)} cells: {skipped} up to date, {len(todo)} to run, "
-         f"{sum(c.backbone in broken for c in cells)} blocked by failed pre-training")
+        needs = [p for p in (checkpoints[cell.backbone], None if spec.root else world_root) if p is not None]
+        todo.append(Job(_transfer_job, {"config": config, "out_dir": str(cell_dir), "progress": progress},
+                        name=cell.id, out_dir=cell_dir, needs=needs, resources=m.executor.resources.model_dump()))
+    _say(f"{len(cells)} cells: {current} up to date, {len(todo)} to run, "
+         f"{sum(c.backbone in broken for c in cells)} skipped (failed pre-training)")
     statuses = []
     with tqdm(total=len(todo), desc="matrix", unit="cell", position=0, disable=not progress,
               dynamic_ncols=True) as bar:
-        for i, status, exc in executor.run(todo):
-            cell = todo[i][1]["config"]["cell"]
+        for i, status, exc in _with_retries(executor, todo, retries, failed=lambda s: s == "failed"):
+            cell = todo[i].kwargs["config"]["cell"]
             statuses.append("failed" if exc else status)
             if exc is not None or status != "ok":
-                _say(f"cell {Cell(**cell).id}: {status if exc is None else exc}")
+                _say(f"cell {Cell(**cell).id}: {status if exc is None else one_line(exc)}")
             bar.update(1)
+    pending = [s for s in statuses if s == "submitted"]
+    if pending:  # a Slurm driver that does not wait: the records will say when they are done
+        print(f"{len(pending)} cells submitted; `bench status {out_dir}` follows them, "
+              f"`bench run` again collects them")
+        return 0
 
     table = write_reports(out_dir)
     print(table["markdown"])
@@ -191,12 +213,33 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     return 0 if not broken and all(s == "ok" for s in statuses) else 1
 
 
+def _with_retries(executor, jobs: list[Job], retries: int, failed=lambda result: False):
+    """`executor.run`, re-running each job that raised (or whose result `failed` says so) up to
+    `retries` more times; yields each job's last outcome once."""
+    remaining = list(range(len(jobs)))
+    for attempt in range(retries + 1):
+        again = []
+        for k, result, exc in executor.run([jobs[i] for i in remaining]):
+            i = remaining[k]
+            deterministic = isinstance(exc, (UserError, Diverged))  # the same input fails the same way
+            if (exc is not None or failed(result)) and not deterministic and attempt < retries:
+                _say(f"{jobs[i].name}: attempt {attempt + 1} failed ({one_line(exc) if exc else result}); retrying")
+                again.append(i)
+            else:
+                yield i, result, exc
+        remaining = again
+        if not remaining:
+            return
+
+
 def transfer_config(m: Manifest, cell: Cell, checkpoint: Path | None, checkpoint_sha256: str | None,
                     dataset: dict, dataset_root: Path, data_id: str) -> dict:
     t = m.transfer
-    return cell_config(cell, data_id=data_id, dataset=dataset, dataset_root=dataset_root, checkpoint=checkpoint,
-                       checkpoint_sha256=checkpoint_sha256, init=t.init, steps=t.steps, batch_size=t.batch_size,
-                       eval_every=t.eval_every, keep_weights=t.keep_weights,
-                       optim=t.preset(cell.protocol, cell.decoder).model_dump(),
-                       decoder_options=t.decoder_options.get(cell.decoder), feature_cache=t.feature_cache,
-                       feature_cache_views=t.feature_cache_views, augment=t.augment)
+    config = cell_config(cell, data_id=data_id, dataset=dataset, dataset_root=dataset_root, checkpoint=checkpoint,
+                         checkpoint_sha256=checkpoint_sha256, init=t.init, steps=t.steps, batch_size=t.batch_size,
+                         eval_every=t.eval_every, keep_weights=t.keep_weights,
+                         optim=t.preset(cell.protocol, cell.decoder).model_dump(),
+                         decoder_options=t.decoder_options.get(cell.decoder), feature_cache=t.feature_cache,
+                         feature_cache_views=t.feature_cache_views, augment=t.augment)
+    config["state_every"] = t.state_every  # how often, not what: outside the fingerprint
+    return config

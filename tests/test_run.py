@@ -120,4 +120,10 @@ def test_a_diverging_pretraining_blocks_only_its_own_cells(tmp_path, capsys, mon
     assert "pre-training depth failed:" in err and "consecutive non-finite steps" in err
     assert json.loads((results / "pretrain" / "depth" / "diverged.json").read_text())["status"] == "diverged"
     assert not (results / "pretrain" / "depth" / "checkpoint.safetensors").exists()
-    assert {r["cell"]["backbone"] for r in _records(results).values()} == {"random", "cls"}
+    records = _records(results).values()
+    assert {r["cell"]["backbone"] for r in records if r["status"] == "ok"} == {"random", "cls"}
+    # The blocked cells say why instead of leaving a silent gap; they run once the pre-training works.
+    skipped = [r for r in records if r["cell"]["backbone"] == "depth"]
+    assert skipped and all(r["status"] == "skipped" and r["error"].startswith("pre-training depth failed:")
+                           for r in skipped)
+    assert "retrying" not in err  # a divergence is a result, not a flaky failure

@@ -1,5 +1,6 @@
 import pytest
 import torch
+import transfer.train as train_mod
 
 from bench.checkpoint import load_checkpoint, state_sha256
 from bench.errors import UserError
@@ -77,3 +78,45 @@ def test_missing_or_corrupt_world_is_a_user_error(tmp_path):
     (tmp_path / "meta.json").write_text("{oops")
     with pytest.raises(UserError, match="corrupt world metadata"):
         open_dataset("synth", tmp_path)
+
+
+def test_a_cell_killed_after_its_first_state_resumes_there_and_ends_the_same(tiny_world, tiny_depth_ckpt, tmp_path,
+                                                                             monkeypatch):
+    import transfer.cell_state as cell_state
+
+    config = {**_config(tiny_world, tiny_depth_ckpt, "full", steps=6), "state_every": 2, "eval_every": 3}
+    plain = run_transfer(config, tmp_path / "plain", progress=False)
+
+    saved = []
+    original = cell_state.save_cell_state
+
+    def save_then_die(path, fingerprint, step, *args):
+        original(path, fingerprint, step, *args)
+        saved.append(step)
+        raise KeyboardInterrupt("killed")  # what SIGINT/preemption does mid-cell
+
+    monkeypatch.setattr(train_mod, "save_cell_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_transfer(config, tmp_path / "killed", progress=False)
+    assert saved == [2] and (tmp_path / "killed" / "state.pt").is_file()
+    assert not (tmp_path / "killed" / "record.json").exists()
+
+    monkeypatch.setattr(train_mod, "save_cell_state", original)
+    resumed = run_transfer(config, tmp_path / "killed", progress=False)
+    assert resumed["timings"]["resumed_from_step"] == 2 and plain["timings"]["resumed_from_step"] is None
+    assert resumed["metrics"] == plain["metrics"] and resumed["curve"] == plain["curve"]
+    assert resumed["encoder_sha256_after"] == plain["encoder_sha256_after"]
+    assert not (tmp_path / "killed" / "state.pt").exists()  # the record supersedes it
+    assert "resumed from state.pt at step 2" in (tmp_path / "killed" / "log.txt").read_text()
+
+
+def test_a_state_of_another_config_is_ignored(tiny_world, tmp_path):
+    first = {**_config(tiny_world, None, "frozen", steps=4), "state_every": 2}
+    run_transfer(first, tmp_path, progress=False)
+    from transfer.cell_state import save_cell_state
+
+    model, _ = build_model("resnet10t", None, "monodepth2", "auto", num_classes=7)
+    opt = torch.optim.AdamW(model.decoder.parameters())
+    save_cell_state(tmp_path / "state.pt", "another-fingerprint", 2, model, opt, [])
+    record = run_transfer(first, tmp_path, progress=False)
+    assert record["timings"]["resumed_from_step"] is None

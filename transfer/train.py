@@ -24,6 +24,7 @@ from bench.metrics import ConfusionMatrix
 from bench.progress import bar as progress_bar
 from bench.records import write_json_atomic
 from transfer.data import dataset_settings, open_transfer_data
+from transfer.cell_state import STATE_NAME, load_cell_state, save_cell_state
 from transfer.feature_cache import DEFAULT_BUDGET_BYTES, DEFAULT_VIEWS_PER_IMAGE, FeatureCache
 from transfer.model import build_model
 from transfer.protocols import OptimizerPreset, build_optimizer, lr_factor, param_groups
@@ -80,7 +81,7 @@ def _to(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 def run_transfer(config: dict, out_dir, *, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "log.txt", "w") as log_file:
+    with open(out_dir / "log.txt", "a") as log_file:  # appended: a resumed cell keeps its history
         def log(msg: str) -> None:
             log_file.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {msg}\n")
             log_file.flush()
@@ -149,12 +150,18 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
     eval_every = int(config.get("eval_every", steps)) or steps
     warmup = min(preset.warmup_steps if preset.warmup_steps is not None else max(1, steps // 20), steps)
     curve, status, error, eval_s, steps_done = [], "ok", None, 0.0, 0
+    state_every = int(config.get("state_every") or 0)
+    resumed = load_cell_state(out_dir / STATE_NAME, config["fingerprint"], model, optimizer)
+    if resumed is not None:
+        steps_done, curve = resumed["step"], resumed["curve"]
+        log(f"resumed from {STATE_NAME} at step {steps_done}")
     model.train()
     t_train = time.perf_counter()
-    bar = progress_bar(enabled=progress, total=steps, unit="step",
+    bar = progress_bar(enabled=progress, total=steps, unit="step", initial=steps_done,
                        desc=f"{cell['backbone']}/{cell['protocol']}/s{seed}")
-    for step in range(steps):
-        for g in groups:
+    for step in range(steps_done, steps):
+        # optimizer.param_groups, not `groups`: loading a resumed state replaces the group dicts.
+        for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, steps, warmup, preset.poly_power)
         gen = step_generator(seed, step)
         with autocast or contextlib.nullcontext():
@@ -179,6 +186,8 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
             curve.append({"step": step + 1, "loss": value, "miou": m["miou"], "pixel_acc": m["pixel_acc"],
                           "mean_class_acc": m["mean_class_acc"], "per_class_iou": m["per_class_iou"]})
             log(f"step {step + 1} loss {value:.4f} mIoU {m['miou']:.4f} pixAcc {m['pixel_acc']:.4f}")
+        if state_every and (step + 1) % state_every == 0 and step + 1 < steps:
+            save_cell_state(out_dir / STATE_NAME, config["fingerprint"], step + 1, model, optimizer, curve)
     bar.close()
     train_s = time.perf_counter() - t_train - eval_s
 
@@ -215,7 +224,8 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
         "device": str(device),
         "timings": {
             "wall_s": time.perf_counter() - t_start, "train_s": train_s, "eval_s": eval_s,
-            "steps_done": steps_done, "steps_per_s": steps_done / train_s if train_s > 0 else None,
+            "steps_done": steps_done, "resumed_from_step": None if resumed is None else resumed["step"],
+            "steps_per_s": (steps_done - (resumed or {}).get("step", 0)) / train_s if train_s > 0 else None,
             # Peak resident memory of the process that ran the cell (KiB on Linux).
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
@@ -234,6 +244,7 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log) -> dict:
     if cache is not None:
         cache.close()
     write_json_atomic(out_dir / "record.json", record)
+    (out_dir / STATE_NAME).unlink(missing_ok=True)  # the record supersedes it
     log(f"status {status}; record written")
     return record
 

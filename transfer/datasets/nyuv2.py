@@ -30,8 +30,8 @@ import h5py
 import numpy as np
 import scipy.io
 
-from bench.errors import UserError
-from bench.matfile import ProcessLocalHDF5, one_line
+from bench.errors import UserError, one_line
+from bench.matfile import ProcessLocalHDF5
 from transfer.datasets import register_dataset
 from transfer.datasets.base import IGNORE_INDEX, LabelMapping, Sample, SegmentationDataset, Transforms, require_file
 
