@@ -180,7 +180,8 @@ def _cmd_transfer(args) -> int:
                          checkpoint_sha256=sha, init=args.init, steps=args.steps, batch_size=args.batch_size,
                          eval_every=args.eval_every or args.steps, optim=preset.model_dump(),
                          decoder_options=decoder_options, feature_cache=not args.no_feature_cache,
-                         feature_cache_views=args.feature_cache_views, augment=not args.no_augment)
+                         feature_cache_views=args.feature_cache_views, augment=not args.no_augment,
+                         processes=args.processes)
     config["device"] = args.device
     config["state_every"] = args.state_every
     record = run_transfer(config, Path(args.out), progress=not args.no_progress)
@@ -391,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "a random crop (default: 8)")
     t.add_argument("--no-augment", action="store_true", help="no flips, centre crop (exactly reproducible probes)")
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    t.add_argument("--processes", type=int, default=1, help="data-parallel (DDP) ranks for this cell: one per GPU, "
+                   "or gloo processes on CPU (default: 1); each rank trains on a slice of every batch")
     t.add_argument("--state-every", type=int, default=100, help="save a resumable state every N steps; a re-run "
                    "with the same options resumes from it (0: never; default: 100)")
     t.add_argument("--eval-every", type=int, help="evaluate every K steps for the learning curve (default: only at the end)")

@@ -241,6 +241,10 @@ class Resources(_Strict):
     cpus: int = Field(1, ge=1)
     gpus: int = Field(0, ge=0)  # more than 1: the cell runs data-parallel (DDP) on them
     memory_gb: float | None = Field(None, gt=0)
+    processes: int | None = Field(None, ge=1)  # DDP ranks per cell (default: gpus when > 1, else 1)
+
+    def ddp_processes(self) -> int:
+        return self.processes or (self.gpus if self.gpus > 1 else 1)
 
 
 class RaySpec(_Strict):

@@ -51,7 +51,7 @@ def expand(manifest: Manifest, methods: dict[str, str] | None = None) -> list[Ce
 def cell_config(cell: Cell, *, data_id: str, dataset: dict, dataset_root, checkpoint, checkpoint_sha256: str | None,
                 init: str, steps: int, batch_size: int, eval_every: int, optim: dict, decoder_options: dict | None = None,
                 keep_weights: bool = False, feature_cache: bool = True, feature_cache_views: int | None = None,
-                augment: bool = True) -> dict:
+                augment: bool = True, processes: int = 1) -> dict:
     """The resolved config of one transfer cell, as `bench run` and `bench transfer` both build it.
 
     The fingerprint covers everything that decides the result -- the cell, the hyper-parameters,
@@ -80,6 +80,8 @@ def cell_config(cell: Cell, *, data_id: str, dataset: dict, dataset_root, checkp
             config["feature_cache_views"] = int(feature_cache_views)
     if not augment:
         config["augment"] = False
+    if processes > 1:  # data-parallel ranks split each batch: BatchNorm sees slices, so it is a setting
+        config["processes"] = int(processes)
     config["fingerprint"] = fingerprint(config)
     config["dataset_root"] = str(dataset_root)
     config["checkpoint"] = str(checkpoint) if checkpoint else None

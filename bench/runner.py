@@ -240,6 +240,7 @@ def transfer_config(m: Manifest, cell: Cell, checkpoint: Path | None, checkpoint
                          eval_every=t.eval_every, keep_weights=t.keep_weights,
                          optim=t.preset(cell.protocol, cell.decoder).model_dump(),
                          decoder_options=t.decoder_options.get(cell.decoder), feature_cache=t.feature_cache,
-                         feature_cache_views=t.feature_cache_views, augment=t.augment)
+                         feature_cache_views=t.feature_cache_views, augment=t.augment,
+                         processes=m.executor.resources.ddp_processes())
     config["state_every"] = t.state_every  # how often, not what: outside the fingerprint
     return config

@@ -120,3 +120,22 @@ def test_a_state_of_another_config_is_ignored(tiny_world, tmp_path):
     save_cell_state(tmp_path / "state.pt", "another-fingerprint", 2, model, opt, [])
     record = run_transfer(first, tmp_path, progress=False)
     assert record["timings"]["resumed_from_step"] is None
+
+
+@pytest.mark.parametrize("protocol", ["full", "linear"])
+def test_a_two_process_gloo_ddp_cell_writes_one_record(tiny_world, tiny_depth_ckpt, tmp_path, protocol):
+    from bench.records import fingerprint
+
+    config = _config(tiny_world, tiny_depth_ckpt, protocol, decoder="linear" if protocol == "linear" else "monodepth2")
+    config = {k: v for k, v in config.items() if k not in ("fingerprint", "dataset_root", "checkpoint")}
+    config["processes"] = 2
+    config["fingerprint"] = fingerprint(config)
+    config["dataset_root"], config["checkpoint"] = str(tiny_world), str(tiny_depth_ckpt)
+    record = run_transfer(config, tmp_path, progress=False)
+    assert record["status"] == "ok" and record["processes"] == 2
+    assert sorted(p.name for p in tmp_path.glob("record*.json")) == ["record.json"]
+    assert (tmp_path / "log.rank1.txt").is_file() and "record written" in (tmp_path / "log.txt").read_text()
+    # Metrics over the whole evaluation set: the ranks' confusion matrices were summed.
+    assert 0 < record["metrics"]["pixel_acc"] <= 1 and len(record["curve"]) == 2
+    moved = record["encoder_sha256_before"] != record["encoder_sha256_after"]
+    assert moved == (protocol == "full")

@@ -1,0 +1,78 @@
+"""Data-parallel cells: `processes > 1` runs one cell as that many DDP ranks.
+
+torchrun semantics: every rank gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and
+joins one process group (NCCL on GPUs, one GPU per rank; gloo on CPU). `bench` starts the ranks
+itself (`spawn_cell`, on the machine the executor gave the cell); a cell started by `torchrun`
+finds the variables already set and joins directly. Inside the trainer:
+
+- every rank draws the same step batch from the (seed, step) generator and trains on its own
+  slice of it, so the global batch and the data order do not depend on the number of ranks;
+- `torch.nn.parallel.DistributedDataParallel` averages the gradients (BatchNorm becomes
+  SyncBatchNorm on GPUs; on CPU each rank normalises its own slice);
+- evaluation images are split between ranks and the confusion matrices summed, so the metrics
+  are over the whole evaluation set;
+- rank 0 alone writes the record, the state and the weights; the other ranks log to
+  `log.rank<R>.txt`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+
+from bench.errors import UserError
+
+
+def rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def join_process_group() -> torch.device:
+    """Join the group the environment describes; the rank's device."""
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    if backend == "nccl":
+        local = int(os.environ.get("LOCAL_RANK", dist.get_rank()))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device("cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_main(rank: int, world: int, port: int, config: dict, out_dir: str, progress: bool) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    from transfer.train import run_transfer
+
+    run_transfer(config, out_dir, progress=progress and rank == 0)
+
+
+def spawn_cell(config: dict, out_dir, processes: int, progress: bool) -> None:
+    """Run the cell as `processes` ranks on this machine and wait for them."""
+    if torch.cuda.is_available() and torch.cuda.device_count() < processes:
+        raise UserError(f"the cell asks for {processes} processes but this machine has "
+                        f"{torch.cuda.device_count()} GPUs")
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(processes, _free_port(), config, str(out_dir), progress), nprocs=processes, join=True)
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if rank_and_world()[1] > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
