@@ -27,6 +27,7 @@ from pretrain.loop import Diverged
 from transfer.data import publish_splits
 
 RECORD_NAME = "record.json"
+SUBMITTED = "submitted"  # what a non-waiting cluster executor returns for a job it queued
 
 
 def _say(msg: str) -> None:
@@ -145,26 +146,41 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     world_root = ensure_world(m.data.synth, world_id, out_dir)
     retries = m.executor.retries
 
-    # Stage 1: pre-training, one job per backbone that asks for it.
+    # Stage 1: pre-training, one job per backbone that asks for it and has no current checkpoint
+    # (checked here: a cluster job only to find it up to date would cost a queue slot).
+    from pretrain.api import CHECKPOINT_NAME, is_pretrained, pretrain_fingerprint, resolve_config
+
     jobs, names = [], []
     for b in selected:
         if b.pretrain is not None:
             cfg = pretrain_config(b, world_root, world_id)
             pre_dir = out_dir / "pretrain" / b.name
+            try:
+                current = is_pretrained(pre_dir, pretrain_fingerprint(resolve_config(cfg)))
+            except UserError:
+                current = False  # the job reports the problem and blocks only this backbone's cells
+            if current:
+                checkpoints[b.name] = pre_dir / CHECKPOINT_NAME
+                continue
             jobs.append(Job(_pretrain_job, {"config": cfg, "out_dir": str(pre_dir), "progress": progress},
                             name=f"pretrain/{b.name}", out_dir=pre_dir,
                             needs=[world_root] if b.pretrain.root is None else [],
                             resources=m.executor.resources.model_dump()))
             names.append(b.name)
     broken: dict[str, str] = {}
+    waiting: set[str] = set()  # submitted to a cluster and not waited for: their cells come later
     for i, result, exc in _with_retries(executor, jobs, retries):
         if exc is not None:
             broken[names[i]] = one_line(exc)
             _say(f"pre-training {names[i]} failed: {one_line(exc)}; its cells are skipped")
+        elif result == SUBMITTED:
+            waiting.add(names[i])
+            _say(f"pre-training {names[i]} submitted; its cells follow on a later `bench run`")
         else:
             checkpoints[names[i]] = Path(result)
             _say(f"pre-trained {names[i]}: {result}")
-    hashes = {n: file_sha256(p) for n, p in checkpoints.items() if p is not None and n not in broken}
+    hashes = {n: file_sha256(p) for n, p in checkpoints.items()
+              if p is not None and n not in broken and n not in waiting}
 
     # Stage 2: transfer cells whose record is missing, stale or failed. The few-shot subsets are
     # published first: identical for every backbone, and a size that does not fit fails here.
@@ -174,6 +190,8 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     todo, current = [], 0
     for cell in cells:
         cell_dir = out_dir / "runs" / cell.id
+        if cell.backbone in waiting:
+            continue
         if cell.backbone in broken:  # a record says why, so a gap in the table is never silent
             write_json_atomic(cell_dir / RECORD_NAME, {
                 "schema": 1, "cell": cell.as_dict(), "fingerprint": None, "status": "skipped",
@@ -200,10 +218,10 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
             if exc is not None or status != "ok":
                 _say(f"cell {Cell(**cell).id}: {status if exc is None else one_line(exc)}")
             bar.update(1)
-    pending = [s for s in statuses if s == "submitted"]
-    if pending:  # a Slurm driver that does not wait: the records will say when they are done
-        print(f"{len(pending)} cells submitted; `bench status {out_dir}` follows them, "
-              f"`bench run` again collects them")
+    pending = [s for s in statuses if s == SUBMITTED]
+    if pending or waiting:  # a Slurm driver that does not wait: the records will say when they are done
+        print(f"{len(pending)} cells and {len(waiting)} pre-trainings submitted; `bench status {out_dir}` "
+              f"follows them, `bench run` again collects them and submits what they unblock")
         return 0
 
     table = write_reports(out_dir)

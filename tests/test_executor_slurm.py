@@ -1,0 +1,272 @@
+"""The Slurm executor through submitit's local cluster (jobs are subprocesses; no Slurm needed).
+
+Skipped without submitit (the `slurm` extra) unless BENCH_REQUIRE_SLURM=1, which makes a missing
+submitit a failure. Preemption is simulated the way Slurm announces it: SIGUSR2 to the job's
+process, on which submitit checkpoints and requeues the job.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+# Light imports only at module level: each job subprocess imports this module to unpickle its function.
+from bench.errors import UserError
+from bench.executors import Job
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def submitit(monkeypatch):
+    if os.environ.get("BENCH_REQUIRE_SLURM") == "1":
+        import submitit
+    else:
+        submitit = pytest.importorskip("submitit")
+    # The job subprocesses unpickle this module's functions by name: let them import it.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+    return submitit
+
+
+# Module-level, so that the job subprocesses can unpickle them.
+def _slow_once(marker: str, seconds: float) -> str:
+    """Slow on its first run (which the test preempts), quick on the next."""
+    path = Path(marker)
+    first = not path.exists()
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    if first:
+        time.sleep(seconds)
+        return "slept through"
+    return "done"
+
+
+def _wait_for(release: str, value: str) -> str:
+    """Runs until the test creates `release` (so the test decides when the job is done)."""
+    t0 = time.time()
+    while not Path(release).exists() and time.time() - t0 < 60:
+        time.sleep(0.05)
+    return value
+
+
+def _raise_user_error() -> None:
+    raise UserError("bad input")
+
+
+def _die() -> None:
+    os._exit(3)  # like an out-of-memory kill: no result, no traceback
+
+
+def _preempt_when_started(marker: Path, timeout: float = 60) -> threading.Thread:
+    """Send SIGUSR2 (Slurm's preemption/timeout signal under submitit) to the job's first run."""
+    def go():
+        t0 = time.time()
+        while time.time() - t0 < timeout:
+            if marker.exists() and marker.read_text().strip():
+                os.kill(int(marker.read_text().split()[0]), signal.SIGUSR2)
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_missing_submitit_is_one_user_error(tmp_path, monkeypatch):
+    from bench.executors import make_executor
+    from bench.manifest import ExecutorSpec
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # makes `import submitit` fail
+    with pytest.raises(UserError, match=r'pip install -e "\.\[slurm\]"'):
+        make_executor(ExecutorSpec(kind="slurm"), out_dir=tmp_path)
+
+
+def test_preemption_requeues_the_job_and_it_completes(submitit, tmp_path):
+    from bench.executor_slurm import SlurmExecutor
+    from bench.manifest import SlurmSpec
+
+    out = tmp_path / "cell"
+    marker = out / "runs.txt"
+    out.mkdir()
+    job = Job(_slow_once, {"marker": str(marker), "seconds": 60}, name="cell", out_dir=out)
+    executor = SlurmExecutor(SlurmSpec(cluster="local", max_requeues=1), out_dir=tmp_path)
+    thread = _preempt_when_started(marker)
+    t0 = time.time()
+    assert list(executor.run([job])) == [(0, "done", None)]
+    thread.join()
+    assert time.time() - t0 < 40  # not the 60 s sleep: the first run was interrupted
+    pids = marker.read_text().split()
+    assert len(pids) == 2 and pids[0] != pids[1]  # ran twice, in two processes
+    log = (out / "log.txt").read_text()
+    assert "requeued (1/1)" in log and log.count("started as job") == 2
+    info = json.loads((out / "slurm.json").read_text())
+    assert set(info) >= {"job_id", "array_index", "submitted_at", "folder"}
+    assert info["folder"] == str(tmp_path / "slurm")
+
+
+def test_a_job_past_max_requeues_fails(submitit, tmp_path):
+    from bench.executor_slurm import SlurmExecutor
+    from bench.manifest import SlurmSpec
+
+    out = tmp_path / "cell"
+    marker = out / "runs.txt"
+    out.mkdir()
+    job = Job(_slow_once, {"marker": str(marker), "seconds": 60}, name="cell", out_dir=out)
+    executor = SlurmExecutor(SlurmSpec(cluster="local", max_requeues=0), out_dir=tmp_path)
+    thread = _preempt_when_started(marker)
+    [(i, result, exc)] = list(executor.run([job]))
+    thread.join()
+    assert i == 0 and result is None and "not requeued" in str(exc)
+    assert len(marker.read_text().split()) == 1
+    log = (out / "log.txt").read_text()
+    assert "not requeued" in log and "Traceback" in log  # the cell's own log keeps the traceback
+
+
+def test_no_wait_submits_once_then_collects(submitit, tmp_path):
+    from bench.executor_slurm import SlurmExecutor, job_state
+    from bench.manifest import SlurmSpec
+
+    spec = SlurmSpec(cluster="local", wait=False)
+    release = tmp_path / "release"
+    jobs = [Job(_wait_for, {"release": str(release), "value": f"v{k}"}, name=f"j{k}", out_dir=tmp_path / f"j{k}")
+            for k in range(2)]
+    assert job_state(jobs[0].out_dir) is None
+    assert sorted(SlurmExecutor(spec, out_dir=tmp_path).run(jobs)) == [(0, "submitted", None), (1, "submitted", None)]
+    ids = [json.loads((j.out_dir / "slurm.json").read_text())["job_id"] for j in jobs]
+    assert len(set(ids)) == 2 and all(job_state(j.out_dir) == "RUNNING" for j in jobs)
+    pickles = sorted((tmp_path / "slurm").glob("*_submitted.pkl"))
+
+    # A second `bench run` while they run: nothing is submitted again.
+    assert sorted(SlurmExecutor(spec, out_dir=tmp_path).run(jobs)) == [(0, "submitted", None), (1, "submitted", None)]
+    assert [json.loads((j.out_dir / "slurm.json").read_text())["job_id"] for j in jobs] == ids
+    assert sorted((tmp_path / "slurm").glob("*_submitted.pkl")) == pickles
+
+    # A job for the same folder but another config: the running one is cancelled, not awaited.
+    jobs[0] = Job(_wait_for, {"release": str(release), "value": "new"}, name="j0", out_dir=tmp_path / "j0")
+    assert list(SlurmExecutor(spec, out_dir=tmp_path).run(jobs[:1])) == [(0, "submitted", None)]
+    new_id = json.loads((jobs[0].out_dir / "slurm.json").read_text())["job_id"]
+    assert new_id != ids[0] and "out of date" in (jobs[0].out_dir / "log.txt").read_text()
+    t0 = time.time()
+    while _alive(ids[0]) and time.time() - t0 < 20:
+        time.sleep(0.1)
+    assert not _alive(ids[0])
+
+    # One that waits attaches to the running jobs and collects their results.
+    release.touch()
+    waiting = SlurmExecutor(spec.model_copy(update={"wait": True}), out_dir=tmp_path)
+    assert sorted(waiting.run(jobs)) == [(0, "new", None), (1, "v1", None)]
+    assert [json.loads((j.out_dir / "slurm.json").read_text())["job_id"] for j in jobs] == [new_id, ids[1]]
+    assert all(job_state(j.out_dir) == "FINISHED" for j in jobs)
+
+
+def _alive(job_id: str) -> bool:
+    from bench.executor_slurm import _pid_alive
+
+    return _pid_alive(int(job_id))
+
+
+def test_a_job_that_dies_is_one_failure_naming_its_log(submitit, tmp_path):
+    from bench.executor_slurm import SlurmExecutor, SlurmJobFailed
+    from bench.manifest import SlurmSpec
+
+    job = Job(_die, {}, name="cell", out_dir=tmp_path / "cell")
+    [(i, result, exc)] = list(SlurmExecutor(SlurmSpec(cluster="local"), out_dir=tmp_path).run([job]))
+    assert isinstance(exc, SlurmJobFailed) and "_log.err" in str(exc) and "\n" not in str(exc)
+
+
+def test_job_errors_keep_their_type(submitit, tmp_path):
+    """The runner does not retry a UserError: the type must survive the trip through submitit."""
+    from bench.executor_slurm import SlurmExecutor
+    from bench.manifest import SlurmSpec
+
+    job = Job(_raise_user_error, {}, name="cell", out_dir=tmp_path / "cell")
+    [(i, result, exc)] = list(SlurmExecutor(SlurmSpec(cluster="local"), out_dir=tmp_path).run([job]))
+    assert isinstance(exc, UserError) and str(exc) == "bad input"
+    assert "Traceback" in (tmp_path / "cell" / "log.txt").read_text()
+
+
+def test_sbatch_script_carries_the_spec_and_resources(submitit, tmp_path, monkeypatch):
+    """No Slurm here: check the script submitit would give sbatch."""
+    from bench.executor_slurm import SlurmExecutor
+    from bench.manifest import SlurmSpec
+
+    with pytest.raises(UserError, match="no srun here"):
+        SlurmExecutor(SlurmSpec(), out_dir=tmp_path)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")  # submitit looks for srun
+    spec = SlurmSpec(partition="gpu", account="proj", time_min=30, array_parallelism=8,
+                     sbatch={"constraint": "a100", "mail-type": "END", "qos": "high"})
+    ex = SlurmExecutor(spec, out_dir=tmp_path)._executor({"cpus": 4, "gpus": 2, "memory_gb": 16})
+    slurm = ex._executor
+    slurm.parameters["map_count"] = 20  # what an array of 20 jobs sets
+    script = slurm._make_submission_file_text("python -m submitit.core._submit x", "uid")
+    for line in ["--partition=gpu", "--account=proj", "--time=30", "--cpus-per-task=4", "--gpus-per-node=2",
+                 "--mem=16GB", "--constraint=a100", "--mail-type=END", "--qos=high", "--array=0-19%8",
+                 "--requeue", "--job-name=bench-"]:
+        assert f"#SBATCH {line}" in script, line
+    assert slurm.max_num_timeout == spec.max_requeues
+
+
+def _manifest(tmp_path: Path) -> Path:
+    """A tiny matrix (like conftest's tiny_manifest): a random resnet10t, two protocols, a few
+    steps; its executor is Slurm on submitit's local cluster. (Two cells: every job process pays
+    ~6 s CPU importing bench.runner. No pre-trained backbone: a checkpoint's metadata holds its
+    run's wall time, so two pre-trainings never share a sha256, nor their cells a fingerprint.)"""
+    text = f"""
+    name: slurmy
+    out: {tmp_path / 'unused'}
+    data:
+      synth: {{sequences: 3, frames: 4, height: 48, width: 144, seed: 0, crops_per_class: 6}}
+    backbones:
+      - name: random
+        arch: resnet10t
+    datasets:
+      - name: synth
+    transfer:
+      protocols: [frozen, linear]
+      train_sizes: [4]
+      seeds: [0]
+      steps: 3
+      batch_size: 2
+      eval_every: 3
+    executor:
+      kind: slurm
+      slurm: {{cluster: local}}
+    """
+    path = tmp_path / "slurmy.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def _records(results: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in results.glob("runs/*/record.json")}
+
+
+def test_a_manifest_through_slurm_matches_the_local_executor(submitit, tmp_path):
+    from bench.runner import run_manifest
+
+    manifest = _manifest(tmp_path)
+    local, slurm = tmp_path / "local", tmp_path / "slurm"
+    assert run_manifest(manifest, out=local, progress=False, executor_overrides={"kind": "local"}) == 0
+    assert run_manifest(manifest, out=slurm, progress=False, executor_overrides={"kind": "slurm"}) == 0
+
+    a, b = _records(local), _records(slurm)
+    assert len(a) == 2 and sorted(a) == sorted(b)
+    for cell, rec in a.items():
+        assert b[cell]["status"] == rec["status"] == "ok"
+        assert b[cell]["fingerprint"] == rec["fingerprint"]
+        assert b[cell]["metrics"] == rec["metrics"]
+        assert (slurm / "runs" / cell / "slurm.json").is_file()
+        assert not (local / "runs" / cell / "slurm.json").exists()
+    assert list((slurm / "slurm").glob("*_result.pkl"))  # submitit's folder defaults to RESULTS/slurm
