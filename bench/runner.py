@@ -142,93 +142,98 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "manifest.resolved.json", m.model_dump(mode="json", by_alias=True))
     executor = make_executor(m.executor, workers=workers or m.workers, out_dir=out_dir, **(executor_overrides or {}))
-    world_id = world_fingerprint(m.data.synth)
-    world_root = ensure_world(m.data.synth, world_id, out_dir)
-    retries = m.executor.retries
+    try:
+        world_id = world_fingerprint(m.data.synth)
+        world_root = ensure_world(m.data.synth, world_id, out_dir)
+        retries = m.executor.retries
 
-    # Stage 1: pre-training, one job per backbone that asks for it and has no current checkpoint
-    # (checked here: a cluster job only to find it up to date would cost a queue slot).
-    from pretrain.api import CHECKPOINT_NAME, is_pretrained, pretrain_fingerprint, resolve_config
+        # Stage 1: pre-training, one job per backbone that asks for it and has no current checkpoint
+        # (checked here: a cluster job only to find it up to date would cost a queue slot).
+        from pretrain.api import CHECKPOINT_NAME, is_pretrained, pretrain_fingerprint, resolve_config
 
-    jobs, names = [], []
-    for b in selected:
-        if b.pretrain is not None:
-            cfg = pretrain_config(b, world_root, world_id)
-            pre_dir = out_dir / "pretrain" / b.name
-            try:
-                current = is_pretrained(pre_dir, pretrain_fingerprint(resolve_config(cfg)))
-            except UserError:
-                current = False  # the job reports the problem and blocks only this backbone's cells
-            if current:
-                checkpoints[b.name] = pre_dir / CHECKPOINT_NAME
+        jobs, names = [], []
+        for b in selected:
+            if b.pretrain is not None:
+                cfg = pretrain_config(b, world_root, world_id)
+                pre_dir = out_dir / "pretrain" / b.name
+                try:
+                    current = is_pretrained(pre_dir, pretrain_fingerprint(resolve_config(cfg)))
+                except UserError:
+                    current = False  # the job reports the problem and blocks only this backbone's cells
+                if current:
+                    checkpoints[b.name] = pre_dir / CHECKPOINT_NAME
+                    continue
+                jobs.append(Job(_pretrain_job, {"config": cfg, "out_dir": str(pre_dir), "progress": progress},
+                                name=f"pretrain/{b.name}", out_dir=pre_dir,
+                                needs=[world_root] if b.pretrain.root is None else [],
+                                resources=m.executor.resources.model_dump()))
+                names.append(b.name)
+        broken: dict[str, str] = {}
+        waiting: set[str] = set()  # submitted to a cluster and not waited for: their cells come later
+        for i, result, exc in _with_retries(executor, jobs, retries):
+            if exc is not None:
+                broken[names[i]] = one_line(exc)
+                _say(f"pre-training {names[i]} failed: {one_line(exc)}; its cells are skipped")
+            elif result == SUBMITTED:
+                waiting.add(names[i])
+                _say(f"pre-training {names[i]} submitted; its cells follow on a later `bench run`")
+            else:
+                checkpoints[names[i]] = Path(result)
+                _say(f"pre-trained {names[i]}: {result}")
+        hashes = {n: file_sha256(p) for n, p in checkpoints.items()
+                  if p is not None and n not in broken and n not in waiting}
+
+        # Stage 2: transfer cells whose record is missing, stale or failed. The few-shot subsets are
+        # published first: identical for every backbone, and a size that does not fit fails here.
+        datasets = {d.name: d for d in m.datasets}
+        for spec in m.datasets:
+            publish_splits(spec.settings(), spec.root or world_root, m.transfer.train_sizes, m.transfer.seeds, out_dir)
+        todo, current = [], 0
+        for cell in cells:
+            cell_dir = out_dir / "runs" / cell.id
+            if cell.backbone in waiting:
                 continue
-            jobs.append(Job(_pretrain_job, {"config": cfg, "out_dir": str(pre_dir), "progress": progress},
-                            name=f"pretrain/{b.name}", out_dir=pre_dir,
-                            needs=[world_root] if b.pretrain.root is None else [],
-                            resources=m.executor.resources.model_dump()))
-            names.append(b.name)
-    broken: dict[str, str] = {}
-    waiting: set[str] = set()  # submitted to a cluster and not waited for: their cells come later
-    for i, result, exc in _with_retries(executor, jobs, retries):
-        if exc is not None:
-            broken[names[i]] = one_line(exc)
-            _say(f"pre-training {names[i]} failed: {one_line(exc)}; its cells are skipped")
-        elif result == SUBMITTED:
-            waiting.add(names[i])
-            _say(f"pre-training {names[i]} submitted; its cells follow on a later `bench run`")
-        else:
-            checkpoints[names[i]] = Path(result)
-            _say(f"pre-trained {names[i]}: {result}")
-    hashes = {n: file_sha256(p) for n, p in checkpoints.items()
-              if p is not None and n not in broken and n not in waiting}
+            if cell.backbone in broken:  # a record says why, so a gap in the table is never silent
+                write_json_atomic(cell_dir / RECORD_NAME, {
+                    "schema": 1, "cell": cell.as_dict(), "fingerprint": None, "status": "skipped",
+                    "error": f"pre-training {cell.backbone} failed: {broken[cell.backbone]}",
+                    "config": {"init": m.transfer.init}})
+                continue
+            spec = datasets[cell.dataset]
+            config = transfer_config(m, cell, checkpoints[cell.backbone], hashes.get(cell.backbone), spec.settings(),
+                                     spec.root or world_root, str(spec.root) if spec.root else world_id)
+            if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
+                current += 1
+                continue
+            needs = [p for p in (checkpoints[cell.backbone], None if spec.root else world_root) if p is not None]
+            todo.append(Job(_transfer_job, {"config": config, "out_dir": str(cell_dir), "progress": progress},
+                            name=cell.id, out_dir=cell_dir, needs=needs, resources=m.executor.resources.model_dump()))
+        _say(f"{len(cells)} cells: {current} up to date, {len(todo)} to run, "
+             f"{sum(c.backbone in broken for c in cells)} skipped (failed pre-training)")
+        statuses = []
+        with tqdm(total=len(todo), desc="matrix", unit="cell", position=0, disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for i, status, exc in _with_retries(executor, todo, retries, failed=lambda s: s == "failed"):
+                cell = todo[i].kwargs["config"]["cell"]
+                statuses.append("failed" if exc else status)
+                if exc is not None or status != "ok":
+                    _say(f"cell {Cell(**cell).id}: {status if exc is None else one_line(exc)}")
+                bar.update(1)
+        pending = [s for s in statuses if s == SUBMITTED]
+        if pending or waiting:  # a Slurm driver that does not wait: the records will say when they are done
+            print(f"{len(pending)} cells and {len(waiting)} pre-trainings submitted; `bench status {out_dir}` "
+                  f"follows them, `bench run` again collects them and submits what they unblock")
+            return 0
 
-    # Stage 2: transfer cells whose record is missing, stale or failed. The few-shot subsets are
-    # published first: identical for every backbone, and a size that does not fit fails here.
-    datasets = {d.name: d for d in m.datasets}
-    for spec in m.datasets:
-        publish_splits(spec.settings(), spec.root or world_root, m.transfer.train_sizes, m.transfer.seeds, out_dir)
-    todo, current = [], 0
-    for cell in cells:
-        cell_dir = out_dir / "runs" / cell.id
-        if cell.backbone in waiting:
-            continue
-        if cell.backbone in broken:  # a record says why, so a gap in the table is never silent
-            write_json_atomic(cell_dir / RECORD_NAME, {
-                "schema": 1, "cell": cell.as_dict(), "fingerprint": None, "status": "skipped",
-                "error": f"pre-training {cell.backbone} failed: {broken[cell.backbone]}",
-                "config": {"init": m.transfer.init}})
-            continue
-        spec = datasets[cell.dataset]
-        config = transfer_config(m, cell, checkpoints[cell.backbone], hashes.get(cell.backbone), spec.settings(),
-                                 spec.root or world_root, str(spec.root) if spec.root else world_id)
-        if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
-            current += 1
-            continue
-        needs = [p for p in (checkpoints[cell.backbone], None if spec.root else world_root) if p is not None]
-        todo.append(Job(_transfer_job, {"config": config, "out_dir": str(cell_dir), "progress": progress},
-                        name=cell.id, out_dir=cell_dir, needs=needs, resources=m.executor.resources.model_dump()))
-    _say(f"{len(cells)} cells: {current} up to date, {len(todo)} to run, "
-         f"{sum(c.backbone in broken for c in cells)} skipped (failed pre-training)")
-    statuses = []
-    with tqdm(total=len(todo), desc="matrix", unit="cell", position=0, disable=not progress,
-              dynamic_ncols=True) as bar:
-        for i, status, exc in _with_retries(executor, todo, retries, failed=lambda s: s == "failed"):
-            cell = todo[i].kwargs["config"]["cell"]
-            statuses.append("failed" if exc else status)
-            if exc is not None or status != "ok":
-                _say(f"cell {Cell(**cell).id}: {status if exc is None else one_line(exc)}")
-            bar.update(1)
-    pending = [s for s in statuses if s == SUBMITTED]
-    if pending or waiting:  # a Slurm driver that does not wait: the records will say when they are done
-        print(f"{len(pending)} cells and {len(waiting)} pre-trainings submitted; `bench status {out_dir}` "
-              f"follows them, `bench run` again collects them and submits what they unblock")
-        return 0
+        table = write_reports(out_dir)
+        print(table["markdown"])
+        print(f"\n{where(table)}\nrecords:     {out_dir / 'runs'}/*/record.json"
+              f"\nelapsed:     {time.perf_counter() - t0:.1f}s")
+        return 0 if not broken and all(s == "ok" for s in statuses) else 1
 
-    table = write_reports(out_dir)
-    print(table["markdown"])
-    print(f"\n{where(table)}\nrecords:     {out_dir / 'runs'}/*/record.json"
-          f"\nelapsed:     {time.perf_counter() - t0:.1f}s")
-    return 0 if not broken and all(s == "ok" for s in statuses) else 1
+    finally:  # a Ray instance this run started stops with it
+        if hasattr(executor, "close"):
+            executor.close()
 
 
 def _with_retries(executor, jobs: list[Job], retries: int, failed=lambda result: False):
