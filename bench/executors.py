@@ -75,6 +75,11 @@ class LocalExecutor:
     def run(self, jobs: list[Job]) -> Iterator[tuple[int, object, BaseException | None]]:
         """Yield (job index, result, exception) as jobs finish."""
         if self.workers == 1 or len(jobs) <= 1:
+            import torch
+
+            # A job gets `threads` however many jobs its stage has: CPU kernels sum in an order
+            # that depends on the thread count, and a result must not depend on the job mix.
+            torch.set_num_threads(self.threads)
             for i, job in enumerate(jobs):
                 try:
                     yield i, job(), None

@@ -91,18 +91,26 @@ def build_method(config: dict):
     return task
 
 
+# Run-specific values stay out of the checkpoint (they go to summary.json), so the same config
+# trained twice -- on another machine, executor or results folder -- gives the same file, and the
+# cells that hash it keep their fingerprints.
+VOLATILE_SUMMARY = ("wall_s", "images_per_s", "resumed_from")
+
+
 def _meta(task, config: dict, fp: str, summary: dict, steps: int) -> dict:
+    located = config.get("data_id") is not None  # then data_id names the data, not the path
     return {
         "arch": config["arch"],
         "method": config["method"],
-        "data": {"dataset": config.get("dataset", "synth"), "root": str(config["root"])},
+        "data": {"dataset": config.get("dataset", "synth"),
+                 **({"data_id": config["data_id"]} if located else {"root": str(config["root"])})},
         "steps": steps,
         "normalization": task.encoder.normalization,
         "seed": int(config["seed"]),
         "fingerprint": fp,
-        "config": config,
+        "config": {k: v for k, v in config.items() if not (located and k == "root") and k not in ("name", "init")},
         "decoder": task.decoder_meta(),
-        "summary": summary,
+        "summary": {k: v for k, v in summary.items() if k not in VOLATILE_SUMMARY},
         **task.extra_meta(),
     }
 
@@ -130,6 +138,7 @@ def run_pretrain(config: dict, out_dir, *, progress: bool = True, log=print) -> 
         raise
     path = save_checkpoint(out_dir / CHECKPOINT_NAME, task.encoder.state_dict(),
                            _meta(task, config, fp, summary, int(config["steps"])), decoder_state=decoder())
+    write_json_atomic(out_dir / "summary.json", summary)
     (out_dir / "state.pt").unlink(missing_ok=True)
     (out_dir / LAST_GOOD_NAME).unlink(missing_ok=True)
     log(f"wrote {path} (final loss {summary['final_loss']:.4f}, {summary['wall_s']:.1f}s, "

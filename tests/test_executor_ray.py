@@ -281,3 +281,23 @@ def test_job_errors_come_back_as_the_jobs_own_exception(ray_local, tmp_path):
     # More than the local instance has would wait forever: one line instead.
     with pytest.raises(UserError, match="asks for 1 GPU"):
         list(executor.run([Job(_value, {"x": 1}, name="big", out_dir=tmp_path / "big", resources={"gpus": 1})]))
+
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+
+def test_the_smoke_manifest_on_ray_gives_the_local_cells_and_metrics(ray_local, tmp_path):
+    # Both from scratch (pre-training included): checkpoints hold no run-specific values, so the
+    # same config trained by another executor gives the same file and the same cell fingerprints.
+    # CPU kernels sum in an order that depends on the thread count: smoke.yaml's two local workers
+    # give each job one thread, as `resources: {cpus: 1}` gives each Ray task.
+    smoke = SMOKE
+    local, on_ray = tmp_path / "local", tmp_path / "ray"
+    assert run_manifest(smoke, out=local, progress=False, executor_overrides={"kind": "local"}) == 0
+    assert run_manifest(smoke, out=on_ray, progress=False, executor_overrides={"kind": "ray"}) == 0
+    a, b = _records(local), _records(on_ray)
+    assert len(a) == 8 and sorted(a) == sorted(b)
+    for cell, rec in a.items():
+        assert b[cell]["status"] == rec["status"] == "ok"
+        assert b[cell]["fingerprint"] == rec["fingerprint"]
+        assert b[cell]["metrics"] == rec["metrics"]

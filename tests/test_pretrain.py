@@ -259,3 +259,21 @@ def test_a_run_without_one_good_step_is_diverged_even_if_shorter_than_k(tiny_wor
     with pytest.raises(Diverged, match="last good step 0"):
         run_pretrain(_config(tiny_world, max_bad_steps=20), tmp_path, progress=False, log=_quiet)
     assert not (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / LAST_GOOD_NAME).exists()
+
+
+def test_the_same_config_trained_twice_gives_the_same_file(tiny_world, tmp_path):
+    # Cells hash their checkpoint: a re-trained (or differently executed) pre-training of the same
+    # config must not change it, or every dependent cell would look stale.
+    import shutil
+
+    from bench.checkpoint import file_sha256
+
+    moved = tmp_path / "elsewhere" / "synth"
+    shutil.copytree(tiny_world, moved)
+    config = {"method": "depth_supervised", "arch": "resnet10t", "data_id": "tiny", "steps": 2, "batch_size": 2,
+              "lr": 1e-3, "seed": 0}
+    a = run_pretrain({**config, "name": "a", "root": str(tiny_world)}, tmp_path / "a", progress=False,
+                     log=lambda m: None)
+    b = run_pretrain({**config, "name": "b", "root": str(moved)}, tmp_path / "b", progress=False, log=lambda m: None)
+    assert file_sha256(a) == file_sha256(b)
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["wall_s"] > 0

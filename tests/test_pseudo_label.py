@@ -53,7 +53,7 @@ def test_one_label_per_video_item_equal_to_the_teachers_inverse_depth(labels, ti
 
     # The teacher's own prediction for seq_001/000002, through the depth method's predict().
     ckpt = load_checkpoint(tiny_depth_ckpt)
-    task = build_method({**ckpt.meta["config"], "init": None})
+    task = build_method({**ckpt.meta["config"], "root": str(tiny_world), "init": None})
     task.encoder.load_state_dict(ckpt.encoder)
     task.decoder.load_state_dict(ckpt.decoder)
     task.encoder.eval(), task.decoder.eval()
