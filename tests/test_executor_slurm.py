@@ -270,3 +270,44 @@ def test_a_manifest_through_slurm_matches_the_local_executor(submitit, tmp_path)
         assert (slurm / "runs" / cell / "slurm.json").is_file()
         assert not (local / "runs" / cell / "slurm.json").exists()
     assert list((slurm / "slurm").glob("*_result.pkl"))  # submitit's folder defaults to RESULTS/slurm
+
+
+def _cell_preempted_after_first_state(config: dict, out_dir: str, marker: str):
+    """A real transfer cell whose first run announces itself (for the preemption) right after
+    saving its first in-cell state, then stalls; the requeued run must resume from that state."""
+    import transfer.train as tt
+
+    if not Path(marker).exists():
+        original = tt.save_cell_state
+
+        def save_then_stall(*args, **kwargs):
+            original(*args, **kwargs)
+            Path(marker).write_text(f"{os.getpid()}\n")
+            time.sleep(60)
+
+        tt.save_cell_state = save_then_stall
+    record = tt.run_transfer(config, Path(out_dir), progress=False)
+    return record["timings"]["resumed_from_step"], record["status"]
+
+
+def test_a_preempted_cell_resumes_from_its_in_cell_state(submitit, tiny_world, tmp_path):
+    from bench.executor_slurm import SlurmExecutor
+    from bench.manifest import SlurmSpec
+    from bench.matrix import Cell, cell_config
+    from transfer.data import dataset_settings
+
+    cell = Cell("random", "none", "resnet10t", "synth", "full", "monodepth2", 2, 0)
+    config = cell_config(cell, data_id="tiny", dataset=dataset_settings("synth"), dataset_root=tiny_world,
+                         checkpoint=None, checkpoint_sha256=None, init="auto", steps=6, batch_size=2, eval_every=3,
+                         optim={"lr": 1e-3})
+    config["state_every"] = 2
+    out = tmp_path / "cell"
+    marker = tmp_path / "first-run.txt"
+    job = Job(_cell_preempted_after_first_state, {"config": config, "out_dir": str(out), "marker": str(marker)},
+              name="cell", out_dir=out)
+    thread = _preempt_when_started(marker)
+    results = list(SlurmExecutor(SlurmSpec(cluster="local", max_requeues=1), out_dir=tmp_path).run([job]))
+    thread.join()
+    assert results == [(0, (2, "ok"), None)]  # the requeued run started at step 2, not 0
+    assert json.loads((out / "record.json").read_text())["timings"]["resumed_from_step"] == 2
+    assert "requeued (1/1)" in (out / "log.txt").read_text()
