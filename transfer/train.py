@@ -121,6 +121,8 @@ def run_transfer(config: dict, out_dir, *, progress: bool = True) -> dict:
             raise
         finally:  # a feature cache spilled to disk never outlives its cell, failed or not
             shutil.rmtree(out_dir / "feature_cache" / f"rank{rank}", ignore_errors=True)
+            with contextlib.suppress(OSError):  # the last rank out removes the folder
+                (out_dir / "feature_cache").rmdir()
             if device is not None:
                 torch.distributed.destroy_process_group()
 
