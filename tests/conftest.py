@@ -13,6 +13,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 TINY_WORLD = {"sequences": 3, "frames": 4, "height": 48, "width": 144, "seed": 0, "crops_per_class": 6}
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): they gain
+    nothing from a second thread, and on a busy 2-core machine the spinning OpenMP workers cost
+    many times the work itself (a 5M-tensor isfinite: 2 s instead of 30 ms)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     from bench.synth import render_world

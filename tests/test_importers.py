@@ -25,14 +25,7 @@ from tests.fixtures import one_line_error
 RESNET_CHANNELS = [64, 64, 128, 256, 512]  # resnet18's and resnet10t's five levels
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models gain nothing from a second thread, and on a busy 2-core machine the spinning
-    # OpenMP workers cost many times the work itself (a 5M-tensor isfinite: 2 s instead of 30 ms).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,13 +20,8 @@ QUIET = {"progress": False, "log": lambda m: None}
 SMALL_VIEWS = {"view_size": "40x120"}  # MoCo's per-sample augmentations dominate a tiny test: keep them small
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Identical kernels for the resume comparison, and no oversubscription on a shared 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Identical kernels for the resume comparison, and no oversubscription on a shared 2-core box.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(world, method, **kw):

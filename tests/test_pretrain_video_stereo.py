@@ -13,14 +13,9 @@ from pretrain.sources.synth import SynthSource
 from transfer.model import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Small convolutions run fastest on one thread, and far faster than two when other
-    # processes share the cores; restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Small convolutions run fastest on one thread, and far faster than two when other
+# processes share the cores; restored afterwards.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(world, method, steps, **options):

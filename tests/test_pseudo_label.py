@@ -21,14 +21,7 @@ QUIET = {"progress": False, "log": lambda m: None}
 VIDEO_ITEMS = ["seq_000/000001", "seq_000/000002", "seq_001/000001", "seq_001/000002"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions gain nothing from a second thread, and on a busy 2-core machine the
-    # spinning OpenMP workers cost several times the work itself.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
