@@ -143,6 +143,16 @@ def _pretrain_epilog() -> str:
     return "\n".join(lines)
 
 
+def _transfer_epilog() -> str:
+    from transfer.decoders import decoder_class, list_decoders, options_help
+
+    lines = ["decoder options (--decoder-option KEY=VALUE):"]
+    for name in list_decoders():
+        lines.append(f"  {name}:")
+        lines += [f"    {line}" for line in options_help(decoder_class(name))] or ["    (none)"]
+    return "\n".join(lines)
+
+
 def _cmd_transfer(args) -> int:
     from bench.checkpoint import file_sha256, read_checkpoint_meta
     from bench.matrix import Cell, cell_config
@@ -355,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(fn=_cmd_pseudo_label)
 
     t = sub.add_parser("transfer", help="train and evaluate one segmentation transfer cell", description=
-                       "Fine-tunes or probes a checkpoint on a seeded few-shot split and writes OUT/record.json.")
+                       "Fine-tunes or probes a checkpoint on a seeded few-shot split and writes OUT/record.json.",
+                       epilog=_transfer_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--checkpoint", required=True, help="harness checkpoint (.safetensors), or 'none' for random init")
     t.add_argument("--arch", help="backbone for --checkpoint none")
     t.add_argument("--name", help="backbone name in the record (default: the checkpoint's folder name)")

@@ -8,11 +8,20 @@ from bench.cli import build_parser, main
 from bench.checkpoint import load_checkpoint
 
 
-@pytest.mark.parametrize("verb", [["run"], ["pretrain"], ["transfer"], ["aggregate"], ["data"], ["data", "synth"]])
+@pytest.mark.parametrize("verb", [["run"], ["submit"], ["convert"], ["status"], ["pretrain"], ["pseudo-label"],
+                                  ["transfer"], ["aggregate"], ["cka"], ["data"], ["data", "synth"], ["data", "inspect"]])
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as done:
         build_parser().parse_args(verb + ["--help"])
     assert done.value.code == 0 and "usage: bench" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verb, listed", [("pretrain", "head_init_std=0.5"), ("transfer", "output_stride=16"),
+                                          ("transfer", "num_queries=100")])
+def test_help_lists_each_plugins_options_with_defaults(verb, listed, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([verb, "--help"])
+    assert listed in capsys.readouterr().out
 
 
 def test_data_synth_writes_a_world_and_never_overwrites(tmp_path, capsys):

@@ -24,10 +24,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from bench.errors import UserError
+from bench.options import options_help as _options_help
+from bench.options import parse_options as _parse_options
 from bench.registry import Registry
 from bench.models.backbones import create_encoder, normalize
 from pretrain.batches import Batches
@@ -94,18 +96,9 @@ method_class = METHODS.get
 
 def parse_options(cls: type[PretrainMethod], options: dict) -> MethodOptions:
     """Validate a method's options; the first problem becomes one line."""
-    try:
-        return cls.Options(**options)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "options"
-        known = ", ".join(cls.Options.model_fields) or "none"
-        raise UserError(f"--method {cls.name} option {where}: {err['msg']} (options: {known})") from None
+    return _parse_options(cls.Options, options, f"--method {cls.name}")
 
 
 def options_help(cls: type[PretrainMethod]) -> list[str]:
     """One line per option: name, default, description (for --help and the README)."""
-    lines = []
-    for key, field in cls.Options.model_fields.items():
-        lines.append(f"{key}={field.default!r}: {field.description or ''}".rstrip(": "))
-    return lines
+    return _options_help(cls.Options)

@@ -39,10 +39,12 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from bench.errors import UserError
+from bench.options import options_help as _options_help
+from bench.options import parse_options
 from bench.registry import Registry
 
 
@@ -121,15 +123,8 @@ def parse_decoder_options(name: str, options: dict | None) -> DecoderOptions:
     _, arg = split_decoder_name(name)
     if arg is not None:
         options.setdefault("spec", arg)  # a resolved path given as an option wins over the name's text
-    try:
-        return cls.Options(**options)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "options"
-        known = ", ".join(k for k in cls.Options.model_fields if k != "spec") or "none"
-        raise UserError(f"decoder {name} option {where}: {err['msg']} (options: {known})") from None
+    return parse_options(cls.Options, options, f"decoder {name}", hidden=("spec",))
 
 
 def options_help(cls: type[SegmentationDecoder]) -> list[str]:
-    return [f"{k}={f.default!r}: {f.description or ''}".rstrip(": ")
-            for k, f in cls.Options.model_fields.items() if k != "spec"]
+    return _options_help(cls.Options, hidden=("spec",))
