@@ -76,7 +76,7 @@ def resolve_preset(protocol: str, decoder: str, *layers: dict[str, dict]) -> Opt
     family = decoder.split(":", 1)[0]
     fields: dict = {}
     for source in (BUILTIN_PRESETS, *layers):
-        for key in (protocol, f"{protocol}/{family}", f"{protocol}/{decoder}"):
+        for key in dict.fromkeys((protocol, f"{protocol}/{family}", f"{protocol}/{decoder}")):
             entry = source.get(key)
             if entry:
                 fields.update({k: v for k, v in dict(entry).items() if v is not None})

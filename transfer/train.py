@@ -36,14 +36,6 @@ RECORD_SCHEMA = 1
 FINAL_WEIGHTS = "final.safetensors"  # written when the config asks to keep weights
 
 
-def optimizer_preset(config: dict) -> OptimizerPreset:
-    """The cell's optimiser settings; configs written before presets had lr/encoder_lr_mult/weight_decay."""
-    if "optim" in config:
-        return OptimizerPreset(**config["optim"])
-    return OptimizerPreset(lr=config["lr"], encoder_lr_mult=config.get("encoder_lr_mult", 1.0),
-                           weight_decay=config.get("weight_decay", 1e-4), warmup_steps=config.get("warmup_steps"))
-
-
 def pick_device(requested: str | None) -> torch.device:
     if requested in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -147,7 +139,7 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log, device=None) -
         decoder_options["spec"] = config["decoder_spec"]
     model, init_info = build_model(cell["arch"], checkpoint, cell["decoder"], config.get("init", "auto"),
                                    data.num_classes, decoder_options)
-    preset = optimizer_preset(config)
+    preset = OptimizerPreset(**config["optim"])  # resolved by cell_config (bench.matrix)
     groups = param_groups(model, cell["protocol"], preset.lr, preset.encoder_lr_mult)
     model.to(device)
     if device.type == "cuda":
