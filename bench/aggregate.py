@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from bench.atomic import write_text_atomic
-from bench.errors import UserError
-from bench.records import iter_records
+from bench.core.atomic import write_text_atomic
+from bench.core.errors import UserError
+from bench.core.records import iter_records
 
 CELL = ["backbone", "method", "arch", "dataset", "protocol", "decoder", "init", "train_size"]
 COMPARISON = ["dataset", "protocol", "decoder", "init", "train_size"]
@@ -149,7 +149,7 @@ def write_reports(results_dir, baseline: str | None = None, plots: bool = True) 
     if plots:
         from bench.plots import write_all
 
-        from bench.similarity import pretrained_vs_finetuned
+        from bench.layer_cka import pretrained_vs_finetuned
 
         figures = write_all(board, df, results_dir / "plots", order)
         figures += [p for p in pretrained_vs_finetuned(results_dir, df) if p.suffix in (".png", ".svg")]

@@ -74,7 +74,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 __all__ = [
     "CKAInputError",

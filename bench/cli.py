@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from bench import __version__
-from bench.errors import UserError
+from bench.core.version import __version__
+from bench.core.errors import UserError
 from transfer.datasets import list_datasets
 
 
@@ -62,7 +62,7 @@ def _cmd_convert(args) -> int:
 
 
 def _cmd_data_synth(args) -> int:
-    from bench.synth import render_world
+    from bench.core.synth import render_world
 
     out = Path(args.out)
     if out.exists():
@@ -90,7 +90,7 @@ def _key_values(pairs: list[str] | None, flag: str) -> dict:
 
 
 def _cmd_pretrain(args) -> int:
-    from bench.models.backbones import backbone_spec
+    from bench.core.models.backbones import backbone_spec
     from pretrain.api import LAST_GOOD_NAME, run_pretrain
     from pretrain.loop import Diverged
 
@@ -118,7 +118,7 @@ def _cmd_pretrain(args) -> int:
 
 
 def _cmd_pseudo_label(args) -> int:
-    from bench.sizes import parse_size
+    from bench.core.sizes import parse_size
     from pretrain.pseudo_label import run_pseudo_label
 
     root = Path(args.root).resolve()
@@ -154,7 +154,7 @@ def _transfer_epilog() -> str:
 
 
 def _cmd_transfer(args) -> int:
-    from bench.checkpoint import file_sha256, read_checkpoint_meta
+    from bench.core.checkpoint import file_sha256, read_checkpoint_meta
     from bench.matrix import Cell, cell_config
     from transfer.data import dataset_settings
     from transfer.decoders import split_decoder_name
@@ -213,7 +213,7 @@ def _cmd_data_inspect(args) -> int:
 def _cmd_cka(args) -> int:
     import pandas as pd
 
-    from bench.similarity import dataset_batches, layer_cka, load_encoder, write_cka
+    from bench.layer_cka import dataset_batches, layer_cka, load_encoder, write_cka
     from transfer.data import dataset_settings
 
     if (args.b is None) != args.within:

@@ -13,8 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bench.errors import UserError
-from bench.models.backbones import is_known_arch, list_backbones
+from bench.core.errors import UserError
+from bench.core.models.backbones import is_known_arch, list_backbones
 from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
 from transfer.protocols import PresetOverride
 
@@ -85,7 +85,7 @@ class PretrainSpec(_Strict):
 
     @model_validator(mode="after")
     def _valid_settings(self):
-        from bench.sizes import parse_size
+        from bench.core.sizes import parse_size
         from pretrain.methods import method_class, parse_options
 
         try:
@@ -365,10 +365,10 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
             b.pretrain.root = resolve(b.pretrain.root)
             if not b.pretrain.root.is_dir():
                 raise UserError(f"{path}: backbones[{i}].pretrain.root: folder not found: {b.pretrain.root}")
-        if b.pretrain is not None and b.pretrain.init is not None:
-            b.pretrain.init = resolve(b.pretrain.init)
-            if not b.pretrain.init.is_file():
-                raise UserError(f"{path}: backbones[{i}].pretrain.init: file not found: {b.pretrain.init}")
+        if b.pretrain is not None and b.pretrain.warm_start is not None:
+            b.pretrain.warm_start = resolve(b.pretrain.warm_start)
+            if not b.pretrain.warm_start.is_file():
+                raise UserError(f"{path}: backbones[{i}].pretrain.warm_start: file not found: {b.pretrain.warm_start}")
         if b.pretrain is not None:
             for key in PATH_OPTIONS:  # folder options of a method, relative to the manifest like every path
                 if isinstance(b.pretrain.options.get(key), str):

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from bench.manifest import Manifest
-from bench.records import fingerprint
+from bench.core.records import fingerprint
 from transfer.decoders import decoder_class, decoder_slug, parse_decoder_options
 
 

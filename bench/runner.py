@@ -16,13 +16,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.aggregate import where, write_reports
-from bench.checkpoint import file_sha256, read_checkpoint_meta
-from bench.errors import UserError, one_line
+from bench.core.checkpoint import file_sha256, read_checkpoint_meta
+from bench.core.errors import UserError, one_line
 from bench.executors import Job, make_executor
 from bench.manifest import Manifest, SynthWorld, load_manifest
 from bench.matrix import Cell, cell_config, expand
-from bench.records import fingerprint, is_finished, write_json_atomic
-from bench.submit import import_backbone
+from bench.core.records import fingerprint, is_finished, write_json_atomic
+from bench.importers.cache import import_backbone
 from pretrain.loop import Diverged
 from transfer.data import publish_splits
 
@@ -40,7 +40,7 @@ def world_fingerprint(world: SynthWorld) -> str:
 
 def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
     """The generated world for these parameters, rendered on first use (atomically)."""
-    from bench.synth import render_world
+    from bench.core.synth import render_world
 
     path = out_dir / "data" / f"synth-{world_id[:12]}"
     if not (path / "meta.json").is_file():

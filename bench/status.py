@@ -24,8 +24,8 @@ import socket
 from collections import Counter
 from pathlib import Path
 
-from bench.errors import UserError
-from bench.records import read_json
+from bench.core.errors import UserError
+from bench.core.records import read_json
 
 MARKER = "running.json"
 ORDER = ["done", "diverged", "running", "interrupted", "failed", "skipped", "pending"]
@@ -60,7 +60,7 @@ def _slurm_state(cell_dir: Path) -> str | None:
     if not (cell_dir / "slurm.json").is_file():
         return None
     try:
-        from bench.executor_slurm import job_state
+        from bench.executors.slurm import job_state
     except ImportError:
         return None
     return job_state(cell_dir)

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from bench.cka import CKAAccumulator, layer_hooks, layer_presets
-from bench.models.backbones import create_encoder
+from bench.core.models.backbones import create_encoder
 
 
 def _encoder(arch: str, seed: int, device: torch.device) -> torch.nn.Module:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def _run(args, root: Path, out: Path, cached: bool) -> tuple[float, dict]:
-    from bench.checkpoint import file_sha256, read_checkpoint_meta
+    from bench.core.checkpoint import file_sha256, read_checkpoint_meta
     from bench.matrix import Cell, cell_config
     from transfer.data import dataset_settings
     from transfer.protocols import decoder_for, resolve_preset
@@ -60,7 +60,7 @@ def main() -> None:
         tmp = Path(tmp)
         root = Path(args.root) if args.root else None
         if root is None:
-            from bench.synth import render_world
+            from bench.core.synth import render_world
 
             root = render_world(tmp / "world", sequences=6, frames=12, height=96, width=320, seed=0,
                                 crops_per_class=4)

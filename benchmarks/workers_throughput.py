@@ -19,8 +19,8 @@ import time
 def _steps_per_s(arch: str, threads: int, steps: int, size: tuple[int, int], batch: int) -> float:
     import torch
 
-    from bench.models.backbones import create_encoder
-    from bench.models.unet_decoder import UNetDecoder
+    from bench.core.models.backbones import create_encoder
+    from bench.core.models.unet_decoder import UNetDecoder
 
     torch.set_num_threads(threads)
     enc = create_encoder(arch)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from bench.checkpoint import read_checkpoint_meta, save_checkpoint
-from bench.errors import UserError
-from bench.records import fingerprint, write_json_atomic
-from pretrain.init import initialise
+from bench.core.checkpoint import read_checkpoint_meta, save_checkpoint
+from bench.core.errors import UserError
+from bench.core.records import fingerprint, write_json_atomic
+from pretrain.warm_start import initialise
 from pretrain.loop import Diverged, train
 from pretrain.methods import method_class
 from pretrain.sources import open_source
@@ -34,8 +34,8 @@ def resolve_config(config: dict) -> dict:
     fingerprint: None-valued keys dropped, sizes as [H, W], the method's options validated and
     completed with their defaults, and the content hash of an `init` file added (a different
     file under the same name is a different training)."""
-    from bench.checkpoint import file_sha256
-    from bench.sizes import parse_size
+    from bench.core.checkpoint import file_sha256
+    from bench.core.sizes import parse_size
     from pretrain.methods import parse_options
 
     cls = method_class(config["method"])  # unknown method: one line before anything else

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from pretrain.sources.base import PretrainSource
 
 CACHE_BYTES = 1 << 30

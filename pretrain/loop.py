@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-from bench.atomic import write_bytes_atomic
-from bench.augment import step_generator
-from bench.progress import bar as progress_bar
+from bench.core.atomic import write_bytes_atomic
+from bench.core.seeding import step_generator
+from bench.core.progress import bar as progress_bar
 
 
 class Diverged(RuntimeError):

@@ -29,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench import __version__
-from bench.atomic import write_bytes_atomic, write_text_atomic
-from bench.checkpoint import file_sha256, load_checkpoint, load_encoder_weights
-from bench.errors import UserError
-from bench.models.backbones import IMAGENET_MEAN, IMAGENET_STD, create_encoder, normalize
-from bench.models.unet_decoder import UNetDecoder
-from bench.progress import bar as progress_bar
+from bench.core.version import __version__
+from bench.core.atomic import write_bytes_atomic, write_text_atomic
+from bench.core.checkpoint import file_sha256, load_checkpoint, load_encoder_weights
+from bench.core.errors import UserError
+from bench.core.models.backbones import IMAGENET_MEAN, IMAGENET_STD, create_encoder, normalize
+from bench.core.models.unet_decoder import UNetDecoder
+from bench.core.progress import bar as progress_bar
 from pretrain.batches import _image_tensor, _resize_image
 from pretrain.sources.base import PretrainSource, open_source
 

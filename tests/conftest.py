@@ -28,7 +28,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
-    from bench.synth import render_world
+    from bench.core.synth import render_world
 
     return render_world(tmp_path_factory.mktemp("world") / "synth", **TINY_WORLD)
 

@@ -8,7 +8,7 @@ import pytest
 
 from bench.aggregate import t_interval, write_reports
 from bench.cli import main
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 CLASSES = ["road", "car"]
 

@@ -1,6 +1,6 @@
 import pytest
 
-from bench.atomic import atomic_path, write_text_atomic
+from bench.core.atomic import atomic_path, write_text_atomic
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

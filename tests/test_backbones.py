@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.checkpoint import load_encoder_weights
-from bench.errors import UserError
-from bench.models.backbones import backbone_spec, create_encoder, list_backbones
-from bench.models.unet_decoder import UNetDecoder
-from bench.models.vit import default_blocks, resample_tokens
+from bench.core.checkpoint import load_encoder_weights
+from bench.core.errors import UserError
+from bench.core.models.backbones import backbone_spec, create_encoder, list_backbones
+from bench.core.models.unet_decoder import UNetDecoder
+from bench.core.models.vit import default_blocks, resample_tokens
 
 TINY_VIT = "vit_tiny_patch16_224"
 # Not a multiple of 14, 16 or 32 in either direction: padding and ceil rounding are exercised.

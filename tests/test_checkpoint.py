@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from bench.checkpoint import (load_checkpoint, load_encoder_weights, read_checkpoint_meta, save_checkpoint,
+from bench.core.checkpoint import (load_checkpoint, load_encoder_weights, read_checkpoint_meta, save_checkpoint,
                               state_sha256)
-from bench.errors import UserError
-from bench.models.backbones import create_encoder
+from bench.core.errors import UserError
+from bench.core.models.backbones import create_encoder
 
 META = {"arch": "resnet10t", "method": "test", "data": {}, "steps": 1, "seed": 0,
         "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}}

@@ -21,7 +21,7 @@ from bench.cka import (
     minibatch_cka,
     reduce_spatial,
 )
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 # ---------------------------------------------------------------------------------------------
 # Literal references
@@ -351,7 +351,7 @@ def test_reduce_spatial_modes():
 
 
 def test_resnet_presets_on_harness_encoders():
-    from bench.models.backbones import create_encoder
+    from bench.core.models.backbones import create_encoder
 
     enc = create_encoder("resnet18")
     assert layer_presets(enc, "stages") == ["act1", "layer1", "layer2", "layer3", "layer4"]
@@ -379,7 +379,7 @@ def test_vit_blocks_preset():
 
 
 def test_unknown_preset_and_names_are_one_line_user_errors():
-    from bench.models.backbones import create_encoder
+    from bench.core.models.backbones import create_encoder
 
     enc = create_encoder("resnet10t")
     with pytest.raises(UserError) as err:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from bench.cli import build_parser, main
-from bench.checkpoint import load_checkpoint
+from bench.core.checkpoint import load_checkpoint
 
 
 @pytest.mark.parametrize("verb", [["run"], ["submit"], ["convert"], ["status"], ["pretrain"], ["pseudo-label"],

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.augment import step_generator
-from bench.errors import UserError
+from bench.core.seeding import step_generator
+from bench.core.errors import UserError
 from transfer.data import EvalImages, TrainImages, dataset_settings, random_crop, target_size
-from bench.sizes import parse_size
+from bench.core.sizes import parse_size
 from transfer.datasets.base import Sample, SegmentationDataset
 from transfer.splits import few_shot_stems
 from transfer.train import evaluate

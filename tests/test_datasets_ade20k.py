@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from fixtures.ade20k import build_ade20k
 from transfer.datasets import open_dataset
 from transfer.datasets.ade20k import ADE20K

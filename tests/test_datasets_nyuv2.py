@@ -10,7 +10,7 @@ import pytest
 import scipy.io
 from fixtures.nyuv2 import H, NAMES_13, NAMES_40, PAINT, W, build_nyuv2, image, map_class
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from transfer.datasets import list_datasets, open_dataset
 from transfer.datasets import nyuv2 as module
 from transfer.datasets.base import Sample, Transforms

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from fixtures.voc import AUG_LISTS, build_voc, write_jpg, write_png
 from transfer.datasets import open_dataset
 from transfer.datasets.base import Transforms

@@ -32,8 +32,8 @@ except ImportError as exc:
         raise ImportError('BENCH_REQUIRE_RAY=1 but Ray cannot be imported: pip install -e ".[ray]"') from exc
     pytest.skip("ray is not installed (the `ray` extra)", allow_module_level=True)
 
-from bench.executor_ray import RayExecutor, _rewrite
-from bench.executors import Job
+from bench.executors.ray import RayExecutor, _rewrite
+from bench.executors.job import Job
 from bench.manifest import RaySpec
 from bench.runner import _transfer_job, run_manifest
 
@@ -264,13 +264,13 @@ def test_a_killed_worker_is_retried_by_ray(ray_local, local_run, tmp_path):
 
 
 def _raises() -> None:
-    from bench.errors import UserError
+    from bench.core.errors import UserError
 
     raise UserError("bad input")
 
 
 def test_job_errors_come_back_as_the_jobs_own_exception(ray_local, tmp_path):
-    from bench.errors import UserError
+    from bench.core.errors import UserError
 
     for shared in (True, False):
         executor = RayExecutor(RaySpec(shared_fs=shared), out_dir=tmp_path)

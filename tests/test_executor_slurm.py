@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 # Light imports only at module level: each job subprocess imports this module to unpickle its function.
-from bench.errors import UserError
-from bench.executors import Job
+from bench.core.errors import UserError
+from bench.executors.job import Job
 
 HERE = Path(__file__).resolve().parent
 
@@ -90,7 +90,7 @@ def test_missing_submitit_is_one_user_error(tmp_path, monkeypatch):
 
 
 def test_preemption_requeues_the_job_and_it_completes(submitit, tmp_path):
-    from bench.executor_slurm import SlurmExecutor
+    from bench.executors.slurm import SlurmExecutor
     from bench.manifest import SlurmSpec
 
     out = tmp_path / "cell"
@@ -113,7 +113,7 @@ def test_preemption_requeues_the_job_and_it_completes(submitit, tmp_path):
 
 
 def test_a_job_past_max_requeues_fails(submitit, tmp_path):
-    from bench.executor_slurm import SlurmExecutor
+    from bench.executors.slurm import SlurmExecutor
     from bench.manifest import SlurmSpec
 
     out = tmp_path / "cell"
@@ -131,7 +131,7 @@ def test_a_job_past_max_requeues_fails(submitit, tmp_path):
 
 
 def test_no_wait_submits_once_then_collects(submitit, tmp_path):
-    from bench.executor_slurm import SlurmExecutor, job_state
+    from bench.executors.slurm import SlurmExecutor, job_state
     from bench.manifest import SlurmSpec
 
     spec = SlurmSpec(cluster="local", wait=False)
@@ -168,13 +168,13 @@ def test_no_wait_submits_once_then_collects(submitit, tmp_path):
 
 
 def _alive(job_id: str) -> bool:
-    from bench.executor_slurm import _pid_alive
+    from bench.executors.slurm import _pid_alive
 
     return _pid_alive(int(job_id))
 
 
 def test_a_job_that_dies_is_one_failure_naming_its_log(submitit, tmp_path):
-    from bench.executor_slurm import SlurmExecutor, SlurmJobFailed
+    from bench.executors.slurm import SlurmExecutor, SlurmJobFailed
     from bench.manifest import SlurmSpec
 
     job = Job(_die, {}, name="cell", out_dir=tmp_path / "cell")
@@ -184,7 +184,7 @@ def test_a_job_that_dies_is_one_failure_naming_its_log(submitit, tmp_path):
 
 def test_job_errors_keep_their_type(submitit, tmp_path):
     """The runner does not retry a UserError: the type must survive the trip through submitit."""
-    from bench.executor_slurm import SlurmExecutor
+    from bench.executors.slurm import SlurmExecutor
     from bench.manifest import SlurmSpec
 
     job = Job(_raise_user_error, {}, name="cell", out_dir=tmp_path / "cell")
@@ -195,7 +195,7 @@ def test_job_errors_keep_their_type(submitit, tmp_path):
 
 def test_sbatch_script_carries_the_spec_and_resources(submitit, tmp_path, monkeypatch):
     """No Slurm here: check the script submitit would give sbatch."""
-    from bench.executor_slurm import SlurmExecutor
+    from bench.executors.slurm import SlurmExecutor
     from bench.manifest import SlurmSpec
 
     with pytest.raises(UserError, match="no srun here"):
@@ -291,7 +291,7 @@ def _cell_preempted_after_first_state(config: dict, out_dir: str, marker: str):
 
 
 def test_a_preempted_cell_resumes_from_its_in_cell_state(submitit, tiny_world, tmp_path):
-    from bench.executor_slurm import SlurmExecutor
+    from bench.executors.slurm import SlurmExecutor
     from bench.manifest import SlurmSpec
     from bench.matrix import Cell, cell_config
     from transfer.data import dataset_settings

@@ -1,6 +1,6 @@
 """Photometric losses and view-synthesis geometry, checked by hand and against the generated world.
 
-Conventions of the generated world (bench/synth/scene.py, render.py, writer.py), which the
+Conventions of the generated world (bench/core/synth/scene.py, render.py, writer.py), which the
 geometry module shares:
 - camera axes are OpenCV's: x right, y down, z forward; depth maps hold the z coordinate;
 - the world frame is the first camera's unrotated frame (y down, the road at y = +1.5);
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.synth import load_meta, read_frame
+from bench.core.synth import load_meta, read_frame
 from pretrain.geometry import backproject, flow_warp, inverse_warp, pose_from_axisangle, project
 from pretrain.photometric import C1, C2, edge_aware_smoothness, photometric_error, ssim
 

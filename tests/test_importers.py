@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from bench.checkpoint import file_sha256, load_checkpoint, save_checkpoint
+from bench.core.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from bench.importers import convert, detect_format, read_foreign, validate
-from bench.models.backbones import create_encoder, list_backbones
-from bench.models.unet_decoder import UNetDecoder
+from bench.core.models.backbones import create_encoder, list_backbones
+from bench.core.models.unet_decoder import UNetDecoder
 from tests.fixtures import checkpoint_formats as cf
 from tests.fixtures import one_line_error
 

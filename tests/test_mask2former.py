@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from transfer.data import dataset_settings, open_transfer_data
 from transfer.decoders import decoder_class, parse_decoder_options
 from transfer.model import build_model

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from bench.metrics import ConfusionMatrix
+from bench.core.metrics import ConfusionMatrix
 
 
 def test_hand_computed_example():
@@ -59,7 +59,7 @@ def test_worked_example_where_the_three_conventions_disagree():
     truth 0 -> pred 0 four times and pred 2 once; truth 1 -> pred 1 once."""
     from torchmetrics.functional.classification import multiclass_jaccard_index
 
-    from bench.metrics import segmentation_metrics
+    from bench.core.metrics import segmentation_metrics
 
     a_t, a_p = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 0, 1])
     b_t, b_p = torch.tensor([0, 0]), torch.tensor([0, 2])

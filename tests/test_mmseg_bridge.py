@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from transfer.decoders import mmseg as bridge
 from transfer.model import build_model
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import pretrain.methods.depth_supervised as ds
-from bench.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from bench.core.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from bench.cli import main
-from bench.errors import UserError
-from bench.models.backbones import create_encoder
+from bench.core.errors import UserError
+from bench.core.models.backbones import create_encoder
 from pretrain.api import LAST_GOOD_NAME, build_method, run_pretrain
 from pretrain.loop import Diverged
 
@@ -113,7 +113,7 @@ def test_isolated_nonfinite_steps_are_skipped_counted_and_leave_weights_alone(ti
 
 def test_bad_step_does_not_move_the_weights(tiny_world, monkeypatch):
     from pretrain.loop import train
-    from bench.checkpoint import state_sha256
+    from bench.core.checkpoint import state_sha256
     import tempfile
     from pathlib import Path
 
@@ -266,7 +266,7 @@ def test_the_same_config_trained_twice_gives_the_same_file(tiny_world, tmp_path)
     # config must not change it, or every dependent cell would look stale.
     import shutil
 
-    from bench.checkpoint import file_sha256
+    from bench.core.checkpoint import file_sha256
 
     moved = tmp_path / "elsewhere" / "synth"
     shutil.copytree(tiny_world, moved)

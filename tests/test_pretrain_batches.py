@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from pretrain.batches import Batches
 from pretrain.sources import open_source
 from pretrain.sources.base import PretrainSource

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import pretrain.methods.contrastive as moco
-from bench.checkpoint import load_checkpoint
-from bench.errors import UserError
+from bench.core.checkpoint import load_checkpoint
+from bench.core.errors import UserError
 from pretrain.api import build_method, run_pretrain
 from pretrain.methods.mae import patch_mask, rectangle_mask
-from pretrain.views import moco_v2_view
+from pretrain.moco_views import moco_v2_view
 from transfer.model import build_model
 
 QUIET = {"progress": False, "log": lambda m: None}

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.checkpoint import load_checkpoint
-from bench.errors import UserError
+from bench.core.checkpoint import load_checkpoint
+from bench.core.errors import UserError
 from fixtures.pretrain_layouts import (
     CS_CAMERA, IMAGENET, KITTI_ANNOTATED_PIXEL, KITTI_DRIVES, NYU_H, NYU_N, NYU_W, VIDEO_H, VIDEO_W,
     build_cityscapes_seq, build_image_folder, build_kitti_raw, build_nyuv2_depth, build_video_folder, kitti_projection,

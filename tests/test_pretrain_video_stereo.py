@@ -6,8 +6,8 @@ import csv
 import pytest
 import torch
 
-from bench.checkpoint import load_checkpoint
-from bench.errors import UserError
+from bench.core.checkpoint import load_checkpoint
+from bench.core.errors import UserError
 from pretrain.api import build_method, run_pretrain
 from pretrain.sources.synth import SynthSource
 from transfer.model import build_model

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import pretrain.pseudo_label as pl
-from bench.checkpoint import load_checkpoint, save_checkpoint
-from bench.errors import UserError
-from bench.models.backbones import create_encoder
+from bench.core.checkpoint import load_checkpoint, save_checkpoint
+from bench.core.errors import UserError
+from bench.core.models.backbones import create_encoder
 from pretrain.api import build_method, run_pretrain
 from pretrain.pseudo_label import PseudoLabelled, run_pseudo_label
 from pretrain.sources import open_source

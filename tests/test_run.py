@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.cli import main
-from bench.records import read_json
+from bench.core.records import read_json
 from tests.conftest import tiny_manifest
 
 COLUMNS = ["backbone", "method", "arch", "dataset", "protocol", "decoder", "train_size", "n_seeds",

@@ -5,7 +5,7 @@ import pandas as pd
 
 from bench.cli import main
 from bench.matrix import Cell, cell_config
-from bench.similarity import pretrained_vs_finetuned
+from bench.layer_cka import pretrained_vs_finetuned
 from transfer.data import dataset_settings
 from transfer.train import run_transfer
 

@@ -91,7 +91,7 @@ def test_submissions_in_four_formats_join_the_leaderboard_without_rerunning_othe
 
 
 def create_channels(arch: str) -> list[int]:
-    from bench.models.backbones import create_encoder
+    from bench.core.models.backbones import create_encoder
 
     return create_encoder(arch).channels
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.synth import CLASSES, IGNORE_INDEX, MAX_DEPTH, PALETTE, load_meta, read_frame, read_scene, render_world
-from bench.synth import writer
+from bench.core.synth import CLASSES, IGNORE_INDEX, MAX_DEPTH, PALETTE, load_meta, read_frame, read_scene, render_world
+from bench.core.synth import writer
 
 SEQS, FRAMES, H, W, CROPS, CROP = 2, 3, 48, 144, 3, 32
 CAR, SKY = CLASSES.index("car"), CLASSES.index("sky")
@@ -98,7 +98,7 @@ def test_layout_and_meta(world):
 
 def test_colours_stay_in_range():
     # an out-of-range colour would wrap around in the uint8 conversion (white cloud → yellow)
-    from bench.synth.textures import sky_color
+    from bench.core.synth.textures import sky_color
 
     d = np.random.default_rng(0).normal(size=(20000, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)

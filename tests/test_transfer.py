@@ -2,9 +2,9 @@ import pytest
 import torch
 import transfer.train as train_mod
 
-from bench.checkpoint import load_checkpoint, state_sha256
-from bench.errors import UserError
-from bench.records import fingerprint
+from bench.core.checkpoint import load_checkpoint, state_sha256
+from bench.core.errors import UserError
+from bench.core.records import fingerprint
 from transfer.data import dataset_settings
 from transfer.model import build_model
 from transfer.train import run_transfer
@@ -124,7 +124,7 @@ def test_a_state_of_another_config_is_ignored(tiny_world, tmp_path):
 
 @pytest.mark.parametrize("protocol", ["full", "linear"])
 def test_a_two_process_gloo_ddp_cell_writes_one_record(tiny_world, tiny_depth_ckpt, tmp_path, protocol):
-    from bench.records import fingerprint
+    from bench.core.records import fingerprint
 
     config = _config(tiny_world, tiny_depth_ckpt, protocol, decoder="linear" if protocol == "linear" else "monodepth2")
     config = {k: v for k, v in config.items() if k not in ("fingerprint", "dataset_root", "checkpoint")}

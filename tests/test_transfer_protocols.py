@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import transfer.train as train_mod
-from bench.checkpoint import load_checkpoint, state_sha256
+from bench.core.checkpoint import load_checkpoint, state_sha256
 from bench.cli import main
-from bench.errors import UserError
+from bench.core.errors import UserError
 from bench.matrix import Cell, cell_config
 from transfer.data import dataset_settings, open_transfer_data
 from transfer.decoders import decoder_slug, list_decoders, parse_decoder_options

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.atomic import atomic_path
+from bench.core.atomic import atomic_path
 
 STATE_NAME = "state.pt"
 

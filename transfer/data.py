@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.errors import UserError
-from bench.sizes import parse_size
+from bench.core.errors import UserError
+from bench.core.sizes import parse_size
 from transfer.datasets import dataset_class, open_dataset
 from transfer.datasets.base import IGNORE_INDEX, Resize, Sample, SegmentationDataset, read_pair
 from transfer.splits import few_shot_stems, split_file_name, write_stems

@@ -23,7 +23,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bench.checkpoint import Checkpoint, load_encoder_weights
-from bench.errors import UserError
-from bench.models.backbones import create_encoder, normalize
+from bench.core.checkpoint import Checkpoint, load_encoder_weights
+from bench.core.errors import UserError
+from bench.core.models.backbones import create_encoder, normalize
 from transfer.decoders import SegmentationDecoder, decoder_class, parse_decoder_options
 
 INITS = ("auto", "encoder+decoder", "encoder")

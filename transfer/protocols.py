@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from transfer.model import SegmentationModel
 
 PROTOCOLS = ("full", "frozen", "linear")

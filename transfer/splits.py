@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.atomic import write_text_atomic
-from bench.errors import UserError
+from bench.core.atomic import write_text_atomic
+from bench.core.errors import UserError
 
 
 def few_shot_stems(pool: list[str], train_size: int, seed: int, dataset: str) -> list[str]:

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench import __version__
-from bench.augment import step_generator
-from bench.checkpoint import load_checkpoint, save_checkpoint, state_sha256
-from bench.metrics import ConfusionMatrix
-from bench.progress import bar as progress_bar
-from bench.errors import UserError
-from bench.records import read_json, write_json_atomic
+from bench.core.version import __version__
+from bench.core.seeding import step_generator
+from bench.core.checkpoint import load_checkpoint, save_checkpoint, state_sha256
+from bench.core.metrics import ConfusionMatrix
+from bench.core.progress import bar as progress_bar
+from bench.core.errors import UserError
+from bench.core.records import read_json, write_json_atomic
 from transfer.cell_state import STATE_NAME, load_cell_state, save_cell_state
 from transfer.data import dataset_settings, open_transfer_data
 from transfer.distributed import all_reduce_sum, join_process_group, launched_by_torchrun, rank_and_world, spawn_cell

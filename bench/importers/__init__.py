@@ -6,7 +6,7 @@
 
 Files are read safely (`safe_load`: safetensors, or `torch.load(weights_only=True)`; never an
 unrestricted unpickle); user key maps are in `keymap`; the monodepth2 decoder layout in
-`monodepth2`. Every refusal is a `bench.errors.UserError` with one line naming the file.
+`monodepth2`. Every refusal is a `bench.core.errors.UserError` with one line naming the file.
 """
 
 from bench.importers.formats import FORMATS, Imported, detect_format, read_foreign

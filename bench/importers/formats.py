@@ -37,8 +37,8 @@ from pathlib import Path
 
 import torch
 
-from bench.checkpoint import META_KEY, load_checkpoint
-from bench.errors import UserError
+from bench.core.checkpoint import META_KEY, load_checkpoint
+from bench.core.errors import UserError
 from bench.importers.keymap import apply_key_map, load_key_map
 from bench.importers.monodepth2 import convert_depth_decoder, decoder_prefix
 from bench.importers.safe_load import json_safe, load_file, safetensors_metadata, unwrap

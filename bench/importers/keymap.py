@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 Rule = tuple[re.Pattern, str | None]
 

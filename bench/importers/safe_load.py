@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 # Allow-listed for weights_only loading: argparse.Namespace only (see the module docstring).
 SAFE_GLOBALS = [argparse.Namespace]

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from bench.checkpoint import file_sha256, load_encoder_weights, save_checkpoint
-from bench.errors import UserError
+from bench.core.checkpoint import file_sha256, load_encoder_weights, save_checkpoint
+from bench.core.errors import UserError
 from bench.importers.formats import Imported, read_foreign
 
 PROBE_SIZE = (64, 96)  # small, and not a multiple of a ViT's 14-pixel patches on purpose
@@ -48,7 +48,7 @@ def _check_finite(imported: Imported) -> None:
 
 
 def _load_encoder(imported: Imported, arch: str, allow_partial: bool):
-    from bench.models.backbones import create_encoder
+    from bench.core.models.backbones import create_encoder
 
     torch.manual_seed(0)  # tensors a partial import lacks keep a reproducible initialisation
     encoder = create_encoder(arch)
@@ -71,7 +71,7 @@ def _check_decoder(imported: Imported, encoder, notes: list[str]) -> dict | None
     meta = imported.decoder_meta or {}
     if not imported.decoder or meta.get("kind") != "monodepth2":
         return {"kind": meta.get("kind"), "tensors": len(imported.decoder)} if imported.decoder else None
-    from bench.models.unet_decoder import UNetDecoder
+    from bench.core.models.unet_decoder import UNetDecoder
 
     heads = sorted({int(k.split(".")[1]) for k in imported.decoder if k.startswith("heads.")})
     out_channels = int(imported.decoder[f"heads.{heads[0]}.1.weight"].shape[0]) if heads else 1

@@ -27,11 +27,11 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from bench.errors import UserError
-from bench.options import options_help as _options_help
-from bench.options import parse_options as _parse_options
-from bench.registry import Registry
-from bench.models.backbones import create_encoder, normalize
+from bench.core.errors import UserError
+from bench.core.options import options_help as _options_help
+from bench.core.options import parse_options as _parse_options
+from bench.core.registry import Registry
+from bench.core.models.backbones import create_encoder, normalize
 from pretrain.batches import Batches
 from pretrain.sources.base import PretrainSource
 

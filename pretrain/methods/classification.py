@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from bench.augment import flip_batch
+from bench.core.seeding import flip_batch
 from pretrain.methods.base import MethodOptions, PretrainMethod, register_method
 
 

@@ -1,6 +1,6 @@
 """Contrastive pre-training: MoCo v2 (Chen, Fan, Girshick, He 2020).
 
-Two augmented views of each image (`pretrain.views`): the query goes through the encoder and an
+Two augmented views of each image (`pretrain.moco_views`): the query goes through the encoder and an
 MLP projection head (last level, global average pooled → 512 → ReLU → 128), the key through
 momentum copies of both, and InfoNCE (temperature 0.2) asks each query to pick its own key
 among the keys of earlier batches held in a queue.
@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
-from bench.errors import UserError
-from bench.models.backbones import normalize
+from bench.core.errors import UserError
+from bench.core.models.backbones import normalize
 from pretrain.methods.base import MethodOptions, PretrainMethod, register_method
-from pretrain.views import moco_v2_view
+from pretrain.moco_views import moco_v2_view
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperature: float):

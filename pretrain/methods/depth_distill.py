@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from pretrain.losses import scale_and_shift_invariant_loss
 from pretrain.methods.base import parse_options, register_method
 from pretrain.methods.depth_video import DepthVideo

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from pretrain.geometry import inverse_warp
 from pretrain.methods.base import register_method
 from pretrain.methods.depth_video import SelfSupervisedDepth, as_float

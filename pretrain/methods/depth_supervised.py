@@ -13,8 +13,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from bench.augment import flip_batch
-from bench.models.unet_decoder import UNetDecoder
+from bench.core.seeding import flip_batch
+from bench.core.models.unet_decoder import UNetDecoder
 from pretrain.losses import scale_invariant_log_loss
 from pretrain.methods.base import MethodOptions, PretrainMethod, register_method
 

@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bench.errors import UserError
-from bench.models.unet_decoder import UNetDecoder
+from bench.core.errors import UserError
+from bench.core.models.unet_decoder import UNetDecoder
 from pretrain.geometry import inverse_warp, pose_from_axisangle
 from pretrain.methods.base import MethodOptions, PretrainMethod, register_method
-from pretrain.nets import IntrinsicsHead, PoseNet, disp_to_depth
+from pretrain.pose_nets import IntrinsicsHead, PoseNet, disp_to_depth
 from pretrain.photometric import edge_aware_smoothness, photometric_error
 
 # Monodepth2's depth floor: the sigmoid disparity spans [1/max_depth, 1/MIN_DEPTH].

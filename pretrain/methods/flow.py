@@ -37,8 +37,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from bench.augment import flip_batch
-from bench.models.unet_decoder import UNetDecoder
+from bench.core.seeding import flip_batch
+from bench.core.models.unet_decoder import UNetDecoder
 from pretrain.geometry import flow_warp
 from pretrain.methods.base import MethodOptions, PretrainMethod, register_method
 from pretrain.photometric import edge_aware_smoothness, photometric_error

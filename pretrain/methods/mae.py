@@ -27,8 +27,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from bench.augment import flip_batch
-from bench.models.unet_decoder import UNetDecoder
+from bench.core.seeding import flip_batch
+from bench.core.models.unet_decoder import UNetDecoder
 from pretrain.methods.base import MethodOptions, PretrainMethod, register_method
 
 # Side lengths of one inpainting rectangle, as fractions of the image's height / width: large

@@ -29,8 +29,8 @@ from typing import Callable, ClassVar
 import numpy as np
 from PIL import Image
 
-from bench.errors import UserError
-from bench.registry import Registry
+from bench.core.errors import UserError
+from bench.core.registry import Registry
 
 KINDS = ("image", "depth", "video", "stereo", "label")
 

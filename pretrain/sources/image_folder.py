@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 from .base import PretrainSource, read_rgb, register_source, require_items
 

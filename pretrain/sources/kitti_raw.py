@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 from .base import PretrainSource, read_png_uint16, read_rgb, register_source, require_items
 

@@ -26,8 +26,8 @@ import h5py
 import numpy as np
 import scipy.io
 
-from bench.errors import UserError, one_line
-from bench.matfile import ProcessLocalHDF5
+from bench.core.errors import UserError, one_line
+from bench.core.matlab import ProcessLocalHDF5
 
 from .base import PretrainSource, register_source, require_items
 

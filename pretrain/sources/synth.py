@@ -12,9 +12,9 @@ import csv
 
 import numpy as np
 
-from bench.errors import UserError
-from bench.synth import load_meta
-from bench.synth.split import frame_ids, split_sequences
+from bench.core.errors import UserError
+from bench.core.synth import load_meta
+from bench.core.synth.split import frame_ids, split_sequences
 
 from .base import PretrainSource, read_rgb, register_source, require_items
 

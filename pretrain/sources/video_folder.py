@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.errors import UserError
-from bench.sizes import parse_size
+from bench.core.errors import UserError
+from bench.core.sizes import parse_size
 
 from .base import PretrainSource, read_rgb, register_source, require_items
 

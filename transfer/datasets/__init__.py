@@ -11,18 +11,8 @@ gives the registered names (the CLI and manifest values). The modules below regi
 
 from __future__ import annotations
 
-from bench.registry import Registry
-from transfer.datasets.base import IGNORE_INDEX, LabelMapping, Sample, SegmentationDataset, Transforms
-
-DATASETS: Registry[SegmentationDataset] = Registry("dataset")
-register_dataset = DATASETS.register
-list_datasets = DATASETS.names
-dataset_class = DATASETS.get
-
-
-def open_dataset(name: str, root, classes: int | None = None) -> SegmentationDataset:
-    return dataset_class(name)(root, classes=classes)
-
+from transfer.datasets.base import (IGNORE_INDEX, DATASETS, LabelMapping, Sample, SegmentationDataset,  # noqa: F401
+                                    Transforms, dataset_class, list_datasets, open_dataset, register_dataset)
 
 # Registration happens on import; keep this list in the README's dataset table order.
 from transfer.datasets import synth  # noqa: E402,F401

@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from bench.errors import UserError
+from bench.core.errors import UserError
+from bench.core.registry import Registry
 
 IGNORE_INDEX = 255
 
@@ -153,6 +154,16 @@ class SegmentationDataset:
             raise UserError(f"dataset {self.name}: splits {train_split} and {eval_split} share "
                             f"{len(overlap)} images (e.g. {sorted(overlap)[0]})")
         return train, evaluation
+
+
+DATASETS: Registry[SegmentationDataset] = Registry("dataset")
+register_dataset = DATASETS.register
+list_datasets = DATASETS.names
+dataset_class = DATASETS.get
+
+
+def open_dataset(name: str, root, classes: int | None = None) -> SegmentationDataset:
+    return dataset_class(name)(root, classes=classes)
 
 
 def read_pair(dataset: SegmentationDataset, sample: Sample) -> tuple[np.ndarray, np.ndarray]:

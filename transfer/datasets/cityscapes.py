@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.errors import UserError
-from transfer.datasets import register_dataset
+from bench.core.errors import UserError
+from transfer.datasets.base import register_dataset
 from transfer.datasets.base import (LabelMapping, Sample, SegmentationDataset, Transforms, read_index_png,
                                     require_dir)
 from transfer.datasets.cityscapes_labels import (LABEL_ID_TO_TRAIN_ID, TRAIN_ID_TO_TRAIN_ID, TRAIN_NAMES,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.progress import bar
+from bench.core.progress import bar
 from transfer.datasets.base import SegmentationDataset, read_pair
 
 

@@ -30,9 +30,9 @@ import h5py
 import numpy as np
 import scipy.io
 
-from bench.errors import UserError, one_line
-from bench.matfile import ProcessLocalHDF5
-from transfer.datasets import register_dataset
+from bench.core.errors import UserError, one_line
+from bench.core.matlab import ProcessLocalHDF5
+from transfer.datasets.base import register_dataset
 from transfer.datasets.base import IGNORE_INDEX, LabelMapping, Sample, SegmentationDataset, Transforms, require_file
 
 URL = "http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat"

@@ -7,10 +7,10 @@ quarter (never seen by pre-training either). Stems are `<sequence>_<frame>`.
 
 from __future__ import annotations
 
-from bench.errors import UserError
-from bench.synth import load_meta
-from bench.synth.split import frame_ids, split_sequences
-from transfer.datasets import register_dataset
+from bench.core.errors import UserError
+from bench.core.synth import load_meta
+from bench.core.synth.split import frame_ids, split_sequences
+from transfer.datasets.base import register_dataset
 from transfer.datasets.base import (IGNORE_INDEX, LabelMapping, Sample, SegmentationDataset, read_index_png,
                                     require_dir)
 

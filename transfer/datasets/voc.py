@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.errors import UserError
-from transfer.datasets import register_dataset
+from bench.core.errors import UserError
+from transfer.datasets.base import register_dataset
 from transfer.datasets.base import (IGNORE_INDEX, LabelMapping, Sample, SegmentationDataset, Transforms,
                                     read_index_png, require_dir, require_file)
 

@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from bench.errors import UserError
-from bench.options import options_help as _options_help
-from bench.options import parse_options
-from bench.registry import Registry
+from bench.core.errors import UserError
+from bench.core.options import options_help as _options_help
+from bench.core.options import parse_options
+from bench.core.registry import Registry
 
 
 class DecoderOptions(BaseModel):

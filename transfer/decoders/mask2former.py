@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from transfer.decoders.base import DecoderOptions, SegmentationDecoder, register_decoder
 
 

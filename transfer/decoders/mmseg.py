@@ -55,7 +55,7 @@ from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 from torch import nn
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 from transfer.decoders.base import DecoderOptions, SegmentationDecoder, register_decoder
 
 INSTALL_HINT = 'pip install -e ".[mmseg]"'
@@ -158,8 +158,8 @@ def _register_backbone() -> None:
 
         def __init__(self, arch: str, output_stride: int | None = None, checkpoint: str | None = None,
                      init_cfg=None):
-            from bench.checkpoint import load_checkpoint, load_encoder_weights
-            from bench.models.backbones import create_encoder
+            from bench.core.checkpoint import load_checkpoint, load_encoder_weights
+            from bench.core.models.backbones import create_encoder
 
             super().__init__(init_cfg)
             self.encoder = create_encoder(arch, **({"output_stride": output_stride} if output_stride else {}))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.models.unet_decoder import UNetDecoder
+from bench.core.models.unet_decoder import UNetDecoder
 from transfer.decoders.base import SegmentationDecoder, register_decoder
 
 

@@ -40,7 +40,7 @@ import math
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 LEVEL_STRIDES = (4, 8, 16, 32)
 OUTPUT_STRIDES = (8, 16, 32)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.errors import UserError
-from bench.models.backbones import backbone_spec, list_backbones
+from bench.core.errors import UserError
+from bench.core.models.backbones import backbone_spec, list_backbones
 
 # Monodepth2 feeds the pose net (x - 0.45) / 0.225 rather than per-channel ImageNet statistics.
 POSE_MEAN, POSE_STD = 0.45, 0.225

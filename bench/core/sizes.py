@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 def parse_size(text, what: str, allow_short_side: bool = True):

@@ -14,7 +14,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from bench.errors import UserError, one_line
+from bench.core.errors import UserError, one_line
 
 
 class ProcessLocalHDF5:

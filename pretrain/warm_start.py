@@ -22,8 +22,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from bench.checkpoint import META_KEY, load_checkpoint, load_encoder_weights
-from bench.errors import UserError
+from bench.core.checkpoint import META_KEY, load_checkpoint, load_encoder_weights
+from bench.core.errors import UserError
 
 WRAPPERS = ("state_dict", "model", "model_state_dict")
 CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.")  # ImageNet heads: not part of an encoder

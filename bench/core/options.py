@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ValidationError
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 def parse_options(model: type[BaseModel], options: dict, label: str, hidden: tuple[str, ...] = ()) -> BaseModel:

@@ -1,6 +1,6 @@
 """Run records: one JSON file per matrix cell, the single source of truth for results.
 
-Writes are atomic (`bench.atomic`), so a crash at any moment leaves either the old record or
+Writes are atomic (`bench.core.atomic`), so a crash at any moment leaves either the old record or
 the new one, never a torn one. A cell is finished when its record exists,
 parses, carries the same config fingerprint, and has a final status (`ok` or `diverged`);
 `failed` cells are retried on the next run because failures are usually environmental.
@@ -12,7 +12,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from bench.atomic import write_text_atomic
+from bench.core.atomic import write_text_atomic
 
 FINAL_STATUSES = ("ok", "diverged")
 

@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.atomic import write_text_atomic
-from bench.checkpoint import load_checkpoint, load_encoder_weights
+from bench.core.atomic import write_text_atomic
+from bench.core.checkpoint import load_checkpoint, load_encoder_weights
 from bench.cka import CKAAccumulator, layer_hooks, layer_presets
-from bench.errors import UserError
-from bench.models.backbones import create_encoder, normalize
+from bench.core.errors import UserError
+from bench.core.models.backbones import create_encoder, normalize
 
 WEIGHT_FILES = ("final.safetensors", "checkpoint.safetensors")  # a transfer cell, a pre-training
 

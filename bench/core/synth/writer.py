@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 from .classes import BASELINE, CLASSES, IGNORE_INDEX, MAX_DEPTH, PALETTE
 from .crops import crop_scenes, render_crop

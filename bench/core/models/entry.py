@@ -17,7 +17,7 @@ import importlib
 import torch
 from torch import nn
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 PREFIX = "entry:"
 

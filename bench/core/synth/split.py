@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 
 def split_sequences(meta: dict) -> dict[str, list[str]]:

@@ -33,9 +33,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
-from bench.errors import UserError
-from bench.executors import Job
-from bench.records import read_json, write_json_atomic
+from bench.core.errors import UserError
+from bench.executors.job import Job
+from bench.core.records import read_json, write_json_atomic
 
 STATE_FILE = "slurm.json"
 INSTALL_HINT = 'the slurm executor needs submitit: pip install -e ".[slurm]"'

@@ -6,7 +6,7 @@ weights load without renaming. Two families:
 - CNNs (`family="cnn"`): a `timm` model built with `features_only=True`; ResNets give five
   levels at strides 2, 4, 8, 16, 32.
 - ViTs (`family="vit"`): a timm `VisionTransformer` giving four levels at strides 4, 8, 16, 32
-  from four intermediate blocks, as Depth Anything / DPT take them (`bench.models.vit`).
+  from four intermediate blocks, as Depth Anything / DPT take them (`bench.core.models.vit`).
 
 The built module carries `channels` and `strides` per level, `feature_info`, and the input
 normalisation its weights expect, which checkpoints record. `forward(x)` takes an
@@ -28,7 +28,7 @@ from typing import Callable, Literal
 import torch
 from torch import nn
 
-from bench.errors import UserError
+from bench.core.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,7 +43,7 @@ class BackboneSpec:
     std: tuple[float, float, float] = IMAGENET_STD
     timm_kwargs: dict = field(default_factory=dict)
     family: Literal["cnn", "vit", "entry"] = "cnn"
-    # ViTs: the four blocks tapped; None derives them from the depth (`bench.models.vit.default_blocks`).
+    # ViTs: the four blocks tapped; None derives them from the depth (`bench.core.models.vit.default_blocks`).
     blocks: tuple[int, ...] | None = None
 
 
@@ -65,14 +65,14 @@ def list_backbones() -> list[str]:
 
 
 def is_known_arch(arch: str) -> bool:
-    """Registered, or user code named as `entry:MODULE:FUNCTION` (bench/models/entry.py)."""
-    from bench.models.entry import is_entry
+    """Registered, or user code named as `entry:MODULE:FUNCTION` (bench/core/models/entry.py)."""
+    from bench.core.models.entry import is_entry
 
     return arch in _REGISTRY or is_entry(arch)
 
 
 def backbone_spec(arch: str) -> BackboneSpec:
-    from bench.models.entry import is_entry
+    from bench.core.models.entry import is_entry
 
     if is_entry(arch):
         return BackboneSpec(timm_name="", family="entry")
@@ -92,11 +92,11 @@ def create_encoder(arch: str, **timm_overrides) -> nn.Module:
     spec = backbone_spec(arch)
     kwargs = {**spec.timm_kwargs, **timm_overrides}
     if spec.family == "entry":
-        from bench.models.entry import entry_encoder
+        from bench.core.models.entry import entry_encoder
 
         return entry_encoder(arch, spec.mean, spec.std, **timm_overrides)
     if spec.family == "vit":
-        from bench.models.vit import vit_encoder
+        from bench.core.models.vit import vit_encoder
 
         return vit_encoder(spec.timm_name, arch=arch, mean=spec.mean, std=spec.std, blocks=spec.blocks, **kwargs)
     if spec.out_indices is not None:

@@ -47,9 +47,9 @@ import weakref
 from pathlib import Path, PurePath
 from typing import Iterator
 
-from bench.atomic import atomic_path
-from bench.errors import UserError
-from bench.executors import Job
+from bench.core.atomic import atomic_path
+from bench.core.errors import UserError
+from bench.executors.job import Job
 
 # A Ray instance started (or cluster joined) by this module, shared by the executors alive in
 # this process; the last one to go disconnects. A Ray initialised by someone else is never shut

@@ -16,9 +16,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from bench import __version__
-from bench.atomic import atomic_path
-from bench.errors import UserError
+from bench.core.version import __version__
+from bench.core.atomic import atomic_path
+from bench.core.errors import UserError
 
 META_KEY = "depth2seg"
 REQUIRED_META = ("arch", "method", "data", "steps", "normalization", "seed", "harness_version")
