@@ -20,46 +20,26 @@ Options (`--source-option KEY=VALUE`):
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import h5py
 import numpy as np
-import scipy.io
 
-from bench.core.errors import UserError, one_line
-from bench.core.matlab import ProcessLocalHDF5
+from bench.core.errors import UserError
+from bench.core.matlab import ProcessLocalHDF5, read_nyuv2_splits
 
 from .base import PretrainSource, register_source, require_items
 
 OPTIONS = ("split",)
 LABELLED = "nyu_depth_v2_labeled.mat"
 URL = "http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat"
+META_URL = "https://github.com/ankurhanda/nyuv2-meta-data"  # splits.mat, as the segmentation dataset says
 
-
-
-def read_train_indices(path: Path) -> np.ndarray:
-    """trainNdxs of splits.mat (1-based), from MATLAB v5 (as distributed) or a v7.3 re-save."""
-    try:
-        values = scipy.io.loadmat(path, variable_names=("trainNdxs",)).get("trainNdxs")
-    except NotImplementedError:  # v7.3 is HDF5, which scipy leaves to h5py
-        try:
-            with h5py.File(path, "r") as f:
-                values = f["trainNdxs"][()] if "trainNdxs" in f else None
-        except OSError as exc:
-            raise UserError(f"{path}: unreadable MATLAB file ({one_line(exc)})") from None
-    except Exception as exc:  # noqa: BLE001 -- scipy raises all sorts on a damaged file
-        raise UserError(f"{path}: unreadable MATLAB file ({one_line(exc)})") from None
-    if values is None:
-        raise UserError(f"{path}: variable trainNdxs not found")
-    values = np.asarray(values, dtype=np.float64).ravel()
-    if values.size == 0 or not np.all(values == np.round(values)):
-        raise UserError(f"{path}: trainNdxs must be a non-empty list of whole image indices")
-    return values.astype(np.int64)
 
 
 @register_source
 class NYUv2Depth(PretrainSource):
     name = "nyuv2_depth"
+    description = "NYUv2's labelled .mat: RGB and metric depth of 1449 indoor images"
     kinds = ("image", "depth")
     option_names = OPTIONS
     default_size = (240, 320)
@@ -93,10 +73,7 @@ class NYUv2Depth(PretrainSource):
         if self.split == "all":
             indices = range(1, count + 1)
         else:
-            indices = read_train_indices(self.splits)
-            bad = indices[(indices < 1) | (indices > count)]
-            if bad.size:
-                raise UserError(f"{self.splits}: trainNdxs holds index {bad[0]}, outside 1..{count} of {LABELLED}")
+            indices = read_nyuv2_splits(self.splits, count, f"download it from {META_URL}", LABELLED)["train"]
         return require_items(sorted({f"{int(i):04d}" for i in indices}), self.path, "images")
 
     def load(self, kind: str, item_id: str) -> dict:

@@ -24,14 +24,12 @@ Default transforms: resize None, crop None, eval_resize None -- train and evalua
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import h5py
 import numpy as np
-import scipy.io
 
-from bench.core.errors import UserError, one_line
-from bench.core.matlab import ProcessLocalHDF5
+from bench.core.errors import UserError
+from bench.core.matlab import ProcessLocalHDF5, integers, read_nyuv2_splits, read_small_mat
 from transfer.datasets.base import register_dataset
 from transfer.datasets.base import IGNORE_INDEX, LabelMapping, Sample, SegmentationDataset, Transforms, require_file
 
@@ -66,54 +64,10 @@ PALETTE_40 = tuple(_voc_colour(i) for i in range(1, 41))
 
 
 
-def _load_small_mat(path: Path, names: tuple[str, ...], fix: str) -> dict:
-    """Vector variables of a small .mat: numeric ones flat, cell arrays of strings as lists of str.
-    The files are distributed as MATLAB v5; a v7.3 re-save is HDF5, which scipy refuses."""
-    require_file(path, fix)
-    try:
-        raw = scipy.io.loadmat(path, variable_names=names)
-        values = {k: _from_v5(raw[k]) for k in names if k in raw}
-    except NotImplementedError:
-        values = _load_v73(path, names, fix)
-    except Exception as exc:  # noqa: BLE001 -- scipy raises all sorts on a damaged file
-        raise UserError(f"{path}: unreadable MATLAB file ({one_line(exc)}); {fix}") from None
-    missing = [k for k in names if k not in values]
-    if missing:
-        raise UserError(f"{path}: variable {missing[0]} not found (expected {', '.join(names)}); {fix}")
-    return values
-
-
-def _from_v5(value: np.ndarray):
-    if value.dtype == object:
-        return [str(np.asarray(cell).ravel()[0]) if np.size(cell) else "" for cell in value.ravel()]
-    return value.ravel()
-
-
-def _load_v73(path: Path, names: tuple[str, ...], fix: str) -> dict:
-    try:
-        with h5py.File(path, "r") as f:
-            values = {}
-            for k in (k for k in names if k in f):
-                data = f[k][()]
-                if data.dtype == object:  # a cell array: references to uint16 char arrays
-                    values[k] = ["".join(map(chr, np.asarray(f[ref][()]).ravel())) for ref in data.ravel()]
-                else:
-                    values[k] = np.asarray(data).ravel()
-            return values
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{path}: unreadable MATLAB v7.3 file ({one_line(exc)}); {fix}") from None
-
-
-def _integers(values: np.ndarray, where: str) -> np.ndarray:
-    values = np.asarray(values)
-    if values.dtype.kind not in "iuf" or (values.dtype.kind == "f" and not np.all(values == np.round(values))):
-        raise UserError(f"{where} holds non-integer values")
-    return values.astype(np.int64)
-
-
 @register_dataset
 class NYUv2(SegmentationDataset):
     name = "nyuv2"
+    description = "NYUv2 labelled set, 40 (default) or 13 classes, official train/test split"
     splits = ("train", "test")
     train_split, eval_split = "train", "test"
     transforms = Transforms(resize=None, crop=None, eval_resize=None)
@@ -129,10 +83,10 @@ class NYUv2(SegmentationDataset):
         self._mat = ProcessLocalHDF5(self.labelled, f"re-download it from {URL}", self._check_layout)
         num_images = len(self._mat.file()["labels"])
 
-        mapping = _load_small_mat(self.root / "classMapping40.mat", ("mapClass", "className"), fix)
+        mapping = read_small_mat(self.root / "classMapping40.mat", ("mapClass", "className"), fix)
         names_40 = tuple(mapping["className"])
         where = f"{self.root / 'classMapping40.mat'}: mapClass"
-        map_class = _integers(mapping["mapClass"], where)
+        map_class = integers(mapping["mapClass"], where)
         if len(names_40) != 40 or not all(isinstance(n, str) for n in names_40):
             raise UserError(f"{self.root / 'classMapping40.mat'}: className must be a cell array of 40 names "
                             f"(found {len(names_40)} entries); {fix}")
@@ -148,18 +102,7 @@ class NYUv2(SegmentationDataset):
         table = {raw + 1: int(train_id) for raw, train_id in enumerate(to_train)}
         self.mapping = LabelMapping({0: IGNORE_INDEX, **table})
 
-        split_file = self.root / "splits.mat"
-        indices = _load_small_mat(split_file, ("trainNdxs", "testNdxs"), fix)
-        self._indices = {}
-        for split, var in (("train", "trainNdxs"), ("test", "testNdxs")):
-            idx = _integers(indices[var], f"{split_file}: {var}")
-            bad = idx[(idx < 1) | (idx > num_images)]
-            if bad.size:
-                raise UserError(f"{split_file}: {var} holds index {bad[0]}, outside 1..{num_images} of "
-                                f"{self.labelled.name}; {fix}")
-            if len(np.unique(idx)) != len(idx):
-                raise UserError(f"{split_file}: {var} lists an image twice; {fix}")
-            self._indices[split] = sorted(int(i) for i in idx)
+        self._indices = read_nyuv2_splits(self.root / "splits.mat", num_images, fix, self.labelled.name)
 
     def _check_layout(self, f: h5py.File) -> None:
         fix = f"re-download it from {URL}"
