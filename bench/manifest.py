@@ -15,13 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bench.core.errors import UserError
 from bench.core.models.backbones import is_known_arch, list_backbones
-from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
-from transfer.protocols import PresetOverride
+from transfer.api import TransferSettings
+from transfer.protocols import LINEAR_DECODER, PROTOCOLS, Protocol
 
 # Method options that name files or folders: resolved against the manifest's folder.
 PATH_OPTIONS = ("pseudo_labels",)
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-Protocol = Literal["full", "frozen", "linear"]
 
 
 class _Strict(BaseModel):
@@ -173,32 +172,26 @@ class DatasetSpec(_Strict):
             raise ValueError(str(exc)) from None
         return self
 
+    def geometry(self) -> dict:
+        """The dataset as written (name, class set, splits, sizes), for `transfer.api`."""
+        return self.model_dump(exclude={"root"})
+
     def settings(self) -> dict:
+        """The resolved data settings (the dataset's defaults filled in)."""
         from transfer.data import dataset_settings
 
-        return dataset_settings(self.name, classes=self.classes, train_split=self.train_split,
-                                eval_split=self.eval_split, resize=self.resize, crop=self.crop,
-                                eval_resize=self.eval_resize)
+        return dataset_settings(**self.geometry())
 
 
-class TransferSection(_Strict):
-    protocols: list[Protocol] = Field(default_factory=lambda: ["full", "frozen", "linear"], min_length=1)
+class TransferSection(TransferSettings):
+    """The matrix axes (protocols, decoders, train sizes, seeds) and how every cell trains
+    (`transfer.api.TransferSettings`, shared with `bench transfer`)."""
+
+    protocols: list[Protocol] = Field(default_factory=lambda: list(PROTOCOLS), min_length=1)
     # Registered decoders (README, "Decoders"); `mmseg:CONFIG` runs an MMSegmentation config.
     decoders: list[str] = Field(default_factory=lambda: ["monodepth2"], min_length=1)
-    decoder_options: dict[str, dict] = Field(default_factory=dict)  # decoder name -> its options
     train_sizes: list[int] = Field(default_factory=lambda: [16], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    init: Literal["auto", "encoder+decoder", "encoder"] = "auto"
-    steps: int = Field(300, ge=1)
-    batch_size: int = Field(8, ge=1)
-    eval_every: int = Field(50, ge=1)
-    keep_weights: bool = False  # full cells save their fine-tuned encoder (for pre-trained vs fine-tuned CKA)
-    # Layers over the built-in presets, keyed PROTOCOL or PROTOCOL/DECODER (README, "Protocols").
-    optimizer: dict[str, PresetOverride] = Field(default_factory=dict)
-    feature_cache: bool = True  # frozen and linear cells train on cached encoder features
-    feature_cache_views: int = Field(DEFAULT_VIEWS_PER_IMAGE, ge=1)  # per image, for datasets with a random crop
-    augment: bool = True  # random crop (where the dataset has one) and horizontal flips
-    state_every: int = Field(100, ge=0)  # steps between resumable in-cell states (0: never)
 
     @field_validator("train_sizes")
     @classmethod
@@ -218,21 +211,6 @@ class TransferSection(_Strict):
             except UserError as exc:
                 raise ValueError(str(exc)) from None
         return v
-
-    @field_validator("optimizer")
-    @classmethod
-    def _preset_keys(cls, v: dict) -> dict:
-        from transfer.protocols import preset_key_problem
-
-        for key in v:
-            if problem := preset_key_problem(key):
-                raise ValueError(problem)
-        return v
-
-    def preset(self, protocol: str, decoder: str):
-        from transfer.protocols import resolve_preset
-
-        return resolve_preset(protocol, decoder, {k: o.model_dump() for k, o in self.optimizer.items()})
 
 
 class Resources(_Strict):
@@ -365,10 +343,10 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
             b.pretrain.root = resolve(b.pretrain.root)
             if not b.pretrain.root.is_dir():
                 raise UserError(f"{path}: backbones[{i}].pretrain.root: folder not found: {b.pretrain.root}")
-        if b.pretrain is not None and b.pretrain.warm_start is not None:
-            b.pretrain.warm_start = resolve(b.pretrain.warm_start)
-            if not b.pretrain.warm_start.is_file():
-                raise UserError(f"{path}: backbones[{i}].pretrain.warm_start: file not found: {b.pretrain.warm_start}")
+        if b.pretrain is not None and b.pretrain.init is not None:
+            b.pretrain.init = resolve(b.pretrain.init)
+            if not b.pretrain.init.is_file():
+                raise UserError(f"{path}: backbones[{i}].pretrain.init: file not found: {b.pretrain.init}")
         if b.pretrain is not None:
             for key in PATH_OPTIONS:  # folder options of a method, relative to the manifest like every path
                 if isinstance(b.pretrain.options.get(key), str):
@@ -389,10 +367,10 @@ def _resolve_decoders(m: Manifest, resolve, path: Path) -> None:
     from transfer.decoders import parse_decoder_options, split_decoder_name
 
     t = m.transfer
-    unknown = sorted(set(t.decoder_options) - set(t.decoders) - {"linear"})
+    unknown = sorted(set(t.decoder_options) - set(t.decoders) - {LINEAR_DECODER})
     if unknown:
         raise UserError(f"{path}: transfer.decoder_options: {unknown[0]!r} is not in transfer.decoders")
-    for name in [*t.decoders, "linear"]:
+    for name in [*t.decoders, LINEAR_DECODER]:
         _, arg = split_decoder_name(name)
         if arg is not None:
             t.decoder_options[name] = {**t.decoder_options.get(name, {}), "spec": str(resolve(Path(arg)))}

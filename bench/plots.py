@@ -35,8 +35,10 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
+from transfer.protocols import PROTOCOLS
+
 DPI = 150
-PROTOCOL_ORDER = ["full", "frozen", "linear"]
+PROTOCOL_ORDER = list(PROTOCOLS)
 FACETS = ["decoder", "init", "train_size"]
 HATCHES = ["", "//", "..", "xx", "\\\\", "oo"]
 MARKERS = ["o", "s", "^", "D", "v", "P"]

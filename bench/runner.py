@@ -20,13 +20,13 @@ from bench.core.checkpoint import file_sha256, read_checkpoint_meta
 from bench.core.errors import UserError, one_line
 from bench.executors import Job, make_executor
 from bench.manifest import Manifest, SynthWorld, load_manifest
-from bench.matrix import Cell, cell_config, expand
+from bench.matrix import expand
 from bench.core.records import fingerprint, is_finished, write_json_atomic
 from bench.importers.cache import import_backbone
 from pretrain.loop import Diverged
+from transfer.api import RECORD_NAME, Cell, resolve_cell_config
 from transfer.data import publish_splits
 
-RECORD_NAME = "record.json"
 SUBMITTED = "submitted"  # what a non-waiting cluster executor returns for a job it queued
 
 
@@ -76,11 +76,11 @@ def _transfer_job(config: dict, out_dir: str, progress: bool) -> str:
     import traceback
 
     from bench.status import running_marker
-    from transfer.train import run_transfer
+    from transfer.api import run_cell
 
     with running_marker(Path(out_dir)):  # `bench status` shows the cell as running meanwhile
         try:
-            return run_transfer(config, Path(out_dir), progress=progress)["status"]
+            return run_cell(config, Path(out_dir), progress=progress)["status"]
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # noqa: BLE001 -- recorded, then retried on the next run
@@ -200,8 +200,11 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                     "config": {"init": m.transfer.init}})
                 continue
             spec = datasets[cell.dataset]
-            config = transfer_config(m, cell, checkpoints[cell.backbone], hashes.get(cell.backbone), spec.settings(),
-                                     spec.root or world_root, str(spec.root) if spec.root else world_id)
+            config = resolve_cell_config(cell, m.transfer, dataset=spec.geometry(), dataset_root=spec.root or world_root,
+                                         data_id=str(spec.root) if spec.root else world_id,
+                                         checkpoint=checkpoints[cell.backbone],
+                                         checkpoint_sha256=hashes.get(cell.backbone),
+                                         processes=m.executor.resources.ddp_processes())
             if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
                 current += 1
                 continue
@@ -253,17 +256,3 @@ def _with_retries(executor, jobs: list[Job], retries: int, failed=lambda result:
         remaining = again
         if not remaining:
             return
-
-
-def transfer_config(m: Manifest, cell: Cell, checkpoint: Path | None, checkpoint_sha256: str | None,
-                    dataset: dict, dataset_root: Path, data_id: str) -> dict:
-    t = m.transfer
-    config = cell_config(cell, data_id=data_id, dataset=dataset, dataset_root=dataset_root, checkpoint=checkpoint,
-                         checkpoint_sha256=checkpoint_sha256, init=t.init, steps=t.steps, batch_size=t.batch_size,
-                         eval_every=t.eval_every, keep_weights=t.keep_weights,
-                         optim=t.preset(cell.protocol, cell.decoder).model_dump(),
-                         decoder_options=t.decoder_options.get(cell.decoder), feature_cache=t.feature_cache,
-                         feature_cache_views=t.feature_cache_views, augment=t.augment,
-                         processes=m.executor.resources.ddp_processes())
-    config["state_every"] = t.state_every  # how often, not what: outside the fingerprint
-    return config

@@ -19,23 +19,21 @@ from pathlib import Path
 
 
 def _run(args, root: Path, out: Path, cached: bool) -> tuple[float, dict]:
-    from bench.core.checkpoint import file_sha256, read_checkpoint_meta
-    from bench.matrix import Cell, cell_config
-    from transfer.data import dataset_settings
-    from transfer.protocols import decoder_for, resolve_preset
-    from transfer.train import run_transfer
+    from bench.core.checkpoint import read_checkpoint_meta
+    from transfer.api import Cell, TransferSettings, resolve_cell_config, run_cell
+    from transfer.protocols import decoder_for
 
-    arch, ckpt, sha = args.arch, None, None
+    arch, ckpt = args.arch, None
     if args.checkpoint:
-        arch, ckpt, sha = read_checkpoint_meta(args.checkpoint)["arch"], args.checkpoint, file_sha256(args.checkpoint)
+        arch, ckpt = read_checkpoint_meta(args.checkpoint)["arch"], args.checkpoint
     decoder = decoder_for(args.protocol, args.decoder)
     cell = Cell("bench", "bench", arch, args.dataset, args.protocol, decoder, args.train_size, 0)
-    config = cell_config(cell, data_id=str(root), dataset=dataset_settings(args.dataset), dataset_root=root,
-                         checkpoint=ckpt, checkpoint_sha256=sha, init="encoder", steps=args.steps,
-                         batch_size=args.batch_size, eval_every=args.eval_every,
-                         optim=resolve_preset(args.protocol, decoder).model_dump(), feature_cache=cached)
+    settings = TransferSettings(init="encoder", steps=args.steps, batch_size=args.batch_size,
+                                eval_every=args.eval_every, feature_cache=cached, state_every=0)
+    config = resolve_cell_config(cell, settings, dataset={"name": args.dataset}, dataset_root=root,
+                                 data_id=str(root), checkpoint=ckpt)
     t0 = time.perf_counter()
-    record = run_transfer(config, out, progress=False)
+    record = run_cell(config, out, progress=False)
     return time.perf_counter() - t0, record
 
 

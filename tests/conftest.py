@@ -74,3 +74,16 @@ def tiny_manifest(tmp_path: Path, *, name="tiny", out=None, extra_backbones="", 
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def cell_config(root, cell, *, checkpoint=None, optim: dict | None = None, dataset: dict | None = None,
+                data_id: str = "tiny", processes: int = 1, **settings) -> dict:
+    """A resolved transfer-cell config through the one resolver (`transfer.api.resolve_cell_config`),
+    as a test spells it: `optim` is one layer over the protocol's preset, `dataset` the geometry
+    overrides (default: the dataset's own), `settings` any other `TransferSettings` field."""
+    from transfer.api import TransferSettings, resolve_cell_config
+
+    if optim:
+        settings["optimizer"] = {cell.protocol: optim}
+    return resolve_cell_config(cell, TransferSettings(**settings), dataset={"name": cell.dataset, **(dataset or {})},
+                               dataset_root=root, data_id=data_id, checkpoint=checkpoint, processes=processes)

@@ -7,7 +7,6 @@ import textwrap
 import pytest
 
 from bench.cli import main
-from bench.matrix import Cell, cell_config
 from fixtures import one_line_error
 from fixtures.ade20k import build_ade20k
 from fixtures.cityscapes import build_cityscapes
@@ -16,7 +15,8 @@ from fixtures.nyuv2 import build_nyuv2
 from fixtures.voc import build_voc
 from transfer.data import dataset_settings
 from transfer.datasets import list_datasets, open_dataset
-from transfer.train import run_transfer
+from tests.conftest import cell_config
+from transfer.api import Cell, run_cell
 
 BUILDERS = {"ade20k": build_ade20k, "voc": build_voc, "cityscapes": build_cityscapes, "nyuv2": build_nyuv2,
             "kitti": build_kitti_200}
@@ -47,12 +47,11 @@ def roots(built, tiny_world):
 @pytest.mark.parametrize("name", sorted(BUILDERS) + ["synth"])
 def test_transfer_cell_on_each_dataset(roots, tmp_path, name):
     resize, crop, eval_resize = GEOMETRY.get(name, ("default", "default", "default"))
-    settings = dataset_settings(name, resize=resize, crop=crop, eval_resize=eval_resize)
     cell = Cell("random", "none", "resnet10t", name, "frozen", "monodepth2", 2, 0)
-    config = cell_config(cell, data_id=name, dataset=settings, dataset_root=roots[name], checkpoint=None,
-                         checkpoint_sha256=None, init="auto", steps=2, batch_size=2, eval_every=2,
+    config = cell_config(roots[name], cell, data_id=name, dataset={"resize": resize, "crop": crop,
+                         "eval_resize": eval_resize}, steps=2, batch_size=2, eval_every=2,
                          optim={"lr": 1e-3, "weight_decay": 0.0})
-    record = run_transfer(config, tmp_path, progress=False)
+    record = run_cell(config, tmp_path, progress=False)
     assert record["status"] == "ok", record["error"]
     assert set(record["metrics"]["per_class_iou"]) == set(record["class_names"])
     assert len(record["train_stems"]) == 2 and record["dataset"]["num_eval_images"] >= 1

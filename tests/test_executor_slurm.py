@@ -276,6 +276,7 @@ def _cell_preempted_after_first_state(config: dict, out_dir: str, marker: str):
     """A real transfer cell whose first run announces itself (for the preemption) right after
     saving its first in-cell state, then stalls; the requeued run must resume from that state."""
     import transfer.train as tt
+    from transfer.api import run_cell
 
     if not Path(marker).exists():
         original = tt.save_cell_state
@@ -286,21 +287,18 @@ def _cell_preempted_after_first_state(config: dict, out_dir: str, marker: str):
             time.sleep(60)
 
         tt.save_cell_state = save_then_stall
-    record = tt.run_transfer(config, Path(out_dir), progress=False)
+    record = run_cell(config, Path(out_dir), progress=False)
     return record["timings"]["resumed_from_step"], record["status"]
 
 
 def test_a_preempted_cell_resumes_from_its_in_cell_state(submitit, tiny_world, tmp_path):
     from bench.executors.slurm import SlurmExecutor
     from bench.manifest import SlurmSpec
-    from bench.matrix import Cell, cell_config
-    from transfer.data import dataset_settings
+    from tests.conftest import cell_config
+    from transfer.api import Cell
 
     cell = Cell("random", "none", "resnet10t", "synth", "full", "monodepth2", 2, 0)
-    config = cell_config(cell, data_id="tiny", dataset=dataset_settings("synth"), dataset_root=tiny_world,
-                         checkpoint=None, checkpoint_sha256=None, init="auto", steps=6, batch_size=2, eval_every=3,
-                         optim={"lr": 1e-3})
-    config["state_every"] = 2
+    config = cell_config(tiny_world, cell, steps=6, batch_size=2, eval_every=3, optim={"lr": 1e-3}, state_every=2)
     out = tmp_path / "cell"
     marker = tmp_path / "first-run.txt"
     job = Job(_cell_preempted_after_first_state, {"config": config, "out_dir": str(out), "marker": str(marker)},

@@ -102,7 +102,7 @@ PRE = BASE.replace("{name: a, arch: resnet10t}", "{name: a, arch: resnet10t, pre
     ("{method: depth_supervised, dataset: kitti_raw}", "pretrain: dataset 'kitti_raw' needs a root folder"),
     ("{method: depth_supervised, dataset: imagenet}", "pretrain.dataset: unknown pre-training dataset 'imagenet'"),
     ("{method: depth_supervised, crop: 12}", "crop: give HxW"),
-    ("{method: depth_supervised, init: nope.pth}", "backbones[0].pretrain.warm_start: file not found"),
+    ("{method: depth_supervised, init: nope.pth}", "backbones[0].pretrain.init: file not found"),
 ])
 def test_pretrain_section_errors_are_one_line(tmp_path, pretrain, expected):
     with pytest.raises(UserError) as err:

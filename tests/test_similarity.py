@@ -4,19 +4,17 @@ import numpy as np
 import pandas as pd
 
 from bench.cli import main
-from bench.matrix import Cell, cell_config
 from bench.layer_cka import pretrained_vs_finetuned
-from transfer.data import dataset_settings
-from transfer.train import run_transfer
+from tests.conftest import cell_config
+from transfer.api import Cell, run_cell
 
 
 def _cell(tiny_world, ckpt, protocol, out, keep_weights=True, backbone="depth"):
     cell = Cell(backbone, "depth_supervised" if ckpt else "none", "resnet10t", "synth", protocol,
                 "linear" if protocol == "linear" else "monodepth2", 2, 0)
-    config = cell_config(cell, data_id="tiny", dataset=dataset_settings("synth"), dataset_root=tiny_world,
-                         checkpoint=ckpt, checkpoint_sha256=None, init="auto", steps=3, batch_size=2, eval_every=3,
+    config = cell_config(tiny_world, cell, checkpoint=ckpt, steps=3, batch_size=2, eval_every=3,
                          optim={"lr": 1e-2, "weight_decay": 0.0}, keep_weights=keep_weights)
-    return run_transfer(config, out, progress=False)
+    return run_cell(config, out, progress=False)
 
 
 def test_identical_networks_have_unit_diagonal_and_within_is_symmetric(tiny_world, tiny_depth_ckpt, tmp_path, capsys):

@@ -64,9 +64,9 @@ def test_status_of_a_folder_without_a_matrix_is_one_line(tmp_path, capsys):
 
 
 def test_a_failing_cell_is_retried_then_recorded_with_its_traceback(tmp_path, monkeypatch):
-    import transfer.train as train_mod
+    import transfer.api as api
 
-    original, calls = train_mod.run_transfer, []
+    original, calls = api.run_cell, []
 
     def flaky(config, out_dir, **kw):
         calls.append(config["cell"]["backbone"])
@@ -74,7 +74,7 @@ def test_a_failing_cell_is_retried_then_recorded_with_its_traceback(tmp_path, mo
             raise OSError("NFS hiccup")
         return original(config, out_dir, **kw)
 
-    monkeypatch.setattr(train_mod, "run_transfer", flaky)
+    monkeypatch.setattr(api, "run_cell", flaky)
     manifest = tiny_manifest(tmp_path, protocols="[linear]", steps=2)
     assert main(["run", str(manifest), "--no-progress"]) == 0  # default retries: 1
     assert calls.count("random") == 2

@@ -7,7 +7,7 @@ from bench.core.errors import UserError
 from bench.core.records import fingerprint
 from transfer.data import dataset_settings
 from transfer.model import build_model
-from transfer.train import run_transfer
+from transfer.api import run_cell
 
 
 def _config(tiny_world, ckpt, protocol, decoder="monodepth2", init="auto", steps=4):
@@ -22,7 +22,7 @@ def _config(tiny_world, ckpt, protocol, decoder="monodepth2", init="auto", steps
 
 @pytest.mark.parametrize("protocol, decoder", [("frozen", "monodepth2"), ("linear", "linear")])
 def test_frozen_encoder_is_bit_identical(tiny_world, tiny_depth_ckpt, tmp_path, protocol, decoder):
-    record = run_transfer(_config(tiny_world, tiny_depth_ckpt, protocol, decoder), tmp_path, progress=False)
+    record = run_cell(_config(tiny_world, tiny_depth_ckpt, protocol, decoder), tmp_path, progress=False)
     assert record["status"] == "ok"
     assert record["encoder_sha256_before"] == record["encoder_sha256_after"]
     # ... and equal to the checkpoint's own tensors, BatchNorm running statistics included.
@@ -30,7 +30,7 @@ def test_frozen_encoder_is_bit_identical(tiny_world, tiny_depth_ckpt, tmp_path, 
 
 
 def test_full_protocol_moves_the_encoder(tiny_world, tiny_depth_ckpt, tmp_path):
-    record = run_transfer(_config(tiny_world, tiny_depth_ckpt, "full"), tmp_path, progress=False)
+    record = run_cell(_config(tiny_world, tiny_depth_ckpt, "full"), tmp_path, progress=False)
     assert record["encoder_sha256_before"] != record["encoder_sha256_after"]
     assert record["init"]["effective"] == "encoder+decoder"
     assert len(record["curve"]) == 2 and record["curve"][-1]["step"] == 4
@@ -66,7 +66,7 @@ def test_nan_loss_marks_the_cell_diverged(tiny_world, tmp_path, monkeypatch):
     import transfer.train as train_mod
 
     monkeypatch.setattr(train_mod.F, "cross_entropy", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
-    record = run_transfer(_config(tiny_world, None, "full"), tmp_path, progress=False)
+    record = run_cell(_config(tiny_world, None, "full"), tmp_path, progress=False)
     assert record["status"] == "diverged" and "step 1" in record["error"] and record["metrics"] is None
 
 
@@ -85,7 +85,7 @@ def test_a_cell_killed_after_its_first_state_resumes_there_and_ends_the_same(tin
     import transfer.cell_state as cell_state
 
     config = {**_config(tiny_world, tiny_depth_ckpt, "full", steps=6), "state_every": 2, "eval_every": 3}
-    plain = run_transfer(config, tmp_path / "plain", progress=False)
+    plain = run_cell(config, tmp_path / "plain", progress=False)
 
     saved = []
     original = cell_state.save_cell_state
@@ -97,12 +97,12 @@ def test_a_cell_killed_after_its_first_state_resumes_there_and_ends_the_same(tin
 
     monkeypatch.setattr(train_mod, "save_cell_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        run_transfer(config, tmp_path / "killed", progress=False)
+        run_cell(config, tmp_path / "killed", progress=False)
     assert saved == [2] and (tmp_path / "killed" / "state.pt").is_file()
     assert not (tmp_path / "killed" / "record.json").exists()
 
     monkeypatch.setattr(train_mod, "save_cell_state", original)
-    resumed = run_transfer(config, tmp_path / "killed", progress=False)
+    resumed = run_cell(config, tmp_path / "killed", progress=False)
     assert resumed["timings"]["resumed_from_step"] == 2 and plain["timings"]["resumed_from_step"] is None
     assert resumed["metrics"] == plain["metrics"] and resumed["curve"] == plain["curve"]
     assert resumed["encoder_sha256_after"] == plain["encoder_sha256_after"]
@@ -112,13 +112,13 @@ def test_a_cell_killed_after_its_first_state_resumes_there_and_ends_the_same(tin
 
 def test_a_state_of_another_config_is_ignored(tiny_world, tmp_path):
     first = {**_config(tiny_world, None, "frozen", steps=4), "state_every": 2}
-    run_transfer(first, tmp_path, progress=False)
+    run_cell(first, tmp_path, progress=False)
     from transfer.cell_state import save_cell_state
 
     model, _ = build_model("resnet10t", None, "monodepth2", "auto", num_classes=7)
     opt = torch.optim.AdamW(model.decoder.parameters())
     save_cell_state(tmp_path / "state.pt", "another-fingerprint", 2, model, opt, [])
-    record = run_transfer(first, tmp_path, progress=False)
+    record = run_cell(first, tmp_path, progress=False)
     assert record["timings"]["resumed_from_step"] is None
 
 
@@ -131,7 +131,7 @@ def test_a_two_process_gloo_ddp_cell_writes_one_record(tiny_world, tiny_depth_ck
     config["processes"] = 2
     config["fingerprint"] = fingerprint(config)
     config["dataset_root"], config["checkpoint"] = str(tiny_world), str(tiny_depth_ckpt)
-    record = run_transfer(config, tmp_path, progress=False)
+    record = run_cell(config, tmp_path, progress=False)
     assert record["status"] == "ok" and record["processes"] == 2
     assert sorted(p.name for p in tmp_path.glob("record*.json")) == ["record.json"]
     assert (tmp_path / "log.rank1.txt").is_file() and "record written" in (tmp_path / "log.txt").read_text()

@@ -9,7 +9,8 @@ import transfer.train as train_mod
 from bench.core.checkpoint import load_checkpoint, state_sha256
 from bench.cli import main
 from bench.core.errors import UserError
-from bench.matrix import Cell, cell_config
+from tests.conftest import cell_config
+from transfer.api import Cell, run_cell
 from transfer.data import dataset_settings, open_transfer_data
 from transfer.decoders import decoder_slug, list_decoders, parse_decoder_options
 from transfer.model import build_model
@@ -20,11 +21,9 @@ def _run(tiny_world, ckpt, out, *, protocol="linear", decoder=None, steps=4, tra
          optim=None, **kw):
     decoder = decoder or ("linear" if protocol == "linear" else "monodepth2")
     cell = Cell("b", "m", "resnet10t", "synth", protocol, decoder, train_size, 0)
-    config = cell_config(cell, data_id="tiny", dataset=dataset or dataset_settings("synth"), dataset_root=tiny_world,
-                         checkpoint=ckpt, checkpoint_sha256=None, init=kw.pop("init", "auto"), steps=steps,
-                         batch_size=2, eval_every=2, optim=optim or resolve_preset(protocol, decoder).model_dump(),
-                         **kw)
-    return train_mod.run_transfer(config, out, progress=False)
+    config = cell_config(tiny_world, cell, checkpoint=ckpt, dataset=dataset, steps=steps, batch_size=2, eval_every=2,
+                         optim=optim, **kw)
+    return run_cell(config, out, progress=False)
 
 
 def _capture_predictions(monkeypatch) -> list:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -53,23 +54,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rank_main(rank: int, world: int, port: int, config: dict, out_dir: str, progress: bool) -> None:
+def _rank_main(rank: int, fn: Callable, world: int, port: int, config: dict, out_dir: str, progress: bool) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(max(1, torch.get_num_threads() // world))
-    from transfer.train import run_transfer
-
-    run_transfer(config, out_dir, progress=progress and rank == 0)
+    fn(config, out_dir, progress=progress and rank == 0)
 
 
-def spawn_cell(config: dict, out_dir, processes: int, progress: bool) -> None:
-    """Run the cell as `processes` ranks on this machine and wait for them."""
+def spawn_cell(fn: Callable, config: dict, out_dir, processes: int, progress: bool) -> None:
+    """Run `fn(config, out_dir, progress=...)` as `processes` ranks on this machine and wait for
+    them. `fn` (`transfer.api.run_cell`) finds the torchrun variables set and joins the group;
+    it is handed in, so this module knows nothing of the trainer."""
     if torch.cuda.is_available() and torch.cuda.device_count() < processes:
         raise UserError(f"the cell asks for {processes} processes but this machine has "
                         f"{torch.cuda.device_count()} GPUs")
     import torch.multiprocessing as mp
 
-    mp.spawn(_rank_main, args=(processes, _free_port(), config, str(out_dir), progress), nprocs=processes, join=True)
+    mp.spawn(_rank_main, args=(fn, processes, _free_port(), config, str(out_dir), progress), nprocs=processes,
+             join=True)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from bench.core.errors import UserError
 from transfer.model import SegmentationModel
 
+# The protocols, in the order tables and plots show them. Defined here only: the manifest, the
+# CLI, the matrix and the plots read them from here.
 PROTOCOLS = ("full", "frozen", "linear")
+Protocol = Literal["full", "frozen", "linear"]
+LINEAR_DECODER = "linear"  # the head of the linear protocol, whatever decoders a matrix lists
+PROTOCOL_DESCRIPTIONS = {
+    "full": "encoder and decoder train (the encoder at lr x encoder_lr_mult)",
+    "frozen": "encoder weights and BatchNorm statistics fixed; the decoder trains",
+    "linear": "frozen encoder and a BatchNorm + 1x1 linear head (the `linear` decoder)",
+}
 
 
 class OptimizerPreset(BaseModel):
@@ -85,13 +94,19 @@ def resolve_preset(protocol: str, decoder: str, *layers: dict[str, dict]) -> Opt
 
 def decoder_for(protocol: str, decoder: str) -> str:
     """The linear protocol always uses the linear head; the others use the requested decoder."""
-    return "linear" if protocol == "linear" else decoder
+    return LINEAR_DECODER if protocol == "linear" else decoder
+
+
+def decoders_for(protocol: str, decoders: list[str]) -> list[str]:
+    """The decoder column(s) a protocol contributes to a matrix listing `decoders`: the linear
+    protocol one (`linear`), the others each listed decoder once, in order."""
+    return list(dict.fromkeys(decoder_for(protocol, d) for d in decoders))
 
 
 def param_groups(model: SegmentationModel, protocol: str, lr: float, encoder_lr_mult: float) -> list[dict]:
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; available: {', '.join(PROTOCOLS)}")
-    if protocol == "linear" and model.decoder_kind != "linear":
+    if protocol == "linear" and model.decoder_kind != LINEAR_DECODER:
         raise UserError("protocol linear needs decoder linear")
     groups = [{"params": [p for p in model.decoder.parameters() if p.requires_grad], "lr": lr, "name": "decoder"}]
     if protocol == "full":

@@ -1,7 +1,17 @@
-"""One transfer cell: fine-tune or probe a checkpoint on a few-shot split, evaluate, record.
+"""The training of one transfer cell: fine-tune or probe a checkpoint on a few-shot split,
+evaluate, record.
 
-`run_transfer(config, out_dir)` is what `bench transfer` and the manifest runner call; it writes
-`OUT/record.json` atomically (the run record of DESIGN.md) and `OUT/log.txt`.
+`train_cell(config, out_dir, log=...)` runs in one process (one DDP rank); `transfer.api.run_cell`
+is the way in, which also starts the ranks of a data-parallel cell. It writes
+`OUT/record.json` atomically (the run record of DESIGN.md) and `OUT/train_split.txt`. The pieces,
+in the order a cell runs them:
+
+- `_open_data`: the few-shot training images and the evaluation set;
+- `_build`: the model, its optimiser and the mixed-precision context;
+- `StepBatches`: the batch of each step, from the (seed, step) generator, through the feature
+  cache when the encoder is frozen;
+- `_train_loop`: the steps, evaluations, resumable states and the divergence check;
+- `_record` and `_finish`: the record, the kept weights, and the end of the in-cell state.
 """
 
 from __future__ import annotations
@@ -11,22 +21,23 @@ import datetime as _dt
 import math
 import platform
 import resource
-import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from bench.core.version import __version__
-from bench.core.seeding import step_generator
+
 from bench.core.checkpoint import load_checkpoint, save_checkpoint, state_sha256
+from bench.core.errors import UserError
 from bench.core.metrics import ConfusionMatrix
 from bench.core.progress import bar as progress_bar
-from bench.core.errors import UserError
-from bench.core.records import read_json, write_json_atomic
+from bench.core.records import write_json_atomic
+from bench.core.seeding import step_generator
+from bench.core.version import __version__
 from transfer.cell_state import STATE_NAME, load_cell_state, save_cell_state
 from transfer.data import dataset_settings, open_transfer_data
-from transfer.distributed import all_reduce_sum, join_process_group, launched_by_torchrun, rank_and_world, spawn_cell
+from transfer.distributed import all_reduce_sum, rank_and_world
 from transfer.feature_cache import DEFAULT_BUDGET_BYTES, DEFAULT_VIEWS_PER_IMAGE, FeatureCache
 from transfer.model import build_model
 from transfer.protocols import OptimizerPreset, build_optimizer, lr_factor, param_groups
@@ -88,58 +99,69 @@ class LossStep(torch.nn.Module):
         return self.model.decoder.loss(features, labels, self.ignore_index)
 
 
-def run_transfer(config: dict, out_dir, *, progress: bool = True) -> dict:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    processes = int(config.get("processes") or 1)
-    if processes > 1 and not launched_by_torchrun():
-        spawn_cell(config, out_dir, processes, progress)  # each rank comes back through here
-        record = read_json(out_dir / "record.json")
-        if record is None or record.get("fingerprint") != config["fingerprint"]:
-            raise RuntimeError(f"the {processes} ranks of the cell ended without writing its record")
-        return record
-    device = join_process_group() if launched_by_torchrun() else None
-    rank, _ = rank_and_world()
-    log_name = "log.txt" if rank == 0 else f"log.rank{rank}.txt"
-    with open(out_dir / log_name, "a") as log_file:  # appended: a resumed cell keeps its history
-        def log(msg: str) -> None:
-            log_file.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {msg}\n")
-            log_file.flush()
-
-        try:
-            return _train_cell(config, out_dir, progress, log, device)
-        except Exception as exc:
-            log(f"error: {type(exc).__name__}: {exc}")
-            raise
-        finally:  # a feature cache spilled to disk never outlives its cell, failed or not
-            shutil.rmtree(out_dir / "feature_cache" / f"rank{rank}", ignore_errors=True)
-            with contextlib.suppress(OSError):  # the last rank out removes the folder
-                (out_dir / "feature_cache").rmdir()
-            if device is not None:
-                torch.distributed.destroy_process_group()
-
-
-def _train_cell(config: dict, out_dir: Path, progress: bool, log, device=None) -> dict:
+def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print, device=None) -> dict:
+    """Train and evaluate the cell `config` describes (one process, or one DDP rank); its record."""
     cell = config["cell"]
     t_start = time.perf_counter()
-    seed, steps = int(cell["seed"]), int(config["steps"])
+    seed = int(cell["seed"])
     torch.manual_seed(seed)
     device = device or pick_device(config.get("device"))
     rank, world = rank_and_world()
-    lead = rank == 0  # writes the record, the state and the weights
+    data = _open_data(config, out_dir, lead=rank == 0)
+    net = _build(config, data, device, world)
+    batches = StepBatches(config, data, net, out_dir, device, rank, world)
+    log(f"cell {cell} init {net.init_info['effective']} data {data.settings} optimizer {net.preset.model_dump()} "
+        f"device {device} feature cache {'on' if batches.cache else 'off'} "
+        f"train images {len(data.train_stems)} eval images {len(data.eval_images.samples)}")
+    run = _train_loop(config, data, net, batches, out_dir, progress, log, device, rank, world)
+    record = _record(config, data, net, batches, run, device, world, t_start)
+    if batches.cache is not None:
+        batches.cache.close()
+    if rank == 0:
+        _finish(config, out_dir, net, run, record, log)
+    return record
+
+
+@dataclass
+class CellData:
+    settings: dict
+    dataset: object  # the SegmentationDataset
+    train_stems: list[str]
+    train_images: object  # TrainImages
+    eval_images: object  # EvalImages
+
+
+def _open_data(config: dict, out_dir: Path, lead: bool) -> CellData:
+    cell = config["cell"]
     settings = config.get("dataset") or dataset_settings(cell["dataset"])
-    data, train_stems, train_images, eval_images = open_transfer_data(
-        settings, config["dataset_root"], int(cell["train_size"]), seed, augment=config.get("augment", True))
-    # Published with the results: the exact images this cell trained on.
-    if lead:
+    dataset, train_stems, train_images, eval_images = open_transfer_data(
+        settings, config["dataset_root"], int(cell["train_size"]), int(cell["seed"]),
+        augment=config.get("augment", True))
+    if lead:  # published with the results: the exact images this cell trained on
         write_stems(out_dir / "train_split.txt", train_stems)
+    return CellData(settings, dataset, train_stems, train_images, eval_images)
+
+
+@dataclass
+class CellNet:
+    model: torch.nn.Module
+    init_info: dict
+    checkpoint: object  # the loaded harness Checkpoint, or None (random init)
+    preset: OptimizerPreset
+    optimizer: torch.optim.Optimizer
+    autocast: object  # a torch.autocast context, or None
+    sha_before: str  # the encoder's tensors before training, for the frozen-encoder check
+
+
+def _build(config: dict, data: CellData, device: torch.device, world: int) -> CellNet:
+    cell = config["cell"]
     checkpoint = load_checkpoint(config["checkpoint"]) if config.get("checkpoint") else None
     decoder_options = dict(config.get("decoder_options") or {})
     if config.get("decoder_spec"):
         decoder_options["spec"] = config["decoder_spec"]
     model, init_info = build_model(cell["arch"], checkpoint, cell["decoder"], config.get("init", "auto"),
-                                   data.num_classes, decoder_options)
-    preset = OptimizerPreset(**config["optim"])  # resolved by cell_config (bench.matrix)
+                                   data.dataset.num_classes, decoder_options)
+    preset = OptimizerPreset(**config["optim"])  # resolved by transfer.api.resolve_cell_config
     groups = param_groups(model, cell["protocol"], preset.lr, preset.encoder_lr_mult)
     model.to(device)
     if device.type == "cuda":
@@ -152,124 +174,156 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log, device=None) -
     optimizer = build_optimizer(groups, preset)
     # bf16 autocast on GPUs: the speed of half precision without fp16's loss scaling.
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
-    sha_before = state_sha256(model.encoder.state_dict())
-    batch_size = int(config["batch_size"])
+    return CellNet(model, init_info, checkpoint, preset, optimizer, autocast,
+                   state_sha256(model.encoder.state_dict()))
 
-    cache, fixed_views = None, None
-    if model.encoder_frozen and config.get("feature_cache", True):
-        cache = FeatureCache(model.features, spill_dir=out_dir / "feature_cache" / f"rank{rank}",
-                             budget_bytes=int(config.get("feature_cache_bytes", DEFAULT_BUDGET_BYTES)))
-        if train_images.crop is not None:
-            per_image = int(config.get("feature_cache_views", DEFAULT_VIEWS_PER_IMAGE))
-            fixed_views = [train_images.fixed_views(i, per_image, seed) for i in range(len(train_images))]
-    log(f"cell {cell} init {init_info['effective']} data {settings} optimizer {preset.model_dump()} "
-        f"device {device} feature cache {'on' if cache else 'off'} "
-        f"train images {len(train_stems)} eval images {len(eval_images.samples)}")
 
-    def step_batch(gen: torch.Generator):
-        if fixed_views is not None:
-            pick = torch.randint(len(fixed_views), (batch_size,), generator=gen).tolist()
-            which = torch.randint(len(fixed_views[0]), (batch_size,), generator=gen).tolist()
-            views = [fixed_views[i][v] for i, v in zip(pick, which)]
+class StepBatches:
+    """The batch of a step: (inputs, labels, cached), `inputs` being images or, when the frozen
+    encoder's features are cached, those features. Every rank draws the same batch from the
+    step's generator and keeps its own slice of it."""
+
+    def __init__(self, config: dict, data: CellData, net: CellNet, out_dir: Path, device, rank: int, world: int):
+        self.images, self.device, self.rank, self.world = data.train_images, device, rank, world
+        self.batch_size = int(config["batch_size"])
+        if world > 1 and self.batch_size < world:
+            raise UserError(f"batch size {self.batch_size} cannot be split over {world} processes; "
+                            f"use at least {world}")
+        self.cache, self.fixed_views = None, None
+        if net.model.encoder_frozen and config.get("feature_cache", True):
+            self.cache = FeatureCache(net.model.features, spill_dir=out_dir / "feature_cache" / f"rank{rank}",
+                                      budget_bytes=int(config.get("feature_cache_bytes", DEFAULT_BUDGET_BYTES)))
+            if self.images.crop is not None:
+                # A random crop makes every step a new view: cache a fixed set of crops per image.
+                per_image = int(config.get("feature_cache_views", DEFAULT_VIEWS_PER_IMAGE))
+                seed = int(config["cell"]["seed"])
+                self.fixed_views = [self.images.fixed_views(i, per_image, seed) for i in range(len(self.images))]
+
+    def __call__(self, gen: torch.Generator):
+        if self.fixed_views is not None:
+            pick = torch.randint(len(self.fixed_views), (self.batch_size,), generator=gen).tolist()
+            which = torch.randint(len(self.fixed_views[0]), (self.batch_size,), generator=gen).tolist()
+            views = [self.fixed_views[i][v] for i, v in zip(pick, which)]
         else:
-            views = train_images.draw(gen, batch_size)
-        views = views[rank::world]  # data-parallel: this rank's slice of the step's batch
-        if cache is not None:
-            features = cache.features(views, lambda keys: _to(train_images.load(keys)[0], device))
-            return features, train_images.labels(views).to(device), True
-        x, y = train_images.load(views)
-        return _to(x, device), y.to(device), False
+            views = self.images.draw(gen, self.batch_size)
+        views = views[self.rank::self.world]  # data-parallel: this rank's slice of the step's batch
+        if self.cache is not None:
+            features = self.cache.features(views, lambda keys: _to(self.images.load(keys)[0], self.device))
+            return features, self.images.labels(views).to(self.device), True
+        x, y = self.images.load(views)
+        return _to(x, self.device), y.to(self.device), False
 
-    if world > 1 and batch_size < world:
-        raise UserError(f"batch size {batch_size} cannot be split over {world} processes; use at least {world}")
-    step_loss = LossStep(model, data.ignore_index)
+
+@dataclass
+class LoopResult:
+    status: str = "ok"
+    error: str | None = None
+    curve: list = field(default_factory=list)
+    steps_done: int = 0
+    resumed: dict | None = None
+    train_s: float = 0.0
+    eval_s: float = 0.0
+
+
+def _train_loop(config: dict, data: CellData, net: CellNet, batches: StepBatches, out_dir: Path, progress: bool,
+                log, device, rank: int, world: int) -> LoopResult:
+    cell, model, optimizer, preset = config["cell"], net.model, net.optimizer, net.preset
+    seed, steps = int(cell["seed"]), int(config["steps"])
+    step_loss = LossStep(model, data.dataset.ignore_index)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         # Heads may leave parameters unused in a step (auxiliary heads, Mask2Former's layers).
         step_loss = DistributedDataParallel(step_loss, device_ids=[device.index] if device.type == "cuda" else None,
                                             find_unused_parameters=True)
-
     eval_every = int(config.get("eval_every", steps)) or steps
     warmup = min(preset.warmup_steps if preset.warmup_steps is not None else max(1, steps // 20), steps)
-    curve, status, error, eval_s, steps_done = [], "ok", None, 0.0, 0
     state_every = int(config.get("state_every") or 0)
-    resumed = load_cell_state(out_dir / STATE_NAME, config["fingerprint"], model, optimizer)
-    if resumed is not None:
-        steps_done, curve = resumed["step"], resumed["curve"]
-        log(f"resumed from {STATE_NAME} at step {steps_done}")
+    run = LoopResult()
+    run.resumed = load_cell_state(out_dir / STATE_NAME, config["fingerprint"], model, optimizer)
+    if run.resumed is not None:
+        run.steps_done, run.curve = run.resumed["step"], run.resumed["curve"]
+        log(f"resumed from {STATE_NAME} at step {run.steps_done}")
     model.train()
     t_train = time.perf_counter()
-    bar = progress_bar(enabled=progress, total=steps, unit="step", initial=steps_done,
+    bar = progress_bar(enabled=progress, total=steps, unit="step", initial=run.steps_done,
                        desc=f"{cell['backbone']}/{cell['protocol']}/s{seed}")
-    for step in range(steps_done, steps):
-        # optimizer.param_groups, not `groups`: loading a resumed state replaces the group dicts.
+    for step in range(run.steps_done, steps):
+        # optimizer.param_groups, not the groups built: loading a resumed state replaces the dicts.
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * lr_factor(step, steps, warmup, preset.poly_power)
         gen = step_generator(seed, step)
-        with autocast or contextlib.nullcontext():
-            inputs, y, cached = step_batch(gen)
+        with net.autocast or contextlib.nullcontext():
+            inputs, y, cached = batches(gen)
             loss = step_loss(inputs, y, cached)
         value = float(all_reduce_sum(loss.detach().clone())) / world  # every rank agrees on divergence
         if not math.isfinite(value):
-            status, error = "diverged", f"loss became {value} at step {step + 1}"
-            log(error)
+            run.status, run.error = "diverged", f"loss became {value} at step {step + 1}"
+            log(run.error)
             break
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        steps_done = step + 1
+        run.steps_done = step + 1
         bar.set_postfix(loss=f"{value:.3f}")
         bar.update(1)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             t_eval = time.perf_counter()
-            m = evaluate(model, eval_images, data.num_classes, data.ignore_index, batch_size,
-                         cache=cache, device=device, autocast=autocast)
-            eval_s += time.perf_counter() - t_eval
-            curve.append({"step": step + 1, "loss": value, "miou": m["miou"], "pixel_acc": m["pixel_acc"],
-                          "mean_class_acc": m["mean_class_acc"], "per_class_iou": m["per_class_iou"]})
+            m = evaluate(model, data.eval_images, data.dataset.num_classes, data.dataset.ignore_index,
+                         batches.batch_size, cache=batches.cache, device=device, autocast=net.autocast)
+            run.eval_s += time.perf_counter() - t_eval
+            run.curve.append({"step": step + 1, "loss": value, "miou": m["miou"], "pixel_acc": m["pixel_acc"],
+                              "mean_class_acc": m["mean_class_acc"], "per_class_iou": m["per_class_iou"]})
             log(f"step {step + 1} loss {value:.4f} mIoU {m['miou']:.4f} pixAcc {m['pixel_acc']:.4f}")
-        if lead and state_every and (step + 1) % state_every == 0 and step + 1 < steps:
-            save_cell_state(out_dir / STATE_NAME, config["fingerprint"], step + 1, model, optimizer, curve)
+        if rank == 0 and state_every and (step + 1) % state_every == 0 and step + 1 < steps:
+            save_cell_state(out_dir / STATE_NAME, config["fingerprint"], step + 1, model, optimizer, run.curve)
     bar.close()
-    train_s = time.perf_counter() - t_train - eval_s
+    run.train_s = time.perf_counter() - t_train - run.eval_s
+    return run
 
-    final = curve[-1] if curve and status == "ok" else None
+
+def _record(config: dict, data: CellData, net: CellNet, batches: StepBatches, run: LoopResult, device, world: int,
+            t_start: float) -> dict:
+    cell, checkpoint, curve = config["cell"], net.checkpoint, run.curve
+    final = curve[-1] if curve and run.status == "ok" else None
     best = max(curve, key=lambda r: r["miou"]) if curve else None
-    named = lambda ious: dict(zip(data.class_names, ious))  # noqa: E731
-    record = {
+    named = lambda ious: dict(zip(data.dataset.class_names, ious))  # noqa: E731
+    cache = batches.cache
+    return {
         "schema": RECORD_SCHEMA,
         "cell": cell,
         "fingerprint": config["fingerprint"],
-        "status": status,
-        "error": error,
+        "status": run.status,
+        "error": run.error,
         "metrics": None if final is None else {
             "miou": final["miou"], "pixel_acc": final["pixel_acc"], "mean_class_acc": final["mean_class_acc"],
             "per_class_iou": named(final["per_class_iou"]),
         },
         "best": None if best is None else {"step": best["step"], "miou": best["miou"], "pixel_acc": best["pixel_acc"]},
         "curve": [{k: v for k, v in r.items() if k != "per_class_iou"} for r in curve],
-        "class_names": list(data.class_names),
-        "dataset": {**settings, "num_eval_images": len(eval_images.samples)},
-        "train_stems": train_stems,
-        "init": init_info,
-        "encoder_sha256_before": sha_before,
-        "encoder_sha256_after": state_sha256(model.encoder.state_dict()),
+        "class_names": list(data.dataset.class_names),
+        "dataset": {**data.settings, "num_eval_images": len(data.eval_images.samples)},
+        "train_stems": data.train_stems,
+        "init": net.init_info,
+        "encoder_sha256_before": net.sha_before,
+        "encoder_sha256_after": state_sha256(net.model.encoder.state_dict()),
         "checkpoint": None if checkpoint is None else {
             "path": str(checkpoint.path), "sha256": config.get("checkpoint_sha256"),
             "method": checkpoint.meta.get("method"), "steps": checkpoint.meta.get("steps"),
             # Imported checkpoints: source hashes, format and key report (`bench submit`).
             "provenance": checkpoint.meta.get("provenance"),
         },
-        "optimizer": preset.model_dump(),
+        "optimizer": net.preset.model_dump(),
         "feature_cache": None if cache is None else {
-            **cache.stats, "train_views": "exact" if fixed_views is None else f"{len(fixed_views[0])} per image"},
+            **cache.stats,
+            "train_views": "exact" if batches.fixed_views is None else f"{len(batches.fixed_views[0])} per image"},
         "device": str(device),
         "processes": world,
         "timings": {
-            "wall_s": time.perf_counter() - t_start, "train_s": train_s, "eval_s": eval_s,
-            "steps_done": steps_done, "resumed_from_step": None if resumed is None else resumed["step"],
-            "steps_per_s": (steps_done - (resumed or {}).get("step", 0)) / train_s if train_s > 0 else None,
+            "wall_s": time.perf_counter() - t_start, "train_s": run.train_s, "eval_s": run.eval_s,
+            "steps_done": run.steps_done, "resumed_from_step": None if run.resumed is None else run.resumed["step"],
+            "steps_per_s": ((run.steps_done - (run.resumed or {}).get("step", 0)) / run.train_s
+                            if run.train_s > 0 else None),
             # Peak resident memory of the process that ran the cell (KiB on Linux).
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
@@ -279,20 +333,20 @@ def _train_cell(config: dict, out_dir: Path, progress: bool, log, device=None) -
         "config": config,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    if cache is not None:
-        cache.close()
-    if not lead:
-        return record
-    if config.get("keep_weights") and status == "ok" and cell["protocol"] == "full":
+
+
+def _finish(config: dict, out_dir: Path, net: CellNet, run: LoopResult, record: dict, log) -> None:
+    """The lead rank's last writes: kept weights, then the record, which supersedes the state."""
+    cell = config["cell"]
+    if config.get("keep_weights") and run.status == "ok" and cell["protocol"] == "full":
         # For CKA (pre-trained vs fine-tuned), the fine-tuned encoder in the harness format. Frozen
         # and linear cells keep nothing: their encoder is bit-identical to the checkpoint's.
-        save_checkpoint(out_dir / FINAL_WEIGHTS, model.encoder.state_dict(), {
+        save_checkpoint(out_dir / FINAL_WEIGHTS, net.model.encoder.state_dict(), {
             "arch": cell["arch"], "method": f"{cell['method']}+{cell['protocol']}", "data": cell["dataset"],
-            "steps": steps_done, "normalization": model.encoder.normalization, "seed": seed})
+            "steps": run.steps_done, "normalization": net.model.encoder.normalization, "seed": int(cell["seed"])})
     write_json_atomic(out_dir / "record.json", record)
-    (out_dir / STATE_NAME).unlink(missing_ok=True)  # the record supersedes it
-    log(f"status {status}; record written")
-    return record
+    (out_dir / STATE_NAME).unlink(missing_ok=True)
+    log(f"status {run.status}; record written")
 
 
 def _timm_version() -> str:

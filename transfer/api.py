@@ -1,0 +1,179 @@
+"""Entry point of the transfer stage: a cell and its settings in, one resolved config, one record out.
+
+It mirrors `pretrain/api.py`. Two functions are the way down from the orchestration layer
+(`bench run`, `bench transfer`, `bench submit`, the benchmarks):
+
+    config = resolve_cell_config(cell, settings, dataset=..., dataset_root=..., data_id=..., checkpoint=...)
+    record = run_cell(config, out_dir)
+
+- `Cell` names one cell of a matrix: backbone x dataset x protocol x decoder x train size x seed.
+- `TransferSettings` is how a cell trains: the `transfer:` section of a manifest without its
+  matrix axes, or `bench transfer`'s flags. Both build one and hand it here.
+- `resolve_cell_config` is the only place a transfer cell's config is assembled: optimiser
+  preset layering, decoder options and the contents of files they name, dataset settings, init,
+  and the fingerprint. Nothing else builds cell configs.
+- `run_cell` runs one cell, as one process or as DDP ranks, and writes `OUT/record.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bench.core.checkpoint import file_sha256
+from bench.core.records import fingerprint, read_json
+from transfer.data import dataset_settings
+from transfer.decoders import decoder_class, decoder_slug, parse_decoder_options
+from transfer.distributed import join_process_group, launched_by_torchrun, rank_and_world, spawn_cell
+from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
+from transfer.protocols import PresetOverride, preset_key_problem, resolve_preset
+from transfer.train import train_cell
+
+RECORD_NAME = "record.json"
+
+
+@dataclass(frozen=True)
+class Cell:
+    backbone: str
+    method: str
+    arch: str
+    dataset: str
+    protocol: str
+    decoder: str
+    train_size: int
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return (f"{self.backbone}__{self.dataset}__{self.protocol}__{decoder_slug(self.decoder)}"
+                f"__n{self.train_size}__s{self.seed}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class TransferSettings(BaseModel):
+    """How cells train; the same for every cell of a comparison (README, "Protocols")."""
+
+    model_config = ConfigDict(extra="forbid")
+    decoder_options: dict[str, dict] = Field(default_factory=dict)  # decoder name -> its options
+    init: Literal["auto", "encoder+decoder", "encoder"] = "auto"
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    eval_every: int = Field(50, ge=1)
+    keep_weights: bool = False  # full cells save their fine-tuned encoder (for pre-trained vs fine-tuned CKA)
+    # Layers over the built-in presets, keyed PROTOCOL or PROTOCOL/DECODER (README, "Protocols").
+    optimizer: dict[str, PresetOverride] = Field(default_factory=dict)
+    feature_cache: bool = True  # frozen and linear cells train on cached encoder features
+    feature_cache_views: int = Field(DEFAULT_VIEWS_PER_IMAGE, ge=1)  # per image, for datasets with a random crop
+    augment: bool = True  # random crop (where the dataset has one) and horizontal flips
+    state_every: int = Field(100, ge=0)  # steps between resumable in-cell states (0: never)
+
+    @field_validator("optimizer")
+    @classmethod
+    def _preset_keys(cls, v: dict) -> dict:
+        for key in v:
+            if problem := preset_key_problem(key):
+                raise ValueError(problem)
+        return v
+
+    def preset(self, protocol: str, decoder: str):
+        """The optimiser preset of a (protocol, decoder) cell: built-ins, then these layers."""
+        return resolve_preset(protocol, decoder, {k: o.model_dump() for k, o in self.optimizer.items()})
+
+
+def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict, dataset_root, data_id: str,
+                        checkpoint=None, checkpoint_sha256: str | None = None, processes: int = 1,
+                        device: str | None = None) -> dict:
+    """The resolved, fingerprinted config of one transfer cell.
+
+    `dataset` holds the dataset's geometry as the user wrote it (`name`, and optionally `classes`,
+    `train_split`, `eval_split`, `resize`, `crop`, `eval_resize`); `data_id` names the data
+    (the generated world's fingerprint, or a real dataset's path); `checkpoint` is a harness
+    checkpoint or None (random init), its sha256 computed here unless given.
+
+    The fingerprint covers everything that decides the result -- the cell, the hyper-parameters,
+    the decoder's options and the contents of files they name, the data identity and settings
+    (splits, resize, crop) and the checkpoint's sha256 -- but no path: a moved results folder stays
+    up to date. Paths, `state_every` and `device` are added after fingerprinting: they say where
+    and how often, not what.
+    """
+    if checkpoint is not None and checkpoint_sha256 is None:
+        checkpoint_sha256 = file_sha256(checkpoint)
+    options = parse_decoder_options(cell.decoder, settings.decoder_options.get(cell.decoder))
+    config = {
+        "cell": cell.as_dict(), "data_id": data_id, "dataset": dataset_settings(**dataset),
+        "checkpoint_sha256": checkpoint_sha256, "init": settings.init, "steps": settings.steps,
+        "batch_size": settings.batch_size, "eval_every": settings.eval_every,
+        "optim": settings.preset(cell.protocol, cell.decoder).model_dump(),
+    }
+    # Optional keys appear only when they say something, so that adding one keeps older
+    # fingerprints valid.
+    resolved = options.model_dump(mode="json", exclude={"spec"})
+    if resolved:
+        config["decoder_options"] = resolved
+    content = decoder_class(cell.decoder).content_ids(options)
+    if content:
+        config["decoder_content"] = content
+    if settings.keep_weights:
+        config["keep_weights"] = True
+    if cell.protocol != "full":
+        config["feature_cache"] = bool(settings.feature_cache)
+        if settings.feature_cache and config["dataset"].get("crop") is not None and settings.feature_cache_views:
+            config["feature_cache_views"] = int(settings.feature_cache_views)
+    if not settings.augment:
+        config["augment"] = False
+    if processes > 1:  # data-parallel ranks split each batch: BatchNorm sees slices, so it is a setting
+        config["processes"] = int(processes)
+    config["fingerprint"] = fingerprint(config)
+    config["dataset_root"] = str(dataset_root)
+    config["checkpoint"] = str(checkpoint) if checkpoint else None
+    if getattr(options, "spec", None):
+        config["decoder_spec"] = options.spec  # e.g. the resolved MMSeg config file
+    config["state_every"] = settings.state_every
+    if device is not None:
+        config["device"] = device
+    return config
+
+
+def run_cell(config: dict, out_dir, *, progress: bool = True) -> dict:
+    """Train and evaluate one cell; its record (also written to `OUT/record.json`).
+
+    With `processes > 1` the cell runs as that many DDP ranks, each coming back through here;
+    a cell started by `torchrun` joins the process group its environment describes.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    processes = int(config.get("processes") or 1)
+    if processes > 1 and not launched_by_torchrun():
+        spawn_cell(run_cell, config, out_dir, processes, progress)
+        record = read_json(out_dir / RECORD_NAME)
+        if record is None or record.get("fingerprint") != config["fingerprint"]:
+            raise RuntimeError(f"the {processes} ranks of the cell ended without writing its record")
+        return record
+    device = join_process_group() if launched_by_torchrun() else None
+    rank, _ = rank_and_world()
+    log_name = "log.txt" if rank == 0 else f"log.rank{rank}.txt"
+    with open(out_dir / log_name, "a") as log_file:  # appended: a resumed cell keeps its history
+        def log(msg: str) -> None:
+            log_file.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {msg}\n")
+            log_file.flush()
+
+        try:
+            return train_cell(config, out_dir, progress=progress, log=log, device=device)
+        except Exception as exc:
+            log(f"error: {type(exc).__name__}: {exc}")
+            raise
+        finally:  # a feature cache spilled to disk never outlives its cell, failed or not
+            shutil.rmtree(out_dir / "feature_cache" / f"rank{rank}", ignore_errors=True)
+            with contextlib.suppress(OSError):  # the last rank out removes the folder
+                (out_dir / "feature_cache").rmdir()
+            if device is not None:
+                torch.distributed.destroy_process_group()
