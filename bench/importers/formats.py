@@ -39,6 +39,7 @@ import torch
 
 from bench.core.checkpoint import META_KEY, load_checkpoint
 from bench.core.errors import UserError
+from bench.core.registry import Registry
 from bench.importers.keymap import apply_key_map, load_key_map
 from bench.importers.monodepth2 import convert_depth_decoder, decoder_prefix
 from bench.importers.safe_load import json_safe, load_file, safetensors_metadata, unwrap
@@ -69,6 +70,7 @@ class Layout:
     outside: tuple[tuple[str, str], ...] = ()  # (pattern on the full name, what it is)
     decoder: bool = False  # a monodepth2 DepthDecoder may sit among the other tensors
     activation: str = "sigmoid"  # of that decoder's outputs (NimbleD replaced it with ReLU)
+    description: str = ""  # one line for `bench list formats`
 
 
 _CLASSIFIER = ((r"^fc\.", "ImageNet classifier"), (r"^heads?\.", "classifier head"),
@@ -77,28 +79,41 @@ _MASK_TOKEN = (r"^mask_token$", "mask token (used only by masked-image training)
 _RESNET_FC = ((r"^fc\.", "ImageNet classifier (unused by the depth network)"),)
 
 LAYOUTS: dict[str, Layout] = {
-    "torchvision": Layout(("module.", ""), _CLASSIFIER),
-    "timm": Layout(("module.", ""), _CLASSIFIER),
-    "monodepth2": Layout(("module.encoder.", "encoder."), _RESNET_FC, decoder=True),
-    "depthtosemantic": Layout(("module.encoder.", "encoder.", "module."), _RESNET_FC, decoder=True),
-    "nimbled": Layout(("module.encoder.", "encoder.", "module."), _RESNET_FC, decoder=True, activation="relu"),
+    "torchvision": Layout(("module.", ""), _CLASSIFIER, description="a torchvision state dict (ViTs renamed to timm's keys)"),
+    "timm": Layout(("module.", ""), _CLASSIFIER, description="a timm state dict, optionally module.-prefixed"),
+    "monodepth2": Layout(("module.encoder.", "encoder."), _RESNET_FC, decoder=True,
+                         description="a monodepth2 folder (encoder.pth + depth.pth): encoder and depth decoder"),
+    "depthtosemantic": Layout(("module.encoder.", "encoder.", "module."), _RESNET_FC, decoder=True,
+                              description="Lao et al.'s DepthToSemantic encoder-<step>.pth (+ decoder-<step>.pth)"),
+    "nimbled": Layout(("module.encoder.", "encoder.", "module."), _RESNET_FC, decoder=True, activation="relu",
+                      description="a NimbleD folder (depth_encoder.pth + depth_decoder.pth)"),
     "moco": Layout(
         ("module.encoder_q.", "encoder_q.", "module.base_encoder.", "base_encoder."),
         ((r"^fc\.", "MoCo projection MLP"), (r"^head\.", "MoCo v3 projection head")),
         ((r"(^|\.)encoder_k\.", "MoCo momentum (key) encoder"), (r"(^|\.)momentum_encoder\.", "MoCo momentum encoder"),
-         (r"(^|\.)queue(_ptr)?$", "MoCo queue of negatives"), (r"(^|\.)predictor\.", "MoCo v3 predictor"))),
+         (r"(^|\.)queue(_ptr)?$", "MoCo queue of negatives"), (r"(^|\.)predictor\.", "MoCo v3 predictor")),
+        description="a MoCo v2/v3 checkpoint: the query encoder"),
     "dino": Layout(
         ("teacher.backbone.", "module.teacher.backbone.", "backbone.", "module.backbone.",
          "student.backbone.", "module.student.backbone.", ""),
         ((r"^head\.", "DINO projection head"), (r"^(dino|ibot)_head\.", "DINO/iBOT projection head"), _MASK_TOKEN),
         ((r"(^|\.)student\.", "DINO student (the teacher is kept)"),
-         (r"(^|\.)(head|dino_head|ibot_head)\.", "DINO/iBOT projection head"))),
-    "mae": Layout(("module.", ""), ((r"^decoder_", "MAE pixel decoder"), _MASK_TOKEN, *_CLASSIFIER)),
+         (r"(^|\.)(head|dino_head|ibot_head)\.", "DINO/iBOT projection head")),
+        description="a DINO/DINOv2 checkpoint or hub state dict: the teacher backbone"),
+    "mae": Layout(("module.", ""), ((r"^decoder_", "MAE pixel decoder"), _MASK_TOKEN, *_CLASSIFIER),
+                  description="an MAE checkpoint: the encoder, its pixel decoder dropped"),
     "depth_anything": Layout(
         ("module.pretrained.", "pretrained."), (_MASK_TOKEN,),
-        ((r"(^|\.)depth_head\.", "Depth Anything DPT head (fits no harness decoder)"),)),
+        ((r"(^|\.)depth_head\.", "Depth Anything DPT head (fits no harness decoder)"),),
+        description="a Depth Anything checkpoint: its DINOv2 encoder (the DPT head is dropped)"),
 }
-FORMATS = ("harness", *LAYOUTS)
+HARNESS = Layout((), description="a harness .safetensors checkpoint (depth2seg metadata)")
+
+# Every format on the harness registry (`bench list formats`); FORMATS keeps the table's order.
+IMPORT_FORMATS: Registry[Layout] = Registry("checkpoint format")
+for _name, _layout in {"harness": HARNESS, **LAYOUTS}.items():
+    IMPORT_FORMATS.register_as(_name)(_layout)
+FORMATS = tuple(name for name, _ in IMPORT_FORMATS.items())
 
 # torchvision's ViT names -> timm's (same tensors: fused qkv in q, k, v order, eps 1e-6 LayerNorms).
 _TV_VIT = (
@@ -316,7 +331,7 @@ def read_foreign(path, arch: str, fmt: str = "auto", key_map=None) -> Imported:
             except UserError as exc:
                 raise UserError(f"{src.encoder}: {exc}") from None
         notes.insert(0, f"format {fmt}: {why}")
-    layout = LAYOUTS[fmt]
+    layout = IMPORT_FORMATS.get(fmt)
     encoder, more, prefix = _split(state, layout, src.encoder)
     dropped.update(more)
     if fmt == "torchvision" and ("class_token" in encoder or _has(encoder, "conv_proj.")):

@@ -19,6 +19,7 @@ from pretrain.methods.base import MethodOptions, PretrainMethod, register_method
 @register_method
 class Classification(PretrainMethod):
     name = "classification"
+    description = "supervised classification on object-centric crops (the ImageNet stand-in)"
     kind = "label"
 
     class Options(MethodOptions):

@@ -79,6 +79,7 @@ def projection_head(cin: int, hidden: int, dim: int) -> nn.Module:
 @register_method
 class MoCo(PretrainMethod):
     name = "contrastive"
+    description = "MoCo v2 contrastive learning with a momentum encoder and a queue of negatives"
     kind = "image"
 
     class Options(MethodOptions):

@@ -45,6 +45,7 @@ def normalize_pseudo(pseudo: torch.Tensor, valid: torch.Tensor) -> tuple[torch.T
 @register_method
 class DepthDistill(DepthVideo):
     name = "depth_distill"
+    description = "self-supervised video depth plus a scale-and-shift-invariant loss on a teacher's pseudo-labels (NimbleD)"
     kind = "video"
 
     class Options(DepthVideo.Options):

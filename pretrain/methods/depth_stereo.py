@@ -32,6 +32,7 @@ def left_to_right(baseline: torch.Tensor) -> torch.Tensor:
 @register_method
 class DepthStereo(SelfSupervisedDepth):
     name = "depth_stereo"
+    description = "self-supervised depth from rectified stereo pairs (monodepth2's stereo losses)"
     kind = "stereo"
 
     # With one source view, min_reprojection changes nothing. Auto-masking is off by default:

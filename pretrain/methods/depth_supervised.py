@@ -22,6 +22,7 @@ from pretrain.methods.base import MethodOptions, PretrainMethod, register_method
 @register_method
 class DepthSupervised(PretrainMethod):
     name = "depth_supervised"
+    description = "supervised monocular depth with a NaN-safe SILog loss"
     kind = "depth"
 
     class Options(MethodOptions):

@@ -138,6 +138,7 @@ class SelfSupervisedDepth(PretrainMethod):
 @register_method
 class DepthVideo(SelfSupervisedDepth):
     name = "depth_video"
+    description = "self-supervised depth from video: view synthesis with a pose net (monodepth2)"
     kind = "video"
 
     class Options(SelfSupervisedDepth.Options):

@@ -49,6 +49,7 @@ SCALES = (0, 1, 2, 3)
 @register_method
 class Flow(PretrainMethod):
     name = "flow"
+    description = "unsupervised optical flow with a siamese encoder (photometric + smoothness losses)"
     kind = "video"
 
     class Options(MethodOptions):

@@ -81,6 +81,7 @@ def patch_mask(gen: torch.Generator, n: int, height: int, width: int, ratio: flo
 @register_method
 class MaskedReconstruction(PretrainMethod):
     name = "mae"
+    description = "masked reconstruction: an encoder + U-Net decoder paint masked rectangles (or MAE patches) back"
     kind = "image"
 
     class Options(MethodOptions):

@@ -87,6 +87,7 @@ def disparity_to_depth(raw: np.ndarray, fx: float, baseline: float) -> np.ndarra
 @register_source
 class CityscapesSequence(PretrainSource):
     name = "cityscapes_seq"
+    description = "Cityscapes leftImg8bit_sequence video snippets (+ right views, camera files)"
     kinds = ("image", "depth", "video", "stereo")
     option_names = OPTIONS
     default_size = (192, 512)

@@ -28,6 +28,7 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 @register_source
 class ImageFolder(PretrainSource):
     name = "image_folder"
+    description = "an ImageFolder tree of labelled images (ImageNet layout), for classification"
     kinds = ("label", "image")
     option_names = OPTIONS
     default_size = (224, 224)

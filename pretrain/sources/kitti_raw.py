@@ -137,6 +137,7 @@ def _index_files(folder: Path, suffixes: tuple[str, ...]) -> dict[int, Path]:
 @register_source
 class KittiRaw(PretrainSource):
     name = "kitti_raw"
+    description = "KITTI raw drives: stereo video with calibration, optional projected LiDAR depth"
     kinds = ("image", "depth", "video", "stereo")
     option_names = OPTIONS
     default_size = (192, 640)

@@ -22,6 +22,7 @@ from .base import PretrainSource, read_rgb, register_source, require_items
 @register_source
 class SynthSource(PretrainSource):
     name = "synth"
+    description = "the generated world (`bench data synth`): stereo video, depth, flow, crops"
     kinds = ("image", "depth", "video", "stereo", "label")
 
     def __init__(self, root, options):

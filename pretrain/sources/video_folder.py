@@ -60,6 +60,7 @@ def _frame_size(path: Path) -> tuple[int, int]:
 @register_source
 class VideoFolder(PretrainSource):
     name = "video_folder"
+    description = "any videos as folders of frames, uncalibrated (one sub-folder per video)"
     kinds = ("image", "video")
     option_names = OPTIONS
 

@@ -40,6 +40,7 @@ TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 @register_dataset
 class Cityscapes(SegmentationDataset):
     name = "cityscapes"
+    description = "Cityscapes gtFine, 19 train classes"
     splits = ("train", "val")
     unlabelled_splits = ("test",)
     train_split, eval_split = "train", "val"

@@ -18,6 +18,7 @@ from transfer.datasets.base import (IGNORE_INDEX, LabelMapping, Sample, Segmenta
 @register_dataset
 class Synth(SegmentationDataset):
     name = "synth"
+    description = "the generated world's semantic labels (held-out sequences for evaluation)"
     splits = ("train", "val")
     train_split, eval_split = "train", "val"
 

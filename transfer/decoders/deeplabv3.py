@@ -21,6 +21,7 @@ from transfer.decoders.base import DecoderOptions, SegmentationDecoder, register
 @register_decoder
 class DeepLabV3Decoder(SegmentationDecoder):
     name = "deeplabv3"
+    description = "torchvision's DeepLabV3 ASPP head on a dilated encoder (output stride 16 or 8)"
 
     class Options(DecoderOptions):
         output_stride: Literal[8, 16] = Field(16, description="encoder output stride (8: finer, about 4x the compute)")

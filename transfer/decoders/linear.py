@@ -19,6 +19,7 @@ from transfer.decoders.base import SegmentationDecoder, register_decoder
 @register_decoder
 class LinearHead(SegmentationDecoder):
     name = "linear"
+    description = "linear probe: BatchNorm + 1x1 conv per level, scores summed"
 
     def __init__(self, channels: list[int], strides: list[int], num_classes: int, options):
         super().__init__()

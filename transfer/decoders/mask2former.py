@@ -45,6 +45,7 @@ class FeatureBackbone(nn.Module):
 @register_decoder
 class Mask2FormerDecoder(SegmentationDecoder):
     name = "mask2former"
+    description = "Hugging Face Mask2Former (pixel decoder + transformer decoder) on the harness features"
 
     class Options(DecoderOptions):
         hidden_dim: int = Field(256, ge=32, multiple_of=32,

@@ -267,6 +267,7 @@ def _bn_not_sync(cfg):
 @register_decoder
 class MMSegDecoder(SegmentationDecoder):
     name = "mmseg:"
+    description = "any MMSegmentation decode head from a config file (the [mmseg] extra)"
 
     class Options(DecoderOptions):
         spec: str = Field(..., description="the MMSeg config file (.py)")

@@ -15,6 +15,7 @@ from transfer.decoders.base import SegmentationDecoder, register_decoder
 @register_decoder
 class Monodepth2Decoder(SegmentationDecoder, UNetDecoder):
     name = "monodepth2"
+    description = "the depth network's U-Net decoder (monodepth2 layout), reusable from depth checkpoints"
     reuses = "monodepth2"
 
     def __init__(self, channels: list[int], strides: list[int], num_classes: int, options):

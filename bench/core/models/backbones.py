@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from bench.core.errors import UserError
+from bench.core.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,28 +48,24 @@ class BackboneSpec:
     blocks: tuple[int, ...] | None = None
 
 
-_REGISTRY: dict[str, Callable[[], BackboneSpec]] = {}
+# Registered archs -> a function building the arch's spec (its docstring is `bench list archs`).
+BACKBONES: Registry[Callable[[], BackboneSpec]] = Registry("arch")
 
 
 def register_backbone(name: str):
-    def decorator(fn: Callable[[], BackboneSpec]):
-        if name in _REGISTRY:
-            raise ValueError(f"backbone {name!r} registered twice")
-        _REGISTRY[name] = fn
-        return fn
-
-    return decorator
+    """Decorator: `@register_backbone("my_net")` on a function returning the BackboneSpec."""
+    return BACKBONES.register_as(name)
 
 
 def list_backbones() -> list[str]:
-    return sorted(_REGISTRY)
+    return BACKBONES.names()
 
 
 def is_known_arch(arch: str) -> bool:
     """Registered, or user code named as `entry:MODULE:FUNCTION` (bench/core/models/entry.py)."""
     from bench.core.models.entry import is_entry
 
-    return arch in _REGISTRY or is_entry(arch)
+    return arch in BACKBONES or is_entry(arch)
 
 
 def backbone_spec(arch: str) -> BackboneSpec:
@@ -76,9 +73,9 @@ def backbone_spec(arch: str) -> BackboneSpec:
 
     if is_entry(arch):
         return BackboneSpec(timm_name="", family="entry")
-    if arch not in _REGISTRY:
+    if arch not in BACKBONES:
         raise UserError(f"unknown arch {arch!r}; registered: {', '.join(list_backbones())}")
-    return _REGISTRY[arch]()
+    return BACKBONES.get(arch)()
 
 
 def create_encoder(arch: str, **timm_overrides) -> nn.Module:
@@ -119,50 +116,56 @@ def normalize(images: torch.Tensor, normalization: dict) -> torch.Tensor:
 # ResNets: five levels at strides 2, 4, 8, 16, 32 -- the monodepth2 encoder layout.
 @register_backbone("resnet18")
 def _resnet18() -> BackboneSpec:
+    """ResNet-18 (timm/torchvision keys), five levels at strides 2-32: the monodepth2 encoder."""
     return BackboneSpec(timm_name="resnet18")
 
 
 @register_backbone("resnet34")
 def _resnet34() -> BackboneSpec:
+    """ResNet-34, five levels at strides 2-32."""
     return BackboneSpec(timm_name="resnet34")
 
 
 @register_backbone("resnet50")
 def _resnet50() -> BackboneSpec:
+    """ResNet-50, five levels at strides 2-32."""
     return BackboneSpec(timm_name="resnet50")
 
 
 # A ~5M-parameter ResNet for quick CPU runs and tests.
 @register_backbone("resnet10t")
 def _resnet10t() -> BackboneSpec:
+    """timm ResNet-10-T (~5M parameters), for quick CPU runs and tests."""
     return BackboneSpec(timm_name="resnet10t")
 
 
 # ViTs: four levels at strides 4, 8, 16, 32 from blocks 2, 5, 8, 11 (12 blocks), final norm applied.
 @register_backbone("vit_small_patch14_dinov2")
 def _vit_small_dinov2() -> BackboneSpec:
-    # DINOv2 ViT-S/14: Depth Anything Small's encoder.
+    """DINOv2 ViT-S/14 (Depth Anything Small's encoder), four levels at strides 4-32."""
     return BackboneSpec(timm_name="vit_small_patch14_dinov2", family="vit")
 
 
 @register_backbone("vit_base_patch14_dinov2")
 def _vit_base_dinov2() -> BackboneSpec:
+    """DINOv2 ViT-B/14 (Depth Anything Base's encoder), four levels at strides 4-32."""
     return BackboneSpec(timm_name="vit_base_patch14_dinov2", family="vit")
 
 
 @register_backbone("vit_small_patch16_224")
 def _vit_small_patch16() -> BackboneSpec:
-    # DINO ViT-S/16 (timm's `.dino` weights fit it).
+    """ViT-S/16 (DINO's; timm's `.dino` weights fit it), four levels at strides 4-32."""
     return BackboneSpec(timm_name="vit_small_patch16_224", family="vit")
 
 
 @register_backbone("vit_base_patch16_224")
 def _vit_base_patch16() -> BackboneSpec:
-    # MAE / DINO ViT-B/16 (timm's `.mae` and `.dino` weights fit it).
+    """ViT-B/16 (MAE's and DINO's; timm's `.mae`/`.dino` weights fit it), four levels at strides 4-32."""
     return BackboneSpec(timm_name="vit_base_patch16_224", family="vit")
 
 
 # A ~5M-parameter ViT for quick CPU runs and tests.
 @register_backbone("vit_tiny_patch16_224")
 def _vit_tiny_patch16() -> BackboneSpec:
+    """ViT-Ti/16 (~5M parameters), for quick CPU runs and tests."""
     return BackboneSpec(timm_name="vit_tiny_patch16_224", family="vit")
