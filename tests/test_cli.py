@@ -9,7 +9,8 @@ from bench.core.checkpoint import load_checkpoint
 
 
 @pytest.mark.parametrize("verb", [["run"], ["submit"], ["convert"], ["status"], ["pretrain"], ["pseudo-label"],
-                                  ["transfer"], ["aggregate"], ["cka"], ["data"], ["data", "synth"], ["data", "inspect"]])
+                                  ["transfer"], ["aggregate"], ["cka"], ["data"], ["data", "synth"], ["data", "inspect"],
+                                  ["list"]])
 def test_every_verb_has_help(verb, capsys):
     with pytest.raises(SystemExit) as done:
         build_parser().parse_args(verb + ["--help"])
@@ -73,3 +74,26 @@ def test_user_mistakes_are_one_line(tiny_world, tmp_path, capsys, args, message)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "c" / "record.json").exists()
+
+
+def test_list_prints_every_registry_with_descriptions(capsys):
+    from bench.cli.listing import WHAT, entries
+
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for what in WHAT:
+        assert f"{what}:\n" in out
+        for name, description in entries(what):
+            assert description and f"  {name}" in out  # every entry, and each has its line
+    assert main(["list", "decoders"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["deeplabv3", "linear", "mask2former", "mmseg:ARG", "monodepth2"]
+    assert main(["list", "protocols"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == ["full", "frozen", "linear"]
+
+
+def test_a_bad_optimiser_flag_of_transfer_is_one_line(tiny_world, tmp_path, capsys):
+    assert main(["transfer", "--checkpoint", "none", "--arch", "resnet10t", "--root", str(tiny_world),
+                 "--protocol", "linear", "--lr", "-1", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --lr:") and "\n" not in err and not (tmp_path / "c").exists()

@@ -1,0 +1,49 @@
+"""The `bench` command line: one module per verb, each a thin layer over a library function.
+
+Every verb module has `add_parser(subparsers)` (its flags; shared option groups come from
+`common.py` as argparse parents) and the function its parser calls with the parsed arguments.
+
+User mistakes (`UserError`) print one line, `error: ...`, and exit with status 2; there is no
+traceback for them. Set BENCH_DEBUG=1 to see one anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from bench.cli import aggregate, cka, convert, data, listing, pretrain, pseudo_label, run, status, submit, transfer
+from bench.core.errors import UserError
+from bench.core.version import __version__
+
+# In the order `bench --help` lists them: the matrix, one backbone, single stages, analysis, data.
+VERBS = (run, status, submit, convert, pretrain, pseudo_label, transfer, aggregate, cka, data, listing)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="depth2seg-bench: pre-train encoders, transfer them to "
+                                "semantic segmentation, and compare the results.")
+    p.add_argument("--version", action="version", version=f"depth2seg-bench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for verb in VERBS:
+        verb.add_parser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as exc:
+        if os.environ.get("BENCH_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished work is kept and a re-run resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
