@@ -43,7 +43,7 @@ class DataSection(_Strict):
 
 
 class PretrainSpec(_Strict):
-    """A pre-training of `bench pretrain` (README, "Pre-training methods"). `options` are the
+    """A pre-training of `bench pretrain` (docs/pretraining.md). `options` are the
     method's own settings and `source_options` the dataset reader's; both are validated here."""
 
     method: str
@@ -99,7 +99,7 @@ class PretrainSpec(_Strict):
 
 
 class ImportSpec(_Strict):
-    """A foreign checkpoint the harness converts before use (README, "Adding a backbone")."""
+    """A foreign checkpoint the harness converts before use (docs/adding-a-backbone.md)."""
 
     file: Path  # a weights file, or a monodepth2 folder
     format: str = "auto"  # auto | harness | torchvision | timm | monodepth2 | moco | dino | mae | ...
@@ -142,7 +142,7 @@ class Backbone(_Strict):
 
 class DatasetSpec(_Strict):
     """A segmentation dataset of the matrix. Geometry left out takes the dataset's defaults
-    (README, "Datasets"); `resize`/`eval_resize` are HxW, a short side, or `native`."""
+    (docs/datasets.md); `resize`/`eval_resize` are HxW, a short side, or `native`."""
 
     name: str
     root: Path | None = None  # required for real datasets; default (synth): the generated world
@@ -165,7 +165,7 @@ class DatasetSpec(_Strict):
     @model_validator(mode="after")
     def _real_data_has_root(self):
         if self.name != "synth" and self.root is None:
-            raise ValueError(f"dataset {self.name} needs a root folder (the README lists the layout)")
+            raise ValueError(f"dataset {self.name} needs a root folder (docs/datasets.md gives the layout)")
         try:
             self.settings()  # geometry strings parse, or a one-line error now rather than mid-run
         except UserError as exc:
@@ -188,7 +188,7 @@ class TransferSection(TransferSettings):
     (`transfer.api.TransferSettings`, shared with `bench transfer`)."""
 
     protocols: list[Protocol] = Field(default_factory=lambda: list(PROTOCOLS), min_length=1)
-    # Registered decoders (README, "Decoders"); `mmseg:CONFIG` runs an MMSegmentation config.
+    # Registered decoders (docs/protocols.md, "Decoders"); `mmseg:CONFIG` runs an MMSegmentation config.
     decoders: list[str] = Field(default_factory=lambda: ["monodepth2"], min_length=1)
     train_sizes: list[int] = Field(default_factory=lambda: [16], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
@@ -288,7 +288,7 @@ def _format_error(path: Path, exc: ValidationError) -> str:
     loc = _loc(tuple(p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function")))))
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling against the README's manifest reference)"
+        msg = "unknown key (check the spelling against docs/manifest.md)"
     elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], (dict, list)):
         msg += f" (got {first['input']!r})"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
@@ -326,6 +326,7 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
         return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
 
     m.out = resolve(m.out)
+    m.executor.slurm.folder = resolve(m.executor.slurm.folder)  # written, not read: need not exist
     for i, b in enumerate(m.backbones):
         if b.checkpoint is not None:
             b.checkpoint = resolve(b.checkpoint)

@@ -134,3 +134,11 @@ def test_folder_options_resolve_against_the_manifest_folder(tmp_path):
     m = load_manifest(_write(tmp_path, PRE.replace(
         "PRETRAIN", "{method: depth_distill, options: {pseudo_labels: labels/teacher}}")))
     assert m.backbones[0].pretrain.options["pseudo_labels"] == str((tmp_path / "labels" / "teacher").resolve())
+
+
+def test_the_slurm_folder_is_relative_to_the_manifest_like_every_path(tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    path = _write(tmp_path / "sub", BASE + "executor: {kind: slurm, slurm: {folder: logs/slurm}}\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_manifest(path).executor.slurm.folder == tmp_path / "sub" / "logs" / "slurm"
+    assert load_manifest(_write(tmp_path, BASE)).executor.slurm.folder is None  # default: RESULTS/slurm

@@ -60,7 +60,7 @@ class Cell:
 
 
 class TransferSettings(BaseModel):
-    """How cells train; the same for every cell of a comparison (README, "Protocols")."""
+    """How cells train; the same for every cell of a comparison (docs/protocols.md)."""
 
     model_config = ConfigDict(extra="forbid")
     decoder_options: dict[str, dict] = Field(default_factory=dict)  # decoder name -> its options
@@ -69,7 +69,7 @@ class TransferSettings(BaseModel):
     batch_size: int = Field(8, ge=1)
     eval_every: int = Field(50, ge=1)
     keep_weights: bool = False  # full cells save their fine-tuned encoder (for pre-trained vs fine-tuned CKA)
-    # Layers over the built-in presets, keyed PROTOCOL or PROTOCOL/DECODER (README, "Protocols").
+    # Layers over the built-in presets, keyed PROTOCOL or PROTOCOL/DECODER (docs/protocols.md).
     optimizer: dict[str, PresetOverride] = Field(default_factory=dict)
     feature_cache: bool = True  # frozen and linear cells train on cached encoder features
     feature_cache_views: int = Field(DEFAULT_VIEWS_PER_IMAGE, ge=1)  # per image, for datasets with a random crop

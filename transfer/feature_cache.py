@@ -10,7 +10,7 @@ features are the encoder's output on that view's pixels, never a transformed fea
 a dataset has no random crop the views are just (image, flip), so the cached cell draws exactly
 the batches the uncached one draws and ends with the same weights (up to float summation order
 in the encoder). With a random crop every step would be a new view, so a cached cell instead
-samples among `views_per_image` crops drawn once per image (README, "Protocols").
+samples among `views_per_image` crops drawn once per image (docs/protocols.md).
 """
 
 from __future__ import annotations

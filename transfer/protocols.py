@@ -7,7 +7,7 @@
 
 Every preset is a warm-up (linear, from lr/warmup) followed by a poly decay to 0. Presets are
 looked up per protocol, then per `protocol/decoder`, each layer overriding the fields it names;
-a manifest's `transfer.optimizer` adds its own layers on top (README, "Protocols").
+a manifest's `transfer.optimizer` adds its own layers on top (docs/protocols.md).
 """
 
 from __future__ import annotations

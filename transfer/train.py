@@ -3,7 +3,7 @@ evaluate, record.
 
 `train_cell(config, out_dir, log=...)` runs in one process (one DDP rank); `transfer.api.run_cell`
 is the way in, which also starts the ranks of a data-parallel cell. It writes
-`OUT/record.json` atomically (the run record of DESIGN.md) and `OUT/train_split.txt`. The pieces,
+`OUT/record.json` atomically (the run record: docs/results.md) and `OUT/train_split.txt`. The pieces,
 in the order a cell runs them:
 
 - `_open_data`: the few-shot training images and the evaluation set;

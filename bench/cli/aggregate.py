@@ -7,7 +7,7 @@ from pathlib import Path
 
 def add_parser(sub) -> None:
     a = sub.add_parser("aggregate", help="rebuild leaderboards, plots and the report from run records", description=
-                       "Reads RESULTS_DIR/runs/*/record.json only and writes leaderboard.csv/.md (mean, std, 95%% "
+                       "Reads RESULTS_DIR/runs/*/record.json only and writes leaderboard.csv/.md (mean, std, 95% "
                        "Student-t CI, rank, difference to a baseline), per_class.csv, failures.csv, plots/ and "
                        "report.html.")
     a.add_argument("results_dir", help="results folder of a `bench run`")

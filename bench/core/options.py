@@ -21,6 +21,6 @@ def parse_options(model: type[BaseModel], options: dict, label: str, hidden: tup
 
 
 def options_help(model: type[BaseModel], hidden: tuple[str, ...] = ()) -> list[str]:
-    """One line per option: name, default, description (for --help and the README)."""
+    """One line per option: name, default, description (for --help and the docs)."""
     return [f"{k}={f.default!r}: {f.description or ''}".rstrip(": ")
             for k, f in model.model_fields.items() if k not in hidden]

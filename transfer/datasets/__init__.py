@@ -11,16 +11,18 @@ gives the registered names (the CLI and manifest values). The modules below regi
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from transfer.datasets.base import (IGNORE_INDEX, DATASETS, LabelMapping, Sample, SegmentationDataset,  # noqa: F401
                                     Transforms, dataset_class, list_datasets, open_dataset, register_dataset)
 
-# Registration happens on import; keep this list in the README's dataset table order.
-from transfer.datasets import synth  # noqa: E402,F401
-from transfer.datasets import kitti  # noqa: E402,F401
-from transfer.datasets import cityscapes  # noqa: E402,F401
-from transfer.datasets import nyuv2  # noqa: E402,F401
-from transfer.datasets import ade20k  # noqa: E402,F401
-from transfer.datasets import voc  # noqa: E402,F401
+# Every module of this package but the shared ones registers one dataset on import, so adding a
+# dataset is adding a file (as for methods, sources and decoders).
+SHARED = {"base", "cityscapes_labels", "inspection"}
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in SHARED:
+        importlib.import_module(f"{__name__}.{_module.name}")
 
 __all__ = ["IGNORE_INDEX", "LabelMapping", "Sample", "SegmentationDataset", "Transforms", "dataset_class",
            "list_datasets", "open_dataset", "register_dataset"]
