@@ -100,5 +100,5 @@ def parse_options(cls: type[PretrainMethod], options: dict) -> MethodOptions:
 
 
 def options_help(cls: type[PretrainMethod]) -> list[str]:
-    """One line per option: name, default, description (for --help and the README)."""
+    """One line per option: name, default, description (for --help and the docs)."""
     return _options_help(cls.Options)
