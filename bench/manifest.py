@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from bench.core.errors import UserError
 from bench.core.models.backbones import is_known_arch, list_backbones
+from bench.core.models.initialisation import DEFAULT_RANDOM_INIT, RandomInit
 from transfer.api import TransferSettings
 from transfer.protocols import LINEAR_DECODER, PROTOCOLS, Protocol
 
@@ -114,6 +115,9 @@ class Backbone(_Strict):
     pretrain: PretrainSpec | None = None
     checkpoint: Path | None = None
     import_: ImportSpec | None = Field(None, alias="import")
+    # A backbone without pretrain/checkpoint/import is the random baseline; how its encoder is
+    # initialised (bench/core/models/initialisation.py, docs/protocols.md).
+    random_init: RandomInit = DEFAULT_RANDOM_INIT
 
     @field_validator("arch")
     @classmethod
@@ -129,6 +133,9 @@ class Backbone(_Strict):
         if len(given) > 1:
             raise ValueError(f"give at most one of pretrain, checkpoint, import (got {', '.join(given)})"
                              .replace("import_", "import"))
+        if given and "random_init" in self.model_fields_set:
+            raise ValueError("random_init is for the random baseline, a backbone without pretrain, checkpoint "
+                             "or import (pre-trainings record the initialisation they start from)")
         return self
 
     @property

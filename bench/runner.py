@@ -186,6 +186,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         # Stage 2: transfer cells whose record is missing, stale or failed. The few-shot subsets are
         # published first: identical for every backbone, and a size that does not fit fails here.
         datasets = {d.name: d for d in m.datasets}
+        backbones = {b.name: b for b in m.backbones}
         for spec in m.datasets:
             publish_splits(spec.settings(), spec.root or world_root, m.transfer.train_sizes, m.transfer.seeds, out_dir)
         todo, current = [], 0
@@ -204,7 +205,8 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                                          data_id=str(spec.root) if spec.root else world_id,
                                          checkpoint=checkpoints[cell.backbone],
                                          checkpoint_sha256=hashes.get(cell.backbone),
-                                         processes=m.executor.resources.ddp_processes())
+                                         processes=m.executor.resources.ddp_processes(),
+                                         random_init=backbones[cell.backbone].random_init)
             if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
                 current += 1
                 continue

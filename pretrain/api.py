@@ -106,6 +106,9 @@ def _meta(task, config: dict, fp: str, summary: dict, steps: int) -> dict:
                  **({"data_id": config["data_id"]} if located else {"root": str(config["root"])})},
         "steps": steps,
         "normalization": task.encoder.normalization,
+        # What the encoder started from: a random scheme (bench/core/models/initialisation.py) or
+        # the weights of `init` (whose hash is in the config).
+        "encoder_init": "weights" if config.get("init") else task.encoder.init_scheme,
         "seed": int(config["seed"]),
         "fingerprint": fp,
         "config": {k: v for k, v in config.items() if not (located and k == "root") and k not in ("name", "init")},

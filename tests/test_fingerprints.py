@@ -2,8 +2,12 @@
 and orphans its record. These pin the fingerprints of three representative cells, resolved by
 the one resolver (`transfer.api.resolve_cell_config`), to the values the harness computed before
 the transfer-config assembly moved there (v0.1.0, `bench.matrix.cell_config`). Change a value
-only together with a change of what a cell computes, and say so in the change's notes."""
+only together with a change of what a cell computes, and say so in the change's notes.
 
+Changed since: a cell without a checkpoint (the random baseline) records its `random_init`
+scheme, whose default became torchvision's (issue 15); that cell's pin shows it is the only change."""
+
+from bench.core.records import fingerprint
 from transfer.api import Cell, TransferSettings, resolve_cell_config
 
 SHA = "ab" * 32  # a checkpoint's content hash stands for the file
@@ -25,8 +29,14 @@ def test_a_frozen_deeplab_cell_with_every_optional_setting():
     settings = {"init": "encoder", "steps": 300, "batch_size": 8, "eval_every": 50, "keep_weights": True,
                 "decoder_options": {"deeplabv3": {"output_stride": 8}}, "feature_cache_views": 8, "augment": False,
                 "optimizer": {"frozen/deeplabv3": {"optimizer": "adamw", "lr": 1e-3}}}
-    fp = _fp(cell, settings, {"name": "cityscapes"}, dataset_root="/data/cs", data_id="/data/cs", processes=2)
-    assert fp == "d72690933ba13343b51a0ae1da53ca082ac0979a4c76727f1196a2bf057eb434"
+    config = resolve_cell_config(cell, TransferSettings(**settings), dataset={"name": "cityscapes"},
+                                 dataset_root="/data/cs", data_id="/data/cs", processes=2)
+    assert config["random_init"] == "torchvision"
+    assert config["fingerprint"] == "ec3899d73a025a71afffa8d68d3f31e15b9cce172060d896c856e15a94138517"
+    # Without the new key, the fingerprint is v0.1.0's: nothing else about the cell moved.
+    fingerprinted = {k: v for k, v in config.items() if k not in
+                     ("fingerprint", "dataset_root", "checkpoint", "state_every", "random_init")}
+    assert fingerprint(fingerprinted) == "d72690933ba13343b51a0ae1da53ca082ac0979a4c76727f1196a2bf057eb434"
 
 
 def test_a_full_cell_with_dataset_geometry_and_an_optimizer_layer():

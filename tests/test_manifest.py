@@ -142,3 +142,12 @@ def test_the_slurm_folder_is_relative_to_the_manifest_like_every_path(tmp_path, 
     monkeypatch.chdir(tmp_path)
     assert load_manifest(path).executor.slurm.folder == tmp_path / "sub" / "logs" / "slurm"
     assert load_manifest(_write(tmp_path, BASE)).executor.slurm.folder is None  # default: RESULTS/slurm
+
+
+def test_random_init_is_for_the_random_baseline_only(tmp_path):
+    m = load_manifest(_write(tmp_path, BASE.replace("arch: resnet10t}", "arch: resnet10t, random_init: timm}")))
+    assert m.backbones[0].random_init == "timm"
+    assert load_manifest(_write(tmp_path, BASE)).backbones[0].random_init == "torchvision"  # the default
+    text = BASE.replace("arch: resnet10t}", "arch: resnet10t, random_init: timm, pretrain: {method: flow}}")
+    with pytest.raises(UserError, match=r"backbones\[0\]: random_init is for the random baseline"):
+        load_manifest(_write(tmp_path, text))

@@ -28,6 +28,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bench.core.checkpoint import file_sha256
+from bench.core.models.backbones import backbone_spec
+from bench.core.models.initialisation import DEFAULT_RANDOM_INIT, effective_random_init
 from bench.core.records import fingerprint, read_json
 from transfer.data import dataset_settings
 from transfer.decoders import decoder_class, decoder_slug, parse_decoder_options
@@ -91,13 +93,15 @@ class TransferSettings(BaseModel):
 
 def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict, dataset_root, data_id: str,
                         checkpoint=None, checkpoint_sha256: str | None = None, processes: int = 1,
-                        device: str | None = None) -> dict:
+                        device: str | None = None, random_init: str = DEFAULT_RANDOM_INIT) -> dict:
     """The resolved, fingerprinted config of one transfer cell.
 
     `dataset` holds the dataset's geometry as the user wrote it (`name`, and optionally `classes`,
     `train_split`, `eval_split`, `resize`, `crop`, `eval_resize`); `data_id` names the data
     (the generated world's fingerprint, or a real dataset's path); `checkpoint` is a harness
-    checkpoint or None (random init), its sha256 computed here unless given.
+    checkpoint, its sha256 computed here unless given, or None: a random encoder by the
+    `random_init` scheme (the encoder's family decides the scheme it effectively gets, and the
+    config holds that one).
 
     The fingerprint covers everything that decides the result -- the cell, the hyper-parameters,
     the decoder's options and the contents of files they name, the data identity and settings
@@ -130,6 +134,8 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
             config["feature_cache_views"] = int(settings.feature_cache_views)
     if not settings.augment:
         config["augment"] = False
+    if checkpoint is None:  # the random baseline: how it starts decides what it scores
+        config["random_init"] = effective_random_init(backbone_spec(cell.arch).family, random_init)
     if processes > 1:  # data-parallel ranks split each batch: BatchNorm sees slices, so it is a setting
         config["processes"] = int(processes)
     config["fingerprint"] = fingerprint(config)

@@ -54,14 +54,21 @@ class SegmentationModel(nn.Module):
 
 
 def build_model(arch: str, checkpoint: Checkpoint | None, decoder_kind: str, init: str,
-                num_classes: int, decoder_options: dict | None = None) -> tuple[SegmentationModel, dict]:
-    """The model and a description of how it was initialised (recorded with the run)."""
+                num_classes: int, decoder_options: dict | None = None,
+                random_init: str = "timm") -> tuple[SegmentationModel, dict]:
+    """The model and a description of how it was initialised (recorded with the run).
+    `random_init` is the scheme of an encoder without a checkpoint (the random baseline)."""
     cls = decoder_class(decoder_kind)
     options = parse_decoder_options(decoder_kind, decoder_options)
     if init not in INITS:
         raise UserError(f"unknown init {init!r}; available: {', '.join(INITS)}")
-    encoder = create_encoder(arch, **cls.encoder_kwargs(options))
+    encoder = create_encoder(arch, init=random_init if checkpoint is None else "timm", **cls.encoder_kwargs(options))
     info = {"requested": init, "effective": "none", "encoder_coverage": None, "decoder_tensors_loaded": 0}
+    if checkpoint is None:
+        info["random_init"] = encoder.init_scheme
+    else:
+        # What the pre-training started from (None for checkpoints that do not say: imported ones).
+        info["pretraining_init"] = checkpoint.meta.get("encoder_init")
     if checkpoint is not None:
         if checkpoint.meta["arch"] != arch:
             raise UserError(f"{checkpoint.path}: checkpoint arch {checkpoint.meta['arch']!r} differs from {arch!r}")

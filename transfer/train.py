@@ -159,8 +159,9 @@ def _build(config: dict, data: CellData, device: torch.device, world: int) -> Ce
     decoder_options = dict(config.get("decoder_options") or {})
     if config.get("decoder_spec"):
         decoder_options["spec"] = config["decoder_spec"]
+    # A config without `random_init` predates the choice: its random encoders were timm's.
     model, init_info = build_model(cell["arch"], checkpoint, cell["decoder"], config.get("init", "auto"),
-                                   data.dataset.num_classes, decoder_options)
+                                   data.dataset.num_classes, decoder_options, config.get("random_init", "timm"))
     preset = OptimizerPreset(**config["optim"])  # resolved by transfer.api.resolve_cell_config
     groups = param_groups(model, cell["protocol"], preset.lr, preset.encoder_lr_mult)
     model.to(device)

@@ -30,6 +30,9 @@ def add_parser(sub) -> None:
                        "OUT/record.json.", epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--checkpoint", required=True, help="harness checkpoint (.safetensors), or 'none' for random init")
     t.add_argument("--arch", help="backbone for --checkpoint none")
+    t.add_argument("--random-init", default="torchvision", choices=["torchvision", "timm"],
+                   help="--checkpoint none: how the random encoder starts (default: torchvision, the paper's "
+                   "baseline; timm zero-initialises every residual branch; ViTs always get timm's)")
     t.add_argument("--name", help="backbone name in the record (default: the checkpoint's folder name)")
     t.add_argument("--dataset", default="synth", choices=list_datasets(), help="segmentation dataset (default: synth)")
     t.add_argument("--train-split", help="official split to draw the few-shot subset from (default: the dataset's)")
@@ -120,7 +123,7 @@ def main(args) -> int:
                 "eval_resize": args.eval_resize}
     config = resolve_cell_config(cell, settings_from_flags(args, decoder), dataset=geometry, dataset_root=root,
                                  data_id=str(root), checkpoint=ckpt, checkpoint_sha256=sha,
-                                 processes=args.processes, device=args.device)
+                                 processes=args.processes, device=args.device, random_init=args.random_init)
     record = run_cell(config, Path(args.out), progress=not args.no_progress)
     m = record["metrics"]
     print(f"{record['status']}: mIoU {100 * m['miou']:.2f} pixel acc {100 * m['pixel_acc']:.2f} -> "

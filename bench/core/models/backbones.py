@@ -78,31 +78,40 @@ def backbone_spec(arch: str) -> BackboneSpec:
     return BACKBONES.get(arch)()
 
 
-def create_encoder(arch: str, **timm_overrides) -> nn.Module:
+def create_encoder(arch: str, init: str = "timm", **timm_overrides) -> nn.Module:
     """Build a randomly initialised encoder; weights come from checkpoints, never the network.
 
-    `timm_overrides` change the structure but never the weights' names or shapes (e.g. a
-    decoder's `output_stride`, which dilates the last stages instead of striding them; a ViT
-    resamples its deepest levels at that stride instead)."""
+    `init` is the random initialisation scheme (`bench.core.models.initialisation`: timm's, or
+    torchvision's for the random baseline); the built module records the one it got as
+    `init_scheme`. `timm_overrides` change the structure but never the weights' names or shapes
+    (e.g. a decoder's `output_stride`, which dilates the last stages instead of striding them; a
+    ViT resamples its deepest levels at that stride instead)."""
     import timm
 
+    from bench.core.models.initialisation import effective_random_init, torchvision_init_
+
     spec = backbone_spec(arch)
+    scheme = effective_random_init(spec.family, init)
     kwargs = {**spec.timm_kwargs, **timm_overrides}
     if spec.family == "entry":
         from bench.core.models.entry import entry_encoder
 
-        return entry_encoder(arch, spec.mean, spec.std, **timm_overrides)
-    if spec.family == "vit":
+        model = entry_encoder(arch, spec.mean, spec.std, **timm_overrides)
+    elif spec.family == "vit":
         from bench.core.models.vit import vit_encoder
 
-        return vit_encoder(spec.timm_name, arch=arch, mean=spec.mean, std=spec.std, blocks=spec.blocks, **kwargs)
-    if spec.out_indices is not None:
-        kwargs["out_indices"] = spec.out_indices
-    model = timm.create_model(spec.timm_name, pretrained=False, features_only=True, **kwargs)
-    model.arch = arch
-    model.channels = list(model.feature_info.channels())
-    model.strides = list(model.feature_info.reduction())
-    model.normalization = {"mean": list(spec.mean), "std": list(spec.std)}
+        model = vit_encoder(spec.timm_name, arch=arch, mean=spec.mean, std=spec.std, blocks=spec.blocks, **kwargs)
+    else:
+        if spec.out_indices is not None:
+            kwargs["out_indices"] = spec.out_indices
+        model = timm.create_model(spec.timm_name, pretrained=False, features_only=True, **kwargs)
+        model.arch = arch
+        model.channels = list(model.feature_info.channels())
+        model.strides = list(model.feature_info.reduction())
+        model.normalization = {"mean": list(spec.mean), "std": list(spec.std)}
+        if scheme == "torchvision":
+            torchvision_init_(model)
+    model.init_scheme = scheme
     return model
 
 
