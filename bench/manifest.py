@@ -106,6 +106,20 @@ class ImportSpec(_Strict):
     format: str = "auto"  # auto | harness | torchvision | timm | monodepth2 | moco | dino | mae | ...
     key_map: Path | None = None  # regex renames applied after unwrapping
     allow_partial: bool = False  # accept fewer than all encoder tensors (recorded with every run)
+    # The input normalisation the weights expect, over the format's own: imagenet | monodepth2 |
+    # half | MEAN/STD | {mean: [r, g, b], std: [r, g, b]} (docs/adding-a-backbone.md).
+    normalization: str | dict | None = None
+
+    @field_validator("normalization")
+    @classmethod
+    def _known_normalization(cls, v):
+        from bench.core.models.backbones import parse_normalization
+
+        try:
+            parse_normalization(v, "normalization")
+        except UserError as exc:
+            raise ValueError(str(exc).removeprefix("normalization: ")) from None
+        return v
 
 
 class Backbone(_Strict):

@@ -13,7 +13,7 @@ from bench.core.errors import UserError
 
 
 def submit(*, name: str, arch: str, checkpoint: Path, manifest: Path, fmt: str = "auto", key_map: Path | None = None,
-           allow_partial: bool = False, out: Path | None = None, workers: int | None = None,
+           allow_partial: bool = False, normalization=None, out: Path | None = None, workers: int | None = None,
            progress: bool = True) -> int:
     """Convert `checkpoint`, then run the manifest's cells for this one backbone and refresh the
     reports. Nothing is added to the results when the checkpoint is refused."""
@@ -28,8 +28,11 @@ def submit(*, name: str, arch: str, checkpoint: Path, manifest: Path, fmt: str =
     checkpoint = Path(checkpoint).resolve()
     if not checkpoint.exists():
         raise UserError(f"--checkpoint {checkpoint}: not found")
-    spec = ImportSpec(file=checkpoint, format=fmt, key_map=Path(key_map).resolve() if key_map else None,
-                      allow_partial=allow_partial)
+    try:
+        spec = ImportSpec(file=checkpoint, format=fmt, key_map=Path(key_map).resolve() if key_map else None,
+                          allow_partial=allow_partial, normalization=normalization)
+    except ValidationError as exc:
+        raise UserError(f"--normalization: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
     try:
         backbone = Backbone(name=name, arch=arch, import_=spec)
     except ValidationError as exc:

@@ -58,6 +58,9 @@ def import_parent() -> argparse.ArgumentParser:
                    "a null replacement drops the key")
     p.add_argument("--allow-partial", action="store_true", help="accept fewer than all encoder tensors "
                    "(recorded with every run of this backbone)")
+    p.add_argument("--normalization", help="the input normalisation the weights expect, over the format's own: "
+                   "imagenet, monodepth2 (0.45/0.225), half (0.5/0.5), or MEAN/STD, e.g. 0.45/0.225 or "
+                   "0.5,0.4,0.3/0.2,0.2,0.2 (default: the format's; monodepth2-family formats use 0.45/0.225)")
     return p
 
 

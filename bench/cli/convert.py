@@ -28,7 +28,8 @@ def main(args) -> int:
     if key_map is not None and not key_map.is_file():
         raise UserError(f"--key-map {key_map}: file not found")
     path, report = convert(Path(args.checkpoint), args.arch, Path(args.out), fmt=args.format, key_map=key_map,
-                           allow_partial=args.allow_partial, name=Path(args.out).stem)
+                           allow_partial=args.allow_partial, name=Path(args.out).stem,
+                           normalization=args.normalization)
     cov = report.get("coverage") or report
     print(f"{report.get('format')}: {cov.get('loaded')}/{cov.get('total')} encoder tensors, "
           f"{len(report.get('dropped') or [])} dropped, decoder {'yes' if report.get('decoder') else 'no'} -> {path}")

@@ -31,5 +31,6 @@ def main(args) -> int:
     arch = args.arch or f"entry:{args.entry}"
     return submit(name=args.name, arch=arch, checkpoint=Path(args.checkpoint), manifest=Path(args.manifest),
                   fmt=args.format, key_map=Path(args.key_map) if args.key_map else None,
-                  allow_partial=args.allow_partial, out=args.out, workers=args.workers,
+                  allow_partial=args.allow_partial, normalization=args.normalization, out=args.out,
+                  workers=args.workers,
                   progress=not args.no_progress)

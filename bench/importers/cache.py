@@ -14,10 +14,15 @@ from pathlib import Path
 
 from bench.core.checkpoint import file_sha256
 from bench.core.errors import UserError
+from bench.core.models.backbones import parse_normalization
 from bench.core.records import fingerprint, write_json_atomic
 from bench.importers.validate import convert
 
 IMPORT_REPORT = "import.json"
+# The conversion rules' version, in every import's key: a conversion that would now write another
+# checkpoint from the same file (2: the monodepth2 family records its own 0.45/0.225 input
+# normalisation instead of ImageNet's) converts again.
+CONVERSION_RULES = 2
 
 
 def source_digest(path: Path) -> dict:
@@ -31,11 +36,14 @@ def source_digest(path: Path) -> dict:
 
 def import_backbone(name: str, arch: str, spec, out_dir: Path, *, log=print) -> Path:
     """The harness checkpoint of an imported backbone, converted now unless it is current.
-    `spec` has the fields of a manifest's `import:` entry (file, format, key_map, allow_partial)."""
+    `spec` has the fields of a manifest's `import:` entry (file, format, key_map, allow_partial,
+    normalization)."""
     folder = Path(out_dir) / "imports" / name
     settings = {"arch": arch, "format": spec.format, "allow_partial": spec.allow_partial,
                 "source": source_digest(spec.file),
-                "key_map": source_digest(spec.key_map) if spec.key_map else None}
+                "key_map": source_digest(spec.key_map) if spec.key_map else None,
+                "normalization": parse_normalization(spec.normalization, "import.normalization"),
+                "rules": CONVERSION_RULES}
     key = fingerprint(settings)
     target = folder / "checkpoint.safetensors"
     report_path = folder / IMPORT_REPORT
@@ -49,7 +57,7 @@ def import_backbone(name: str, arch: str, spec, out_dir: Path, *, log=print) -> 
     folder.mkdir(parents=True, exist_ok=True)
     try:
         _, report = convert(spec.file, arch, target, fmt=spec.format, key_map=spec.key_map,
-                            allow_partial=spec.allow_partial, name=name)
+                            allow_partial=spec.allow_partial, name=name, normalization=settings["normalization"])
     except BaseException:
         for p in reversed(created):  # a refused import leaves nothing behind
             shutil.rmtree(p, ignore_errors=True)

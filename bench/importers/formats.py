@@ -71,6 +71,9 @@ class Layout:
     decoder: bool = False  # a monodepth2 DepthDecoder may sit among the other tensors
     activation: str = "sigmoid"  # of that decoder's outputs (NimbleD replaced it with ReLU)
     description: str = ""  # one line for `bench list formats`
+    # The input normalisation the source project trains and runs its encoder with (a name of
+    # bench.core.models.backbones.NORMALIZATIONS); None: the arch's own (ImageNet statistics).
+    normalization: str | None = None
 
 
 _CLASSIFIER = ((r"^fc\.", "ImageNet classifier"), (r"^heads?\.", "classifier head"),
@@ -79,13 +82,16 @@ _MASK_TOKEN = (r"^mask_token$", "mask token (used only by masked-image training)
 _RESNET_FC = ((r"^fc\.", "ImageNet classifier (unused by the depth network)"),)
 
 LAYOUTS: dict[str, Layout] = {
-    "torchvision": Layout(("module.", ""), _CLASSIFIER, description="a torchvision state dict (ViTs renamed to timm's keys)"),
+    "torchvision": Layout(("module.", ""), _CLASSIFIER,
+                          description="a torchvision state dict (ViTs renamed to timm's keys)"),
     "timm": Layout(("module.", ""), _CLASSIFIER, description="a timm state dict, optionally module.-prefixed"),
-    "monodepth2": Layout(("module.encoder.", "encoder."), _RESNET_FC, decoder=True,
+    "monodepth2": Layout(("module.encoder.", "encoder."), _RESNET_FC, decoder=True, normalization="monodepth2",
                          description="a monodepth2 folder (encoder.pth + depth.pth): encoder and depth decoder"),
     "depthtosemantic": Layout(("module.encoder.", "encoder.", "module."), _RESNET_FC, decoder=True,
+                              normalization="monodepth2",
                               description="Lao et al.'s DepthToSemantic encoder-<step>.pth (+ decoder-<step>.pth)"),
     "nimbled": Layout(("module.encoder.", "encoder.", "module."), _RESNET_FC, decoder=True, activation="relu",
+                      normalization="monodepth2",
                       description="a NimbleD folder (depth_encoder.pth + depth_decoder.pth)"),
     "moco": Layout(
         ("module.encoder_q.", "encoder_q.", "module.base_encoder.", "base_encoder."),

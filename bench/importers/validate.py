@@ -24,7 +24,8 @@ import torch
 
 from bench.core.checkpoint import file_sha256, load_encoder_weights, save_checkpoint
 from bench.core.errors import UserError
-from bench.importers.formats import Imported, read_foreign
+from bench.core.models.backbones import NORMALIZATIONS, parse_normalization
+from bench.importers.formats import IMPORT_FORMATS, Imported, read_foreign
 
 PROBE_SIZE = (64, 96)  # small, and not a multiple of a ViT's 14-pixel patches on purpose
 
@@ -163,10 +164,23 @@ def _encoder_state(imported: Imported, encoder, report: dict) -> dict[str, torch
 
 
 def convert(path, arch: str, out_path, fmt: str = "auto", key_map=None, allow_partial: bool = False,
-            name: str | None = None) -> tuple[Path, dict]:
-    """Read, validate and write a foreign checkpoint as a harness checkpoint; (path written, report)."""
+            name: str | None = None, normalization=None) -> tuple[Path, dict]:
+    """Read, validate and write a foreign checkpoint as a harness checkpoint; (path written, report).
+
+    The checkpoint records the input normalisation its weights expect: `normalization` when given
+    (a name, MEAN/STD or a mapping: `parse_normalization`), else the source format's (monodepth2's
+    family normalises inside its encoder with 0.45 / 0.225), else the arch's (ImageNet)."""
+    override = parse_normalization(normalization, "--normalization")
     imported = read_foreign(path, arch, fmt=fmt, key_map=key_map)
     report, encoder = _validate(imported, arch, allow_partial)
+    layout = IMPORT_FORMATS.get(imported.format)
+    if imported.format == "harness":
+        source_norm, said_by = imported.source_meta.get("normalization"), "checkpoint"
+    elif layout.normalization:
+        source_norm, said_by = NORMALIZATIONS[layout.normalization], f"format ({layout.normalization})"
+    else:
+        source_norm, said_by = encoder.normalization, "arch"
+    report["normalization"] = {**(override or source_norm), "source": "override" if override else said_by}
     if key_map is not None and isinstance(key_map, (str, Path)):
         report["key_map"] = {"path": str(key_map), "sha256": file_sha256(key_map)}
     provenance = {
@@ -175,6 +189,7 @@ def convert(path, arch: str, out_path, fmt: str = "auto", key_map=None, allow_pa
         "key_report": {k: report[k] for k in ("loaded", "total", "missing", "unexpected", "shape_mismatched")},
         "dropped": report["dropped"],
         "allow_partial": report["allow_partial"],
+        "normalization": report["normalization"]["source"],
         "notes": report["notes"],
     }
     if "key_map" in report:
@@ -184,12 +199,14 @@ def convert(path, arch: str, out_path, fmt: str = "auto", key_map=None, allow_pa
         src = imported.source_meta
         meta = {k: src[k] for k in src if k not in ("harness_version", "provenance")}
         meta["arch"] = arch
+        if override:
+            meta["normalization"] = override
     else:
         data = {"dataset": "unknown"}
         if {"height", "width"} <= set(imported.source_meta):
             data["train_size"] = [imported.source_meta["height"], imported.source_meta["width"]]
         meta = {"arch": arch, "method": imported.method, "data": data, "steps": 0,
-                "normalization": encoder.normalization, "seed": 0}
+                "normalization": override or source_norm, "seed": 0}
     meta["decoder"] = imported.decoder_meta if imported.decoder else None
     meta["provenance"] = provenance
     if name is not None:

@@ -34,6 +34,45 @@ from bench.core.registry import Registry
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Input normalisations by name, as checkpoints record them ({"mean": [...], "std": [...]}, applied
+# to [0, 1] RGB). `monodepth2`: the encoders of monodepth2 and the projects built on it
+# (DepthToSemantic, NimbleD) normalise inside their own forward with (x - 0.45) / 0.225.
+# `half`: (x - 0.5) / 0.5, e.g. timm's AugReg ViTs and Inception weights.
+NORMALIZATIONS = {
+    "imagenet": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+    "monodepth2": {"mean": [0.45] * 3, "std": [0.225] * 3},
+    "half": {"mean": [0.5] * 3, "std": [0.5] * 3},
+}
+
+
+def parse_normalization(value, what: str = "normalization") -> dict | None:
+    """A name of NORMALIZATIONS, a {mean, std} mapping, or `MEAN/STD` text (`0.45/0.225`, or three
+    values each: `0.5,0.4,0.3/0.2,0.2,0.2`) -> {"mean": [3 floats], "std": [3 floats]}; None stays None."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().lower() in NORMALIZATIONS:
+        return {k: list(v) for k, v in NORMALIZATIONS[value.strip().lower()].items()}
+    if isinstance(value, str) and "/" in value:
+        mean, _, std = value.partition("/")
+        value = {"mean": mean.split(","), "std": std.split(",")}
+    if not isinstance(value, dict) or set(value) != {"mean", "std"}:
+        raise UserError(f"{what}: give one of {', '.join(NORMALIZATIONS)}, MEAN/STD (e.g. 0.45/0.225) or "
+                        f"{{mean: [r, g, b], std: [r, g, b]}}, got {value!r}")
+    out = {}
+    for key in ("mean", "std"):
+        values = value[key] if isinstance(value[key], (list, tuple)) else [value[key]]
+        try:
+            numbers = [float(v) for v in values]
+        except (TypeError, ValueError):
+            raise UserError(f"{what}: {key} must be numbers, got {value[key]!r}") from None
+        if len(numbers) == 1:
+            numbers *= 3
+        if len(numbers) != 3 or (key == "std" and min(numbers) <= 0):
+            raise UserError(f"{what}: {key} needs one or three {'positive ' if key == 'std' else ''}values, "
+                            f"got {value[key]!r}")
+        out[key] = numbers
+    return out
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
