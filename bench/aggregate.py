@@ -1,13 +1,19 @@
 """Leaderboards, per-class tables, plots and an HTML report, derived from run records only.
 
-One leaderboard row per backbone × dataset × protocol × decoder × init × train size, over the
+One leaderboard row per backbone x dataset x protocol x decoder x init x train size, over the
 seeds whose record is `ok`, metrics in percent (as papers report them):
 - mean, sample standard deviation and a 95 % confidence interval of the mean (Student t with
-  n − 1 degrees of freedom; NaN with a single seed, where no interval exists);
+  n - 1 degrees of freedom, clipped to [0, 100]; none with a single seed);
+- `init_effective`: what the requested init became for this backbone (`none`: random encoder,
+  `encoder`: pre-trained encoder and a fresh decoder, `encoder+decoder`: its pre-trained decoder
+  reused too). A comparison whose rows differ in decoder reuse says so (`mixed_init`,
+  `comparison_inits`, and the leaderboard's section header): it compares practice with
+  practice (Lao et al. Table 1), not encoders alone (Table 3, `init: encoder`);
 - `rank` by mean mIoU among the backbones of one comparison (same dataset, protocol, decoder,
-  init and train size);
-- `miou_diff` to the baseline backbone of that comparison and `ci_overlap`: whether the two 95 %
-  intervals overlap, i.e. whether the difference should not be read as a win.
+  requested init and train size);
+- `miou_diff` to the baseline backbone of that comparison with its paired 95 % interval
+  (`bench.statistics`: paired t over seeds, or a paired bootstrap over evaluation images with
+  one seed), `diff_interval` naming which, and `significant` when the interval excludes zero.
 Failed and diverged cells are listed in `failures.csv`, never averaged in.
 """
 
@@ -19,17 +25,17 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-from scipy import stats
 
 from bench.core.atomic import write_text_atomic
 from bench.core.errors import UserError
 from bench.core.records import iter_records
+from bench.statistics import paired_difference, t_interval
 
-CELL = ["backbone", "method", "arch", "dataset", "protocol", "decoder", "init", "train_size"]
+CELL = ["backbone", "method", "arch", "dataset", "protocol", "decoder", "init", "init_effective", "train_size"]
 COMPARISON = ["dataset", "protocol", "decoder", "init", "train_size"]
 METRICS = ["miou", "pixel_acc", "mean_class_acc"]
+PERCENT = (0.0, 100.0)
 
 
 def records_frame(results_dir) -> pd.DataFrame:
@@ -37,58 +43,79 @@ def records_frame(results_dir) -> pd.DataFrame:
     rows = []
     for path, record in iter_records(results_dir):
         metrics = record.get("metrics") or {}
-        # The requested init is the matrix axis (`auto` by default); what it became per backbone
-        # (encoder+decoder, encoder, none) stays in the record.
+        # `init` is the requested init, a matrix axis (`auto` by default); `init_effective` what it
+        # became for this backbone (none, encoder, encoder+decoder).
         row = {**record["cell"], "init": (record.get("config") or {}).get("init", "auto"),
+               "init_effective": (record.get("init") or {}).get("effective", "unknown"),
                "status": record.get("status"), "error": record.get("error"), "record": str(path),
                "curve": record.get("curve") or [], "per_class_iou": metrics.get("per_class_iou") or {},
+               "per_image": record.get("per_image"),
                "checkpoint": (record.get("checkpoint") or {}).get("path"), "config": record.get("config") or {}}
         for k in METRICS:
             row[k] = 100.0 * metrics[k] if metrics.get(k) is not None else float("nan")
         rows.append(row)
-    extra = ["seed", "status", "error", "record", "curve", "per_class_iou", "checkpoint", "config"]
-    return pd.DataFrame(rows, columns=CELL + extra + METRICS)
+    extra = ["seed", "status", "error", "record", "curve", "per_class_iou", "per_image", "checkpoint", "config"]
+    df = pd.DataFrame(rows, columns=CELL + extra + METRICS)
+    # A failed or skipped cell records no init: it belongs to the row of its seeds that ran.
+    same_row = [c for c in CELL if c != "init_effective"]
+    known = df[df["init_effective"] != "unknown"].groupby(same_row, dropna=False)["init_effective"].first()
+    for i in df.index[df["init_effective"] == "unknown"]:
+        key = tuple(df.loc[i, same_row])
+        if key in known.index:
+            df.at[i, "init_effective"] = known[key]
+    return df
 
 
-def t_interval(values) -> tuple[float, float, float, float]:
-    """(mean, sample std, CI low, CI high) of the mean at 95 %, Student t over the values."""
-    x = np.asarray([v for v in values if not math.isnan(v)], dtype=float)
-    if len(x) == 0:
-        return (math.nan,) * 4
-    mean = float(x.mean())
-    if len(x) < 2:
-        return mean, math.nan, math.nan, math.nan
-    std = float(x.std(ddof=1))
-    half = float(stats.t.ppf(0.975, len(x) - 1)) * std / math.sqrt(len(x))
-    return mean, std, mean - half, mean + half
+def _reuses_decoder(effective: str) -> bool:
+    return effective == "encoder+decoder"
+
+
+def comparison_inits(group: pd.DataFrame) -> tuple[bool, str]:
+    """(whether the rows of one comparison differ in decoder reuse, the effective inits in words)."""
+    by_init: dict[str, list[str]] = {}
+    for backbone, effective in zip(group["backbone"], group["init_effective"]):
+        by_init.setdefault(effective, []).append(backbone)
+    mixed = len({_reuses_decoder(e) for e in by_init}) > 1
+    words = "; ".join(f"{e}: {', '.join(dict.fromkeys(b))}" for e, b in sorted(by_init.items()))
+    return mixed, words
 
 
 def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
-    rows = []
+    rows, seeds = [], {}
     for key, group in df.groupby(CELL, sort=False, dropna=False):
         ok = group[group["status"] == "ok"]
         row = dict(zip(CELL, key), n_seeds=int(ok["seed"].nunique()), n_not_ok=int((group["status"] != "ok").sum()))
         for k in METRICS:
-            row[f"{k}_mean"], row[f"{k}_std"], row[f"{k}_ci_low"], row[f"{k}_ci_high"] = t_interval(ok[k])
+            row[f"{k}_mean"], row[f"{k}_std"], row[f"{k}_ci_low"], row[f"{k}_ci_high"] = t_interval(ok[k], PERCENT)
         rows.append(row)
+        seeds[len(rows) - 1] = {int(s): (m, p) for s, m, p in zip(ok["seed"], ok["miou"], ok["per_image"])}
     board = pd.DataFrame(rows)
     board["rank"] = (board.groupby(COMPARISON, dropna=False)["miou_mean"]
                      .rank(ascending=False, method="min").astype("Int64"))
-    board["baseline"], board["miou_diff"], board["ci_overlap"] = baseline, math.nan, pd.NA
-    if baseline is not None:
-        for _, group in board.groupby(COMPARISON, dropna=False):
-            base = group[group["backbone"] == baseline]
-            if base.empty:
+    board["mixed_init"], board["comparison_inits"] = False, ""
+    board["baseline"], board["miou_diff"], board["diff_ci_low"], board["diff_ci_high"] = baseline, *([math.nan] * 3)
+    board["diff_interval"], board["significant"] = "", pd.NA
+    for _, group in board.groupby(COMPARISON, dropna=False):
+        mixed, words = comparison_inits(group)
+        board.loc[group.index, "mixed_init"], board.loc[group.index, "comparison_inits"] = mixed, words
+        base = group[group["backbone"] == baseline] if baseline is not None else group.iloc[:0]
+        if base.empty:
+            board.loc[group.index, "diff_interval"] = "no baseline in this comparison"
+            continue
+        b = base.index[0]
+        for i in group.index:
+            if i == b:
+                board.at[i, "diff_interval"] = "baseline"
                 continue
-            b = base.iloc[0]
-            for i, r in group.iterrows():
-                board.at[i, "miou_diff"] = r["miou_mean"] - b["miou_mean"]
-                if not any(math.isnan(v) for v in (r["miou_ci_low"], b["miou_ci_low"])):
-                    board.at[i, "ci_overlap"] = bool(r["miou_ci_low"] <= b["miou_ci_high"]
-                                                     and b["miou_ci_low"] <= r["miou_ci_high"])
+            d = paired_difference(seeds[i], seeds[b])
+            board.at[i, "miou_diff"], board.at[i, "diff_ci_low"], board.at[i, "diff_ci_high"] = \
+                d["diff"], d["low"], d["high"]
+            board.at[i, "diff_interval"] = d["interval"]
+            board.at[i, "significant"] = pd.NA if d["significant"] is None else d["significant"]
     board = board.sort_values(COMPARISON + ["miou_mean"], ascending=[True] * len(COMPARISON) + [False],
                               na_position="last")
-    cols = CELL + ["n_seeds", "n_not_ok", "rank", "baseline", "miou_diff", "ci_overlap"] + \
+    cols = CELL + ["n_seeds", "n_not_ok", "rank", "mixed_init", "comparison_inits", "baseline", "miou_diff",
+                   "diff_ci_low", "diff_ci_high", "diff_interval", "significant"] + \
         [f"{k}_{s}" for k in METRICS for s in ("mean", "std", "ci_low", "ci_high")]
     return board[cols].reset_index(drop=True)
 
@@ -140,8 +167,9 @@ def write_reports(results_dir, baseline: str | None = None, plots: bool = True) 
     write_text_atomic(paths["leaderboard.csv"], board.to_csv(index=False, float_format="%.4f"))
     write_text_atomic(paths["per_class.csv"], per_class.to_csv(index=False, float_format="%.4f"))
     write_text_atomic(paths["failures.csv"], failures.to_csv(index=False))
-    shown = _display(board)
-    markdown = shown.to_markdown(index=False)
+    sections = [(header, note, _display(rows, baseline)) for header, note, rows in _sections(board)]
+    markdown = "\n\n".join(f"### {header}\n\n{note}\n\n{shown.to_markdown(index=False)}"
+                             for header, note, shown in sections)
     fail_md = failures.drop(columns=["record"]).to_markdown(index=False) if not failures.empty else "None."
     write_text_atomic(paths["leaderboard.md"], f"# Leaderboard: {results_dir.name}\n\n{_LEGEND.format(baseline=baseline)}"
                       f"\n\n{markdown}\n\n## Failed or diverged cells\n\n{fail_md}\n")
@@ -153,7 +181,7 @@ def write_reports(results_dir, baseline: str | None = None, plots: bool = True) 
 
         figures = write_all(board, df, results_dir / "plots", order)
         figures += [p for p in pretrained_vs_finetuned(results_dir, df) if p.suffix in (".png", ".svg")]
-    write_text_atomic(paths["report.html"], _html(results_dir.name, baseline, shown, failures,
+    write_text_atomic(paths["report.html"], _html(results_dir.name, baseline, sections, failures,
                                                   [p for p in figures if p.suffix == ".png"]))
     return {"csv": paths["leaderboard.csv"], "md": paths["leaderboard.md"], "html": paths["report.html"],
             "markdown": markdown, "frame": board, "plots": figures}
@@ -166,22 +194,43 @@ def where(table: dict) -> str:
             + (f"\nplots:       {plots}/ ({len(table['plots'])} files)" if plots else ""))
 
 
-_LEGEND = ("Final-step metrics in percent over the seeds whose run is `ok`: mean ± sample std, and the 95 % "
-           "confidence interval of the mean (Student t). `rank` orders the backbones of one comparison "
-           "(dataset, protocol, decoder, init, train size); `Δ {baseline}` is the mIoU difference to the baseline "
-           "backbone, marked `~` where the two intervals overlap.")
+_LEGEND = ("Final-step metrics in percent over the seeds whose run is `ok`: mean ± sample std (`n`: seeds), and "
+           "the 95 % confidence interval of the mean (Student t over seeds, clipped to [0, 100]; none for n = 1). "
+           "`rank` orders the backbones of one comparison (dataset, protocol, decoder, init, train size); "
+           "`effective init` is what the requested init became per backbone (none: random encoder; encoder: "
+           "pre-trained encoder, fresh decoder; encoder+decoder: its pre-trained decoder reused too). `Δ {baseline}` "
+           "is the mIoU difference to the baseline backbone with its paired 95 % interval: a paired t over the "
+           "seeds both ran, or with one seed a paired bootstrap over the evaluation images (the same images "
+           "resampled for both, mIoU recomputed from per-image counts); `*` marks an interval that excludes zero.")
 
 
-def _display(board: pd.DataFrame) -> pd.DataFrame:
-    shown = board[["backbone", "dataset", "protocol", "decoder", "init", "train_size", "n_seeds", "n_not_ok",
-                   "rank"]].copy()
+def _sections(board: pd.DataFrame):
+    """(header, note, rows) per comparison, in the board's order."""
+    for key, rows in board.groupby(COMPARISON, sort=False, dropna=False):
+        dataset, protocol, decoder, init, train_size = key
+        header = f"{dataset} · {protocol} · {decoder} · init {init} · {train_size} training images"
+        if rows["mixed_init"].iloc[0]:
+            note = ("**Mixed initialisations** (practice against practice, not encoders alone): "
+                    f"{rows['comparison_inits'].iloc[0]}. `init: encoder` compares encoders with fresh decoders.")
+        else:
+            note = f"One initialisation: {rows['comparison_inits'].iloc[0]}."
+        yield header, note, rows
+
+
+def _display(board: pd.DataFrame, baseline) -> pd.DataFrame:
+    shown = board[["backbone", "init_effective", "n_seeds", "n_not_ok", "rank"]].copy()
+    shown.columns = ["backbone", "effective init", "n", "not ok", "rank"]
+    shown["n"] = [f"n = {n}" for n in board["n_seeds"]]
     for k in METRICS:
         shown[k] = [_fmt(m, s) for m, s in zip(board[f"{k}_mean"], board[f"{k}_std"])]
     shown["miou 95% CI"] = ["—" if math.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]"
                             for lo, hi in zip(board["miou_ci_low"], board["miou_ci_high"])]
-    base = board["baseline"].iloc[0] if len(board) else None
-    shown[f"Δ {base}"] = ["—" if math.isnan(d) else f"{d:+.2f}{' ~' if o is True else ''}"
-                          for d, o in zip(board["miou_diff"], board["ci_overlap"])]
+    shown[f"Δ {baseline}"] = [
+        "baseline" if kind == "baseline" else "—" if math.isnan(d) else f"{d:+.2f}{' *' if sig is True else ''}"
+        for d, sig, kind in zip(board["miou_diff"], board["significant"], board["diff_interval"])]
+    shown["Δ 95% CI"] = ["" if math.isnan(lo) else f"[{lo:+.2f}, {hi:+.2f}]"
+                         for lo, hi in zip(board["diff_ci_low"], board["diff_ci_high"])]
+    shown["interval"] = ["" if kind == "baseline" else kind for kind in board["diff_interval"]]
     return shown
 
 
@@ -191,13 +240,15 @@ def _fmt(mean: float, std: float) -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def _html(name: str, baseline, shown: pd.DataFrame, failures: pd.DataFrame, pngs: list[Path]) -> str:
+def _html(name: str, baseline, sections, failures: pd.DataFrame, pngs: list[Path]) -> str:
     """One self-contained page: tables and every plot inlined (no network, no side files)."""
     images = "\n".join(
         f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(p.stem)}</figcaption></figure>'
         for p in pngs)
     fail = failures.drop(columns=["record"]).to_html(index=False, na_rep="—") if not failures.empty else "<p>None.</p>"
+    tables = "\n".join(f"<h3>{html.escape(header)}</h3>\n<p>{html.escape(note.replace('**', ''))}</p>\n"
+                        f"{shown.to_html(index=False, na_rep='—')}" for header, note, shown in sections)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>depth2seg-bench: {html.escape(name)}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:90%}}
@@ -205,7 +256,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:1
 </head><body>
 <h1>Leaderboard: {html.escape(name)}</h1>
 <p>{html.escape(_LEGEND.format(baseline=baseline))}</p>
-{shown.to_html(index=False, na_rep="—")}
+{tables}
 <h2>Failed or diverged cells</h2>
 {fail}
 <h2>Plots</h2>

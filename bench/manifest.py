@@ -147,7 +147,7 @@ class Backbone(_Strict):
         if len(given) > 1:
             raise ValueError(f"give at most one of pretrain, checkpoint, import (got {', '.join(given)})"
                              .replace("import_", "import"))
-        if given and "random_init" in self.model_fields_set:
+        if given and self.random_init != DEFAULT_RANDOM_INIT:  # (the default is what a re-read dump holds)
             raise ValueError("random_init is for the random baseline, a backbone without pretrain, checkpoint "
                              "or import (pre-trainings record the initialisation they start from)")
         return self

@@ -44,6 +44,7 @@ HATCHES = ["", "//", "..", "xx", "\\\\", "oo"]
 MARKERS = ["o", "s", "^", "D", "v", "P"]
 PALETTE_SIZE = 10
 OFFSET = 0.14  # frozen-vs-full: vertical offset of the two points of a dumbbell, so their CIs do not overlap
+REUSED_MARK = "†"  # over a bar whose pre-trained decoder was reused, in a comparison that mixes inits
 
 
 # ---------------------------------------------------------------- helpers
@@ -86,6 +87,10 @@ def _groups(df, keys) -> list[tuple[str, pd.DataFrame]]:
         out.append((" · ".join(f"{v} training images" if k == "train_size" else f"{k}={v}"
                                for k, v in zip(keys, values)), sub))
     return out
+
+
+def _mixed_and_reused(row) -> bool:
+    return bool(row.get("mixed_init", False)) and row.get("init_effective") == "encoder+decoder"
 
 
 def _slug(name) -> str:
@@ -143,7 +148,7 @@ def _bars_figures(board, colours):
         panel_w = max(3.2, 0.28 * nb * len(protocols) + 1.2)
         ncols = max(1, min(len(panels), 3, int(16 // panel_w)))  # at most ~16 inches wide
         fig, axes = _figure(math.ceil(len(panels) / ncols), ncols, panel_w, 3.2, sharey=True)
-        bars, failed, top = {}, False, 0.0
+        bars, failed, top, drew_ci, marked = {}, False, 0.0, False, False
         for ax, (title, sub) in zip(axes.flat, panels):
             protocols = _protocols(sub["protocol"])  # a panel shows only its own protocols (linear: one)
             for idx, row in sub.iterrows():
@@ -159,7 +164,11 @@ def _bars_figures(board, colours):
                 top = max(top, m)
                 if _finite(lo, hi):
                     ax.errorbar(x, (lo + hi) / 2, yerr=abs(hi - lo) / 2, fmt="none", ecolor="0.15", capsize=2, lw=1)
-                    top = max(top, hi)
+                    top, drew_ci = max(top, hi), True
+                if _mixed_and_reused(row):  # this comparison mixes inits: mark the reused decoders
+                    ax.annotate(REUSED_MARK, (x, max(m, hi) if _finite(hi) else m), xytext=(0, 2),
+                                textcoords="offset points", ha="center", va="bottom", fontsize=9)
+                    marked = True
             ax.set_xticks(range(len(protocols)), protocols)
             ax.set_xlim(-0.5, len(protocols) - 0.5)
             ax.set(title=title, xlabel="protocol", ylabel="mIoU (%)")
@@ -170,8 +179,12 @@ def _bars_figures(board, colours):
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
         extra = [Line2D([], [], marker="x", ls="none", color="0.3", label="no successful seed")] if failed else []
+        if marked:
+            extra.append(Line2D([], [], marker=f"${REUSED_MARK}$", ls="none", color="0.2",
+                                label="pre-trained decoder reused\n(the panel mixes inits)"))
         _backbone_legend(fig, colours, backbones, extra=extra)
-        fig.suptitle(f"{dataset}: mIoU by protocol (mean over seeds, error bars: 95 % CI)")
+        bars_say = "error bars: 95 % CI over seeds" if drew_ci else "one seed per bar: no error bars"
+        fig.suptitle(f"{dataset}: mIoU by protocol (mean over seeds, {bars_say})")
         out.append((f"bars_{_slug(dataset)}", fig, bars))
     return out
 
@@ -217,8 +230,9 @@ def plot_few_shot(board, plots_dir, colours) -> list[Path]:
         for dataset, d in board.groupby("dataset", sort=True):
             sizes = sorted(d["train_size"].dropna().unique())
             if len(sizes) >= 2:
+                band = "band: 95 % CI over seeds" if d["miou_ci_low"].notna().any() else "one seed: no band"
                 paths += _line_grid(d, colours, draw, "training images",
-                                    f"{dataset}: mIoU vs training-set size (mean over seeds, band: 95 % CI)",
+                                    f"{dataset}: mIoU vs training-set size (mean over seeds, {band})",
                                     Path(plots_dir) / f"few_shot_{_slug(dataset)}")
     return paths
 
@@ -239,7 +253,7 @@ def _curve_points(records) -> pd.DataFrame:
 
 
 def plot_learning_curves(records, plots_dir, colours) -> list[Path]:
-    """Validation mIoU (%) vs step, per backbone, one panel per protocol, smallest train size per dataset."""
+    """Evaluation-set mIoU (%) vs step, per backbone, one panel per protocol, smallest train size per dataset."""
     if records is None or records.empty or "curve" not in records.columns:
         return []
     pts = _curve_points(records)
@@ -256,9 +270,12 @@ def plot_learning_curves(records, plots_dir, colours) -> list[Path]:
     with _style():
         for dataset, d in pts.groupby("dataset", sort=True):
             n0 = d["train_size"].min()
-            paths += _line_grid(d[d["train_size"] == n0], colours, draw, "step",
-                                f"{dataset}: validation mIoU during training, {int(n0)} training images "
-                                "(mean over seeds, band: min–max)", Path(plots_dir) / f"learning_curves_{_slug(dataset)}")
+            d = d[d["train_size"] == n0]
+            several = (d.groupby(["backbone", "protocol", "decoder", "init", "step"])["seed"].nunique() > 1).any()
+            band = "band: min–max over seeds" if several else "one seed: no band"
+            paths += _line_grid(d, colours, draw, "step",
+                                f"{dataset}: evaluation-set mIoU during training, {int(n0)} training images "
+                                f"(mean over seeds, {band})", Path(plots_dir) / f"learning_curves_{_slug(dataset)}")
     return paths
 
 

@@ -6,7 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from bench.aggregate import t_interval, write_reports
+from bench.aggregate import write_reports
+from bench.statistics import t_interval
 from bench.cli import main
 from bench.core.errors import UserError
 
@@ -66,10 +67,21 @@ def test_leaderboard_intervals_ranks_baseline_and_failures(results):
     assert board.loc["depth", "miou_ci_high"] == pytest.approx(70.5 + 6.3531, abs=1e-3)
     assert math.isnan(board.loc["single", "miou_ci_low"])
     assert board["rank"].to_dict() == {"depth": 1, "single": 2, "imagenet": 3}
-    # Baseline defaults to the manifest's first backbone; intervals [57.0, 67.0] and [64.1, 76.9] overlap.
+    # Baseline defaults to the manifest's first backbone. depth - imagenet, paired over the seeds
+    # both ran (0, 1): differences 10 and 9, mean 9.5, std 0.7071, t(0.975, 1) = 12.7062 ->
+    # [3.1469, 15.8531]: it excludes zero. (Unpaired, the two intervals [57.0, 67.0] and
+    # [64.1, 76.9] overlap: pairing removes the subset-to-subset variation both share.)
     assert set(board["baseline"]) == {"imagenet"}
-    assert board.loc["depth", "miou_diff"] == pytest.approx(8.5) and board.loc["depth", "ci_overlap"]
-    assert pd.isna(board.loc["single", "ci_overlap"])  # no interval, no verdict
+    assert board.loc["depth", "miou_diff"] == pytest.approx(9.5)
+    assert (board.loc["depth", "diff_ci_low"], board.loc["depth", "diff_ci_high"]) == pytest.approx(
+        (3.1469, 15.8531), abs=1e-3)
+    assert board.loc["depth", "significant"] and board.loc["depth", "diff_interval"] == "paired t, n = 2 seeds"
+    # One seed in common and no per-image counts: a difference, no interval, no verdict.
+    assert board.loc["single", "miou_diff"] == pytest.approx(5.0) and pd.isna(board.loc["single", "significant"])
+    assert board.loc["imagenet", "diff_interval"] == "baseline" and math.isnan(board.loc["imagenet", "miou_diff"])
+    md = (results / "leaderboard.md").read_text()
+    assert "| baseline " in md and "+0.00" not in md  # the baseline's row shows no difference
+    assert "n = 1" in md and "+9.50 *" in md
     failures = pd.read_csv(results / "failures.csv")
     assert sorted(failures["status"]) == ["diverged", "failed"]
     assert "Failed or diverged cells" in (results / "leaderboard.md").read_text()
@@ -86,7 +98,7 @@ def test_per_class_table_averages_ok_seeds(results):
 def test_explicit_baseline_and_unknown_baseline(results, capsys):
     write_reports(results, baseline="depth", plots=False)
     board = pd.read_csv(results / "leaderboard.csv").set_index("backbone")
-    assert board.loc["imagenet", "miou_diff"] == pytest.approx(-8.5)
+    assert board.loc["imagenet", "miou_diff"] == pytest.approx(-9.5)  # paired over seeds 0 and 1
     with pytest.raises(UserError, match="not a backbone"):
         write_reports(results, baseline="nope", plots=False)
     assert main(["aggregate", str(results), "--baseline", "nope"]) == 2

@@ -155,7 +155,7 @@ def test_no_wait_submits_once_then_collects(submitit, tmp_path):
     new_id = json.loads((jobs[0].out_dir / "slurm.json").read_text())["job_id"]
     assert new_id != ids[0] and "out of date" in (jobs[0].out_dir / "log.txt").read_text()
     t0 = time.time()
-    while _alive(ids[0]) and time.time() - t0 < 20:
+    while _alive(ids[0]) and time.time() - t0 < 60:  # a loaded 2-core CI box can take a while
         time.sleep(0.1)
     assert not _alive(ids[0])
 

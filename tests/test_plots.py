@@ -197,3 +197,27 @@ def test_a_tall_bar_in_a_later_panel_is_not_clipped(colours):
     (_, fig, bars), *_ = plots._bars_figures(board, colours)
     assert bars[tall].axes.get_ylim()[1] >= 98.0
     fig.clear()
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts]
+
+
+def test_bars_mark_reused_decoders_only_where_a_comparison_mixes_inits():
+    board = make_board()
+    board["init_effective"] = np.where(board["backbone"] == "depth", "encoder+decoder", "encoder")
+    board["mixed_init"] = board["dataset"] == "synth"  # voc: say its rows share one init
+    figures = {name: fig for name, fig, _ in plots._bars_figures(board, plots.backbone_colours(BACKBONES))}
+    synth, voc = figures["bars_synth"], figures["bars_voc"]
+    # One mark per depth bar of synth (3 protocols x 2 sizes), none where the init is shared.
+    assert _texts(synth).count(plots.REUSED_MARK) == 6 and plots.REUSED_MARK not in _texts(voc)
+    assert any("pre-trained decoder reused" in t.get_text() for leg in synth.legends for t in leg.get_texts())
+
+
+def test_no_plot_claims_error_bars_it_does_not_draw():
+    board = make_board()
+    one_seed = board.assign(n_seeds=1, miou_ci_low=np.nan, miou_ci_high=np.nan)
+    (_, fig, _), *_ = plots._bars_figures(one_seed[one_seed.dataset == "synth"], plots.backbone_colours(BACKBONES))
+    assert "no error bars" in fig._suptitle.get_text() and "95 % CI" not in fig._suptitle.get_text()
+    (_, fig, _), *_ = plots._bars_figures(board[board.dataset == "synth"], plots.backbone_colours(BACKBONES))
+    assert "error bars: 95 % CI over seeds" in fig._suptitle.get_text()

@@ -139,3 +139,18 @@ def test_a_two_process_gloo_ddp_cell_writes_one_record(tiny_world, tiny_depth_ck
     assert 0 < record["metrics"]["pixel_acc"] <= 1 and len(record["curve"]) == 2
     moved = record["encoder_sha256_before"] != record["encoder_sha256_after"]
     assert moved == (protocol == "full")
+
+
+def test_the_record_keeps_per_image_counts_that_reproduce_its_miou(tiny_world, tiny_depth_ckpt, tmp_path):
+    from bench.core.metrics import miou_from_counts
+
+    record = run_cell(_config(tiny_world, tiny_depth_ckpt, "linear", "linear"), tmp_path, progress=False)
+    per_image = record["per_image"]
+    n, k = record["dataset"]["num_eval_images"], len(record["class_names"])
+    assert len(per_image["stems"]) == n and len(set(per_image["stems"])) == n
+    assert torch.tensor(per_image["intersection"]).shape == (n, k) == torch.tensor(per_image["union"]).shape
+    assert miou_from_counts(per_image["intersection"], per_image["union"]) == pytest.approx(
+        record["metrics"]["miou"], abs=1e-12)
+    # A resampled set is scored from the same counts: one image twice is that image's mIoU.
+    one = miou_from_counts([per_image["intersection"][0]] * 2, [per_image["union"][0]] * 2)
+    assert one == pytest.approx(miou_from_counts(per_image["intersection"][:1], per_image["union"][:1]))

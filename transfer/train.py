@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from bench.core.checkpoint import load_checkpoint, save_checkpoint, state_sha256
 from bench.core.errors import UserError
-from bench.core.metrics import ConfusionMatrix
+from bench.core.metrics import ConfusionMatrix, PerImageCounts
 from bench.core.progress import bar as progress_bar
 from bench.core.records import write_json_atomic
 from bench.core.seeding import step_generator
@@ -62,6 +62,7 @@ def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size
     device = device or torch.device("cpu")
     rank, world = rank_and_world()
     cm = ConfusionMatrix(num_classes, ignore_index)
+    counts = PerImageCounts(len(eval_images.samples), num_classes, ignore_index)
     for k, (index, images, labels) in enumerate(eval_images.indexed_batches(batch_size)):
         if k % world != rank:  # data-parallel: each rank scores its share, the matrices are summed
             continue
@@ -75,10 +76,14 @@ def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size
         labels = labels.to(device)
         if scores.shape[-2:] != labels.shape[-2:]:
             scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        cm.update(scores.argmax(1).cpu(), labels.cpu())
-    all_reduce_sum(cm.mat)
+        pred, labels = scores.argmax(1).cpu(), labels.cpu()
+        cm.update(pred, labels)
+        for j, i in enumerate(index):
+            counts.update(i, pred[j], labels[j])
+    for t in (cm.mat, counts.intersection, counts.union):  # each rank filled its own images' rows
+        all_reduce_sum(t)
     model.train()
-    return cm.compute()
+    return {**cm.compute(), "per_image": counts}
 
 
 def _to(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -220,6 +225,7 @@ class LoopResult:
     status: str = "ok"
     error: str | None = None
     curve: list = field(default_factory=list)
+    per_image: object = None  # the last evaluation's PerImageCounts
     steps_done: int = 0
     resumed: dict | None = None
     train_s: float = 0.0
@@ -273,6 +279,7 @@ def _train_loop(config: dict, data: CellData, net: CellNet, batches: StepBatches
             m = evaluate(model, data.eval_images, data.dataset.num_classes, data.dataset.ignore_index,
                          batches.batch_size, cache=batches.cache, device=device, autocast=net.autocast)
             run.eval_s += time.perf_counter() - t_eval
+            run.per_image = m["per_image"]
             run.curve.append({"step": step + 1, "loss": value, "miou": m["miou"], "pixel_acc": m["pixel_acc"],
                               "mean_class_acc": m["mean_class_acc"], "per_class_iou": m["per_class_iou"]})
             log(f"step {step + 1} loss {value:.4f} mIoU {m['miou']:.4f} pixAcc {m['pixel_acc']:.4f}")
@@ -302,6 +309,10 @@ def _record(config: dict, data: CellData, net: CellNet, batches: StepBatches, ru
         },
         "best": None if best is None else {"step": best["step"], "miou": best["miou"], "pixel_acc": best["pixel_acc"]},
         "curve": [{k: v for k, v in r.items() if k != "per_class_iou"} for r in curve],
+        # The final evaluation per image: what paired statistics between backbones resample.
+        "per_image": None if final is None or run.per_image is None else {
+            "stems": [sample.stem for sample in data.eval_images.samples],
+            "intersection": run.per_image.intersection.tolist(), "union": run.per_image.union.tolist()},
         "class_names": list(data.dataset.class_names),
         "dataset": {**data.settings, "num_eval_images": len(data.eval_images.samples)},
         "train_stems": data.train_stems,

@@ -45,6 +45,36 @@ class ConfusionMatrix:
         }
 
 
+class PerImageCounts:
+    """Intersection and union pixel counts per evaluation image and class (images x classes x 2
+    integers). Summed over any set of images they give that set's dataset-level IoUs exactly
+    (the union is additive: sum of predicted + true - intersection), so the mIoU of a resampled
+    evaluation set -- a paired bootstrap over images -- is computed from them, not re-scored."""
+
+    def __init__(self, num_images: int, num_classes: int, ignore_index: int = 255):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.intersection = torch.zeros(num_images, num_classes, dtype=torch.int64)
+        self.union = torch.zeros(num_images, num_classes, dtype=torch.int64)
+
+    def update(self, image: int, pred: torch.Tensor, target: torch.Tensor) -> None:
+        cm = ConfusionMatrix(self.num_classes, self.ignore_index)
+        cm.update(pred, target)
+        tp = cm.mat.diag()
+        self.intersection[image] = tp
+        self.union[image] = cm.mat.sum(0) + cm.mat.sum(1) - tp
+
+
+def miou_from_counts(intersection, union) -> float:
+    """Dataset-level mIoU from per-image counts summed over images (last axis: classes); classes
+    with no union (absent from prediction and truth) are left out, as `ConfusionMatrix` does."""
+    inter = torch.as_tensor(intersection, dtype=torch.float64)
+    uni = torch.as_tensor(union, dtype=torch.float64)
+    if inter.dim() > 1:
+        inter, uni = inter.sum(0), uni.sum(0)
+    iou = torch.where(uni > 0, inter / uni.clamp(min=1), torch.full_like(inter, float("nan")))
+    return _nanmean(iou)
+
+
 def _nanmean(x: torch.Tensor) -> float:
     valid = ~torch.isnan(x)
     return float(x[valid].mean()) if valid.any() else float("nan")
