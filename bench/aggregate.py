@@ -49,12 +49,13 @@ def records_frame(results_dir) -> pd.DataFrame:
                "init_effective": (record.get("init") or {}).get("effective", "unknown"),
                "status": record.get("status"), "error": record.get("error"), "record": str(path),
                "curve": record.get("curve") or [], "per_class_iou": metrics.get("per_class_iou") or {},
-               "per_image": record.get("per_image"),
+               "per_image": record.get("per_image"), "selected": _selected(record),
                "checkpoint": (record.get("checkpoint") or {}).get("path"), "config": record.get("config") or {}}
         for k in METRICS:
             row[k] = 100.0 * metrics[k] if metrics.get(k) is not None else float("nan")
         rows.append(row)
-    extra = ["seed", "status", "error", "record", "curve", "per_class_iou", "per_image", "checkpoint", "config"]
+    extra = ["seed", "status", "error", "record", "curve", "per_class_iou", "per_image", "selected", "checkpoint",
+             "config"]
     df = pd.DataFrame(rows, columns=CELL + extra + METRICS)
     # A failed or skipped cell records no init: it belongs to the row of its seeds that ran.
     same_row = [c for c in CELL if c != "init_effective"]
@@ -64,6 +65,16 @@ def records_frame(results_dir) -> pd.DataFrame:
         if key in known.index:
             df.at[i, "init_effective"] = known[key]
     return df
+
+
+def _selected(record: dict) -> str:
+    """The candidate a sweep selected on validation, in words (`lr=0.01 of 4`); "" without a sweep."""
+    sweep = record.get("sweep") or {}
+    k = sweep.get("selected")
+    if k is None:
+        return ""
+    optim = sweep["candidates"][k]["optim"]
+    return f"{', '.join(f'{name}={value:g}' for name, value in optim.items())} of {len(sweep['candidates'])}"
 
 
 def _reuses_decoder(effective: str) -> bool:
@@ -84,7 +95,8 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     rows, seeds = [], {}
     for key, group in df.groupby(CELL, sort=False, dropna=False):
         ok = group[group["status"] == "ok"]
-        row = dict(zip(CELL, key), n_seeds=int(ok["seed"].nunique()), n_not_ok=int((group["status"] != "ok").sum()))
+        row = dict(zip(CELL, key), n_seeds=int(ok["seed"].nunique()), n_not_ok=int((group["status"] != "ok").sum()),
+                   selected="; ".join(dict.fromkeys(v for v in ok["selected"] if v)))
         for k in METRICS:
             row[f"{k}_mean"], row[f"{k}_std"], row[f"{k}_ci_low"], row[f"{k}_ci_high"] = t_interval(ok[k], PERCENT)
         rows.append(row)
@@ -114,7 +126,7 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
             board.at[i, "significant"] = pd.NA if d["significant"] is None else d["significant"]
     board = board.sort_values(COMPARISON + ["miou_mean"], ascending=[True] * len(COMPARISON) + [False],
                               na_position="last")
-    cols = CELL + ["n_seeds", "n_not_ok", "rank", "mixed_init", "comparison_inits", "baseline", "miou_diff",
+    cols = CELL + ["n_seeds", "n_not_ok", "selected", "rank", "mixed_init", "comparison_inits", "baseline", "miou_diff",
                    "diff_ci_low", "diff_ci_high", "diff_interval", "significant"] + \
         [f"{k}_{s}" for k in METRICS for s in ("mean", "std", "ci_low", "ci_high")]
     return board[cols].reset_index(drop=True)
@@ -196,7 +208,8 @@ def where(table: dict) -> str:
 
 _LEGEND = ("Final-step metrics in percent over the seeds whose run is `ok`: mean ± sample std (`n`: seeds), and "
            "the 95 % confidence interval of the mean (Student t over seeds, clipped to [0, 100]; none for n = 1). "
-           "`rank` orders the backbones of one comparison (dataset, protocol, decoder, init, train size); "
+           "`selected on validation`, where a sweep ran, is the candidate the validation split chose (the "
+           "evaluation set scores only that one). `rank` orders the backbones of one comparison (dataset, protocol, decoder, init, train size); "
            "`effective init` is what the requested init became per backbone (none: random encoder; encoder: "
            "pre-trained encoder, fresh decoder; encoder+decoder: its pre-trained decoder reused too). `Δ {baseline}` "
            "is the mIoU difference to the baseline backbone with its paired 95 % interval: a paired t over the "
@@ -221,6 +234,8 @@ def _display(board: pd.DataFrame, baseline) -> pd.DataFrame:
     shown = board[["backbone", "init_effective", "n_seeds", "n_not_ok", "rank"]].copy()
     shown.columns = ["backbone", "effective init", "n", "not ok", "rank"]
     shown["n"] = [f"n = {n}" for n in board["n_seeds"]]
+    if board["selected"].astype(bool).any():  # a sweep: what validation chose, per row
+        shown.insert(2, "selected on validation", board["selected"])
     for k in METRICS:
         shown[k] = [_fmt(m, s) for m, s in zip(board[f"{k}_mean"], board[f"{k}_std"])]
     shown["miou 95% CI"] = ["—" if math.isnan(lo) else f"[{lo:.2f}, {hi:.2f}]"

@@ -79,7 +79,7 @@ def dataset_batches(settings: dict, root, images: int, batch_size: int):
     """The first `images` evaluation images of a dataset at its eval geometry, in batches."""
     from transfer.data import EvalImages, as_size, open_pools
 
-    dataset, _, evaluation = open_pools(settings, root)
+    dataset, _, _, evaluation = open_pools(settings, root)
     if len(evaluation) < 4:
         raise UserError(f"dataset {dataset.name}: CKA needs at least 4 evaluation images, found {len(evaluation)}")
     subset = EvalImages(dataset, evaluation[:images], as_size(settings["eval_resize"]))

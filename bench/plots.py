@@ -247,13 +247,15 @@ def _curve_points(records) -> pd.DataFrame:
             continue
         for pt in curve:
             if isinstance(pt, dict) and _finite(pt.get("step"), pt.get("miou")):
-                rows.append({**{k: v for k, v in rec.items() if k != "curve"},
-                             "step": pt["step"], "curve_miou": 100.0 * pt["miou"]})
+                # Records before the validation split measured their curve on the evaluation set.
+                rows.append({**{k: v for k, v in rec.items() if k != "curve"}, "step": pt["step"],
+                             "curve_miou": 100.0 * pt["miou"], "split": pt.get("split", "evaluation set")})
     return pd.DataFrame(rows)
 
 
 def plot_learning_curves(records, plots_dir, colours) -> list[Path]:
-    """Evaluation-set mIoU (%) vs step, per backbone, one panel per protocol, smallest train size per dataset."""
+    """mIoU (%) vs step on the split each curve was measured on (validation; older records: the
+    evaluation set), per backbone, one panel per protocol, smallest train size per dataset."""
     if records is None or records.empty or "curve" not in records.columns:
         return []
     pts = _curve_points(records)
@@ -273,8 +275,10 @@ def plot_learning_curves(records, plots_dir, colours) -> list[Path]:
             d = d[d["train_size"] == n0]
             several = (d.groupby(["backbone", "protocol", "decoder", "init", "step"])["seed"].nunique() > 1).any()
             band = "band: min–max over seeds" if several else "one seed: no band"
+            splits = set(d["split"]) if "split" in d.columns else {"evaluation set"}
+            measured = " and ".join(sorted(splits)) + (" (mixed!)" if len(splits) > 1 else "")
             paths += _line_grid(d, colours, draw, "step",
-                                f"{dataset}: evaluation-set mIoU during training, {int(n0)} training images "
+                                f"{dataset}: {measured} mIoU during training, {int(n0)} training images "
                                 f"(mean over seeds, {band})", Path(plots_dir) / f"learning_curves_{_slug(dataset)}")
     return paths
 

@@ -47,18 +47,21 @@ def roots(built, tiny_world):
 @pytest.mark.parametrize("name", sorted(BUILDERS) + ["synth"])
 def test_transfer_cell_on_each_dataset(roots, tmp_path, name):
     resize, crop, eval_resize = GEOMETRY.get(name, ("default", "default", "default"))
-    cell = Cell("random", "none", "resnet10t", name, "frozen", "monodepth2", 2, 0)
+    cell = Cell("random", "none", "resnet10t", name, "frozen", "monodepth2", 1, 0)  # the fixtures' pools are tiny
     config = cell_config(roots[name], cell, data_id=name, dataset={"resize": resize, "crop": crop,
                          "eval_resize": eval_resize}, steps=2, batch_size=2, eval_every=2,
                          optim={"lr": 1e-3, "weight_decay": 0.0})
     record = run_cell(config, tmp_path, progress=False)
     assert record["status"] == "ok", record["error"]
     assert set(record["metrics"]["per_class_iou"]) == set(record["class_names"])
-    assert len(record["train_stems"]) == 2 and record["dataset"]["num_eval_images"] >= 1
+    assert len(record["train_stems"]) == 1 and record["dataset"]["num_eval_images"] >= 1
     assert (tmp_path / "train_split.txt").read_text().split() == record["train_stems"]
-    _, evaluation = open_dataset(name, roots[name]).transfer_pools()
+    pool, validation, evaluation = open_dataset(name, roots[name]).transfer_sets()
     assert len(evaluation) == record["dataset"]["num_eval_images"]
-    assert not set(record["train_stems"]) & {s.stem for s in evaluation}  # never evaluated on training images
+    assert len(validation) == record["dataset"]["num_validation_images"] >= 1
+    trained, held, scored = set(record["train_stems"]), {s.stem for s in validation}, {s.stem for s in evaluation}
+    assert not trained & scored and not trained & held and not held & scored  # three disjoint sets
+    assert trained <= {s.stem for s in pool}
 
 
 def test_inspect_prints_one_json_object(built, capsys):

@@ -41,7 +41,7 @@ def test_semantic_inference_is_hf_post_processing():
 
 
 def test_training_lowers_the_loss(tiny_world):
-    dataset, _, train_images, _ = open_transfer_data(dataset_settings("synth"), tiny_world, 4, 0)
+    dataset, _, train_images, _, _ = open_transfer_data(dataset_settings("synth"), tiny_world, 4, 0)
     model = _model(dataset.num_classes)
     model.freeze_encoder()
     x, y = train_images.batch(torch.Generator().manual_seed(0), 2)

@@ -108,7 +108,7 @@ def test_aspp_config_maps_levels_and_predicts_at_image_size(tiny_world):
     assert dec.head.num_classes == 7 and dec.head.out_channels == 7
     assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in dec.modules())  # SyncBN ran as BN
 
-    _, _, train_images, _ = open_transfer_data(dataset_settings("synth"), tiny_world, 4, 0)
+    _, _, train_images, _, _ = open_transfer_data(dataset_settings("synth"), tiny_world, 4, 0)
     x, _ = train_images.batch(torch.Generator().manual_seed(0), 2)
     model.eval()
     with torch.no_grad():
@@ -123,7 +123,7 @@ def test_aspp_config_trains_with_the_heads_own_loss(tiny_world):
     from transfer.data import dataset_settings, open_transfer_data
 
     torch.manual_seed(0)
-    dataset, _, train_images, _ = open_transfer_data(dataset_settings("synth"), tiny_world, 4, 0)
+    dataset, _, train_images, _, _ = open_transfer_data(dataset_settings("synth"), tiny_world, 4, 0)
     model = _build(ASPP, num_classes=dataset.num_classes)
     x, y = train_images.batch(torch.Generator().manual_seed(0), 4)
     y = y.clone()

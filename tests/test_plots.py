@@ -221,3 +221,10 @@ def test_no_plot_claims_error_bars_it_does_not_draw():
     assert "no error bars" in fig._suptitle.get_text() and "95 % CI" not in fig._suptitle.get_text()
     (_, fig, _), *_ = plots._bars_figures(board[board.dataset == "synth"], plots.backbone_colours(BACKBONES))
     assert "error bars: 95 % CI over seeds" in fig._suptitle.get_text()
+
+
+def test_curve_points_keep_the_split_each_curve_was_measured_on():
+    records = make_records()
+    records.loc[0, "curve"] = [{"step": 1, "miou": 0.2, "split": "validation"}]
+    pts = plots._curve_points(records)
+    assert {"validation", "evaluation set"} == set(pts["split"])  # old records: the evaluation set

@@ -86,8 +86,9 @@ def test_cached_linear_probe_predicts_exactly_what_the_uncached_one_does(tiny_wo
     assert [c["loss"] for c in cached["curve"]] == pytest.approx([c["loss"] for c in plain["curve"]], abs=1e-5)
     stats = cached["feature_cache"]
     assert stats["train_views"] == "exact" and stats["computed"] >= 1 and stats["hits"] >= 1
-    # 4 training images (x2 flips with augmentation) and the evaluation set, each encoded once.
-    assert stats["computed"] <= 4 * (2 if augment else 1) + plain["dataset"]["num_eval_images"]
+    # 4 training images (x2 flips with augmentation), the validation and evaluation sets, each encoded once.
+    assert stats["computed"] <= 4 * (2 if augment else 1) + plain["dataset"]["num_validation_images"] + \
+        plain["dataset"]["num_eval_images"]
 
 
 def test_feature_cache_spills_to_disk_and_cleans_up(tiny_world, tiny_depth_ckpt, tmp_path, monkeypatch):
@@ -111,14 +112,14 @@ def test_with_a_random_crop_the_cache_samples_fixed_views(tiny_world, tiny_depth
                   feature_cache_views=3)
     assert record["status"] == "ok" and record["feature_cache"]["train_views"] == "3 per image"
     assert record["config"]["feature_cache_views"] == 3  # part of the fingerprint: a different experiment
-    _, _, train, _ = open_transfer_data(settings, tiny_world, 4, 0)
+    _, _, train, _, _ = open_transfer_data(settings, tiny_world, 4, 0)
     views = train.fixed_views(1, 3, seed=0)
     assert views == train.fixed_views(1, 3, seed=0) and len(set(views)) == 3
     assert all(0 <= v.top and 0 <= v.left and v.index == 1 for v in views)
 
 
 def test_uncropped_augmented_views_are_image_and_flip(tiny_world):
-    _, _, train, _ = open_transfer_data(dataset_settings("synth"), tiny_world, 4, 0)
+    _, _, train, _, _ = open_transfer_data(dataset_settings("synth"), tiny_world, 4, 0)
     gen = torch.Generator().manual_seed(0)
     views = [v for _ in range(10) for v in train.draw(gen, 4)]
     assert {(v.top, v.left) for v in views} == {(-1, -1)} and {v.flip for v in views} == {True, False}
@@ -130,7 +131,7 @@ def test_uncropped_augmented_views_are_image_and_flip(tiny_world):
 # -- decoders -------------------------------------------------------------------------------------
 
 def _steps_lower_the_loss(model, tiny_world, steps=8, lr=1e-3):
-    _, _, train, _ = open_transfer_data(dataset_settings("synth"), tiny_world, 4, 0)
+    _, _, train, _, _ = open_transfer_data(dataset_settings("synth"), tiny_world, 4, 0)
     x, y = train.batch(torch.Generator().manual_seed(0), 4)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()

@@ -35,7 +35,7 @@ from transfer.data import dataset_settings
 from transfer.decoders import decoder_class, decoder_slug, parse_decoder_options
 from transfer.distributed import join_process_group, launched_by_torchrun, rank_and_world, spawn_cell
 from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
-from transfer.protocols import PresetOverride, preset_key_problem, resolve_preset
+from transfer.protocols import SWEEPABLE, PresetOverride, preset_key_problem, resolve_preset, sweep_candidates
 from transfer.train import train_cell
 
 RECORD_NAME = "record.json"
@@ -77,6 +77,9 @@ class TransferSettings(BaseModel):
     feature_cache_views: int = Field(DEFAULT_VIEWS_PER_IMAGE, ge=1)  # per image, for datasets with a random crop
     augment: bool = True  # random crop (where the dataset has one) and horizontal flips
     state_every: int = Field(100, ge=0)  # steps between resumable in-cell states (0: never)
+    # Hyper-parameter candidates, keyed like `optimizer`: {KEY: {lr: [...], weight_decay: [...]}}.
+    # Every candidate trains; the best final validation mIoU is selected (docs/protocols.md).
+    sweep: dict[str, dict[str, list[float]]] = Field(default_factory=dict)
 
     @field_validator("optimizer")
     @classmethod
@@ -84,6 +87,22 @@ class TransferSettings(BaseModel):
         for key in v:
             if problem := preset_key_problem(key):
                 raise ValueError(problem)
+        return v
+
+    @field_validator("sweep")
+    @classmethod
+    def _sweep_grid(cls, v: dict) -> dict:
+        for key, grid in v.items():
+            if problem := preset_key_problem(key):
+                raise ValueError(problem.replace("optimizer preset", "sweep"))
+            unknown = sorted(set(grid) - set(SWEEPABLE))
+            if unknown:
+                raise ValueError(f"sweep {key!r}: {unknown[0]!r} cannot be swept (sweepable: {', '.join(SWEEPABLE)})")
+            for name, values in grid.items():
+                if not values:
+                    raise ValueError(f"sweep {key!r}: {name} lists no value")
+                for value in values:
+                    PresetOverride(**{name: value})  # the same bounds as an optimiser layer
         return v
 
     def preset(self, protocol: str, decoder: str):
@@ -118,6 +137,9 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
         "batch_size": settings.batch_size, "eval_every": settings.eval_every,
         "optim": settings.preset(cell.protocol, cell.decoder).model_dump(),
     }
+    candidates = sweep_candidates(cell.protocol, cell.decoder, settings.sweep)
+    if candidates:  # each one more layer over `optim`; selected on validation (transfer/train.py)
+        config["sweep"] = candidates
     # Optional keys appear only when they say something, so that adding one keeps older
     # fingerprints valid.
     resolved = options.model_dump(mode="json", exclude={"spec"})

@@ -1,7 +1,8 @@
 """Resumable in-cell state: a killed or preempted cell restarts from its last state, not step 0.
 
 Every `state_every` steps the trainer writes `OUT/state.pt` (atomically): the step, the model
-and optimiser states, the RNG states and the learning curve so far, under the cell's config
+and optimiser states (of every candidate trained together), the RNG states and the progress so
+far (validation curves, candidates' status), under the cell's config
 fingerprint. A restarted cell with the same fingerprint loads it and continues; batches come from
 (seed, step) generators and the RNGs are restored, so it ends with the record an uninterrupted
 run would have written (the same metrics; only the timings differ). The record replaces the
@@ -48,4 +49,4 @@ def load_cell_state(path: Path, fingerprint: str, model, optimizer) -> dict | No
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    return {"step": int(state["step"]), "curve": list(state["curve"])}
+    return {"step": int(state["step"]), "curve": state["curve"]}

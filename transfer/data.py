@@ -23,7 +23,7 @@ from PIL import Image
 from bench.core.errors import UserError
 from bench.core.sizes import parse_size
 from transfer.datasets import dataset_class, open_dataset
-from transfer.datasets.base import IGNORE_INDEX, Resize, Sample, SegmentationDataset, read_pair
+from transfer.datasets.base import IGNORE_INDEX, VALIDATION_RULE, Resize, Sample, SegmentationDataset, read_pair
 from transfer.splits import few_shot_stems, split_file_name, write_stems
 
 CACHE_BYTES = 2 * 1024**3
@@ -235,11 +235,14 @@ def _stack(group) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dataset_settings(name: str, *, classes: int | None = None, train_split: str | None = None,
-                     eval_split: str | None = None, resize="default", crop="default", eval_resize="default") -> dict:
+                     eval_split: str | None = None, resize="default", crop="default", eval_resize="default",
+                     validation=None) -> dict:
     """The resolved data settings of a transfer cell (JSON-able; part of its fingerprint).
 
     Geometry not given ("default") takes the dataset's literature defaults; splits left None
-    mean the dataset's own training pool and evaluation set.
+    mean the dataset's own training pool and evaluation set. `validation` is the validation
+    rule's version, always the current one (accepted so that resolved settings resolve to
+    themselves).
     """
     cls = dataset_class(name)
     cls.check_classes(classes)
@@ -247,6 +250,7 @@ def dataset_settings(name: str, *, classes: int | None = None, train_split: str 
     as_json = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
     return {
         "name": name, "classes": classes, "train_split": train_split, "eval_split": eval_split,
+        "validation": VALIDATION_RULE,
         "resize": as_json(defaults.resize if resize == "default" else parse_size(resize, "resize")),
         "crop": as_json(defaults.crop if crop == "default" else parse_size(crop, "crop", allow_short_side=False)),
         "eval_resize": as_json(defaults.eval_resize if eval_resize == "default"
@@ -255,21 +259,23 @@ def dataset_settings(name: str, *, classes: int | None = None, train_split: str 
 
 
 def open_transfer_data(settings: dict, root, train_size: int, seed: int, augment: bool = True
-                       ) -> tuple[SegmentationDataset, list[str], TrainImages, EvalImages]:
-    """(dataset, few-shot stems, training images, evaluation images) of one cell."""
-    dataset, pool, evaluation = open_pools(settings, root)
+                       ) -> tuple[SegmentationDataset, list[str], TrainImages, EvalImages, EvalImages]:
+    """(dataset, few-shot stems, training images, validation images, evaluation images) of one cell."""
+    dataset, pool, validation, evaluation = open_pools(settings, root)
     stems = few_shot_stems([s.stem for s in pool], train_size, seed, dataset.name)
     by_stem = {s.stem: s for s in pool}
     train = TrainImages(dataset, [by_stem[s] for s in stems], as_size(settings["resize"]), as_size(settings["crop"]),
                         augment=augment)
-    return dataset, stems, train, EvalImages(dataset, evaluation, as_size(settings["eval_resize"]))
+    eval_size = as_size(settings["eval_resize"])
+    return dataset, stems, train, EvalImages(dataset, validation, eval_size), EvalImages(dataset, evaluation, eval_size)
 
 
-def open_pools(settings: dict, root) -> tuple[SegmentationDataset, list[Sample], list[Sample]]:
-    """(dataset, training pool, evaluation set) as the resolved data settings select them."""
+def open_pools(settings: dict, root) -> tuple[SegmentationDataset, list[Sample], list[Sample], list[Sample]]:
+    """(dataset, training pool, validation set, evaluation set) as the resolved data settings
+    select them; the pool excludes the validation set."""
     dataset = open_dataset(settings["name"], root, classes=settings.get("classes"))
-    pool, evaluation = dataset.transfer_pools(settings.get("train_split"), settings.get("eval_split"))
-    return dataset, pool, evaluation
+    pool, validation, evaluation = dataset.transfer_sets(settings.get("train_split"), settings.get("eval_split"))
+    return dataset, pool, validation, evaluation
 
 
 def as_size(value):
@@ -278,12 +284,14 @@ def as_size(value):
 
 
 def publish_splits(settings: dict, root, train_sizes: list[int], seeds: list[int], out_dir: Path) -> Path:
-    """Write `OUT/splits/<dataset>/eval.txt` and `train_n<N>_s<S>.txt` (one stem per line): the
-    exact images of every few-shot subset of a matrix, ready to publish with its results. Also
-    checks, before any cell runs, that every requested size fits in the training pool."""
-    dataset, pool, evaluation = open_pools(settings, root)
+    """Write `OUT/splits/<dataset>/eval.txt`, `validation.txt` and `train_n<N>_s<S>.txt` (one stem
+    per line): the exact images of every few-shot subset of a matrix, and the held-out sets, ready
+    to publish with its results. Also checks, before any cell runs, that every requested size fits
+    in the training pool."""
+    dataset, pool, validation, evaluation = open_pools(settings, root)
     folder = Path(out_dir) / "splits" / dataset.name
     write_stems(folder / "eval.txt", [s.stem for s in evaluation])
+    write_stems(folder / "validation.txt", [s.stem for s in validation])
     for n in train_sizes:
         for seed in seeds:
             write_stems(folder / split_file_name(n, seed), few_shot_stems([s.stem for s in pool], n, seed, dataset.name))

@@ -82,14 +82,38 @@ def preset_key_problem(key: str) -> str | None:
 def resolve_preset(protocol: str, decoder: str, *layers: dict[str, dict]) -> OptimizerPreset:
     """The preset of a (protocol, decoder) cell: built-ins, then each layer, protocol before
     protocol/decoder. A prefix decoder (`mmseg:cfg.py`) matches `protocol/mmseg`."""
-    family = decoder.split(":", 1)[0]
     fields: dict = {}
     for source in (BUILTIN_PRESETS, *layers):
-        for key in dict.fromkeys((protocol, f"{protocol}/{family}", f"{protocol}/{decoder}")):
+        for key in preset_keys(protocol, decoder):
             entry = source.get(key)
             if entry:
                 fields.update({k: v for k, v in dict(entry).items() if v is not None})
     return OptimizerPreset(**fields)
+
+
+# What a sweep may vary: the numeric fields of a preset (each candidate is one more layer on it).
+SWEEPABLE = ("lr", "encoder_lr_mult", "weight_decay", "momentum", "warmup_steps", "poly_power")
+
+
+def preset_keys(protocol: str, decoder: str) -> list[str]:
+    """The keys a (protocol, decoder) cell reads its layers from, least specific first. A prefix
+    decoder (`mmseg:cfg.py`) matches `protocol/mmseg`."""
+    family = decoder.split(":", 1)[0]
+    return list(dict.fromkeys((protocol, f"{protocol}/{family}", f"{protocol}/{decoder}")))
+
+
+def sweep_candidates(protocol: str, decoder: str, sweeps: dict[str, dict[str, list]]) -> list[dict]:
+    """The candidates of a cell's sweep: the grid of its most specific sweep entry (PROTOCOL or
+    PROTOCOL/DECODER, as optimiser layers are keyed), every combination of the listed values, in
+    the order the lists give; [] when no entry applies or it has a single candidate."""
+    import itertools
+
+    grid = next((sweeps[k] for k in reversed(preset_keys(protocol, decoder)) if sweeps.get(k)), None)
+    if not grid:
+        return []
+    fields = [f for f in SWEEPABLE if grid.get(f)]
+    candidates = [dict(zip(fields, values)) for values in itertools.product(*(grid[f] for f in fields))]
+    return candidates if len(candidates) > 1 else []
 
 
 def decoder_for(protocol: str, decoder: str) -> str:

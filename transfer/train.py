@@ -55,9 +55,10 @@ def pick_device(requested: str | None) -> torch.device:
 
 @torch.no_grad()
 def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size: int, *,
-             cache: FeatureCache | None = None, device=None, autocast=None) -> dict:
+             cache: FeatureCache | None = None, device=None, autocast=None, split: str = "eval") -> dict:
     """Dataset-level confusion matrix on native-resolution labels: scores predicted at the eval
-    size are upsampled (bilinear) to each label's size before the argmax."""
+    size are upsampled (bilinear) to each label's size before the argmax. `split` names the image
+    set in the feature cache's keys (validation and evaluation images are different images)."""
     model.eval()
     device = device or torch.device("cpu")
     rank, world = rank_and_world()
@@ -68,7 +69,7 @@ def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size
             continue
         with autocast or contextlib.nullcontext():
             if cache is not None:
-                features = cache.features([("eval", i) for i in index],
+                features = cache.features([(split, i) for i in index],
                                           lambda keys: _to(eval_images.load([i for _, i in keys]), device))
             else:
                 features = model.features(_to(images, device))
@@ -105,7 +106,12 @@ class LossStep(torch.nn.Module):
 
 
 def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print, device=None) -> dict:
-    """Train and evaluate the cell `config` describes (one process, or one DDP rank); its record."""
+    """Train and evaluate the cell `config` describes (one process, or one DDP rank); its record.
+
+    Every optimiser candidate (one, or a `sweep`'s grid) trains on the same batches from the
+    same initialisation; the one with the best final validation mIoU is selected, and only it is
+    scored on the evaluation set. Frozen cells with a feature cache train all candidates in one
+    pass (one encoder pass per view, K heads); others train them one after another."""
     cell = config["cell"]
     t_start = time.perf_counter()
     seed = int(cell["seed"])
@@ -113,18 +119,64 @@ def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print,
     device = device or pick_device(config.get("device"))
     rank, world = rank_and_world()
     data = _open_data(config, out_dir, lead=rank == 0)
-    net = _build(config, data, device, world)
-    batches = StepBatches(config, data, net, out_dir, device, rank, world)
-    log(f"cell {cell} init {net.init_info['effective']} data {data.settings} optimizer {net.preset.model_dump()} "
-        f"device {device} feature cache {'on' if batches.cache else 'off'} "
-        f"train images {len(data.train_stems)} eval images {len(data.eval_images.samples)}")
-    run = _train_loop(config, data, net, batches, out_dir, progress, log, device, rank, world)
-    record = _record(config, data, net, batches, run, device, world, t_start)
+    presets = candidate_presets(config)
+    init_rng = torch.get_rng_state()  # every candidate starts from the same weights
+
+    def build(preset):
+        torch.set_rng_state(init_rng)
+        return _build(config, data, device, world, preset)
+
+    first = build(presets[0])
+    together = len(presets) > 1 and first.model.encoder_frozen and config.get("feature_cache", True)
+    batches = StepBatches(config, data, first, out_dir, device, rank, world)
+    log(f"cell {cell} init {first.init_info['effective']} data {data.settings} optimizer {first.preset.model_dump()} "
+        f"candidates {len(presets)} ({'in one pass' if together else 'one after another'}) device {device} "
+        f"feature cache {'on' if batches.cache else 'off'} train images {len(data.train_stems)} "
+        f"validation images {len(data.val_images.samples)} eval images {len(data.eval_images.samples)}")
+    if together:
+        nets = [first] + [build(p) for p in presets[1:]]
+        runs = _train_loop(config, data, nets, batches, out_dir, progress, log, device, rank, world, tag="")
+    else:
+        nets, runs = [], []
+        for k, preset in enumerate(presets):
+            net = first if k == 0 else build(preset)
+            if k > 0:
+                batches = StepBatches(config, data, net, out_dir, device, rank, world, cache=batches.cache)
+            runs += _train_loop(config, data, [net], batches, out_dir, progress, log, device, rank, world,
+                                tag=f"#candidate{k}" if len(presets) > 1 else "")
+            nets.append(net)
+    selected = select_candidate(runs)
+    if selected is not None:  # only the selected candidate ever sees the evaluation set
+        net, run = nets[selected], runs[selected]
+        t_eval = time.perf_counter()
+        run.final = evaluate(net.model, data.eval_images, data.dataset.num_classes, data.dataset.ignore_index,
+                             batches.batch_size, cache=batches.cache, device=device, autocast=net.autocast)
+        run.eval_s += time.perf_counter() - t_eval
+        log(f"selected candidate {selected} ({_overrides(config, selected)}): validation mIoU "
+            f"{run.curve[-1]['miou']:.4f}, evaluation mIoU {run.final['miou']:.4f}")
+    record = _record(config, data, nets, batches, runs, selected, device, world, t_start, together)
     if batches.cache is not None:
         batches.cache.close()
     if rank == 0:
-        _finish(config, out_dir, net, run, record, log)
+        _finish(config, out_dir, nets, runs, selected, record, log)
     return record
+
+
+def candidate_presets(config: dict) -> list[OptimizerPreset]:
+    """The optimiser of every candidate: the resolved preset, with each sweep entry over it."""
+    base = config["optim"]  # resolved by transfer.api.resolve_cell_config
+    return [OptimizerPreset(**{**base, **override}) for override in (config.get("sweep") or [{}])]
+
+
+def _overrides(config: dict, k: int) -> dict:
+    return (config.get("sweep") or [{}])[k]
+
+
+def select_candidate(runs: list) -> int | None:
+    """The candidate with the best final validation mIoU among those that did not diverge (the
+    first on a tie); None when every candidate diverged."""
+    finished = [k for k, r in enumerate(runs) if r.status == "ok" and r.curve]
+    return max(finished, key=lambda k: (runs[k].curve[-1]["miou"], -k)) if finished else None
 
 
 @dataclass
@@ -133,18 +185,19 @@ class CellData:
     dataset: object  # the SegmentationDataset
     train_stems: list[str]
     train_images: object  # TrainImages
-    eval_images: object  # EvalImages
+    val_images: object  # EvalImages of the validation split: selection and learning curves
+    eval_images: object  # EvalImages of the evaluation set: the selected candidate's final score
 
 
 def _open_data(config: dict, out_dir: Path, lead: bool) -> CellData:
     cell = config["cell"]
     settings = config.get("dataset") or dataset_settings(cell["dataset"])
-    dataset, train_stems, train_images, eval_images = open_transfer_data(
+    dataset, train_stems, train_images, val_images, eval_images = open_transfer_data(
         settings, config["dataset_root"], int(cell["train_size"]), int(cell["seed"]),
         augment=config.get("augment", True))
     if lead:  # published with the results: the exact images this cell trained on
         write_stems(out_dir / "train_split.txt", train_stems)
-    return CellData(settings, dataset, train_stems, train_images, eval_images)
+    return CellData(settings, dataset, train_stems, train_images, val_images, eval_images)
 
 
 @dataclass
@@ -158,7 +211,7 @@ class CellNet:
     sha_before: str  # the encoder's tensors before training, for the frozen-encoder check
 
 
-def _build(config: dict, data: CellData, device: torch.device, world: int) -> CellNet:
+def _build(config: dict, data: CellData, device: torch.device, world: int, preset: OptimizerPreset) -> CellNet:
     cell = config["cell"]
     checkpoint = load_checkpoint(config["checkpoint"]) if config.get("checkpoint") else None
     decoder_options = dict(config.get("decoder_options") or {})
@@ -167,7 +220,6 @@ def _build(config: dict, data: CellData, device: torch.device, world: int) -> Ce
     # A config without `random_init` predates the choice: its random encoders were timm's.
     model, init_info = build_model(cell["arch"], checkpoint, cell["decoder"], config.get("init", "auto"),
                                    data.dataset.num_classes, decoder_options, config.get("random_init", "timm"))
-    preset = OptimizerPreset(**config["optim"])  # resolved by transfer.api.resolve_cell_config
     groups = param_groups(model, cell["protocol"], preset.lr, preset.encoder_lr_mult)
     model.to(device)
     if device.type == "cuda":
@@ -189,21 +241,22 @@ class StepBatches:
     encoder's features are cached, those features. Every rank draws the same batch from the
     step's generator and keeps its own slice of it."""
 
-    def __init__(self, config: dict, data: CellData, net: CellNet, out_dir: Path, device, rank: int, world: int):
+    def __init__(self, config: dict, data: CellData, net: CellNet, out_dir: Path, device, rank: int, world: int,
+                 cache: FeatureCache | None = None):
         self.images, self.device, self.rank, self.world = data.train_images, device, rank, world
         self.batch_size = int(config["batch_size"])
         if world > 1 and self.batch_size < world:
             raise UserError(f"batch size {self.batch_size} cannot be split over {world} processes; "
                             f"use at least {world}")
-        self.cache, self.fixed_views = None, None
-        if net.model.encoder_frozen and config.get("feature_cache", True):
+        self.cache, self.fixed_views = cache, None
+        if self.cache is None and net.model.encoder_frozen and config.get("feature_cache", True):
             self.cache = FeatureCache(net.model.features, spill_dir=out_dir / "feature_cache" / f"rank{rank}",
                                       budget_bytes=int(config.get("feature_cache_bytes", DEFAULT_BUDGET_BYTES)))
-            if self.images.crop is not None:
-                # A random crop makes every step a new view: cache a fixed set of crops per image.
-                per_image = int(config.get("feature_cache_views", DEFAULT_VIEWS_PER_IMAGE))
-                seed = int(config["cell"]["seed"])
-                self.fixed_views = [self.images.fixed_views(i, per_image, seed) for i in range(len(self.images))]
+        if self.cache is not None and self.images.crop is not None:
+            # A random crop makes every step a new view: cache a fixed set of crops per image.
+            per_image = int(config.get("feature_cache_views", DEFAULT_VIEWS_PER_IMAGE))
+            seed = int(config["cell"]["seed"])
+            self.fixed_views = [self.images.fixed_views(i, per_image, seed) for i in range(len(self.images))]
 
     def __call__(self, gen: torch.Generator):
         if self.fixed_views is not None:
@@ -224,97 +277,158 @@ class StepBatches:
 class LoopResult:
     status: str = "ok"
     error: str | None = None
-    curve: list = field(default_factory=list)
-    per_image: object = None  # the last evaluation's PerImageCounts
+    curve: list = field(default_factory=list)  # validation: step, loss, miou, pixel_acc, mean_class_acc
+    final: dict | None = None  # the evaluation set's metrics, for the selected candidate only
     steps_done: int = 0
     resumed: dict | None = None
     train_s: float = 0.0
     eval_s: float = 0.0
 
 
-def _train_loop(config: dict, data: CellData, net: CellNet, batches: StepBatches, out_dir: Path, progress: bool,
-                log, device, rank: int, world: int) -> LoopResult:
-    cell, model, optimizer, preset = config["cell"], net.model, net.optimizer, net.preset
+class _Optimizers:
+    """The optimisers of candidates trained together, saved and restored as one state."""
+
+    def __init__(self, optimizers):
+        self.optimizers = optimizers
+
+    def state_dict(self) -> list:
+        return [o.state_dict() for o in self.optimizers]
+
+    def load_state_dict(self, states: list) -> None:
+        for o, s in zip(self.optimizers, states, strict=True):
+            o.load_state_dict(s)
+
+
+def _train_loop(config: dict, data: CellData, nets: list[CellNet], batches: StepBatches, out_dir: Path,
+                progress: bool, log, device, rank: int, world: int, tag: str) -> list[LoopResult]:
+    """Train `nets` together on the same step batches (one candidate, or K heads on cached
+    features); validation every `eval_every` steps. A candidate that diverges stops; the others
+    go on. `tag` keeps a candidate's resumable state apart from the others'."""
+    cell = config["cell"]
     seed, steps = int(cell["seed"]), int(config["steps"])
-    step_loss = LossStep(model, data.dataset.ignore_index)
+    step_losses = [LossStep(net.model, data.dataset.ignore_index) for net in nets]
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
         # Heads may leave parameters unused in a step (auxiliary heads, Mask2Former's layers).
-        step_loss = DistributedDataParallel(step_loss, device_ids=[device.index] if device.type == "cuda" else None,
-                                            find_unused_parameters=True)
+        step_losses = [DistributedDataParallel(sl, device_ids=[device.index] if device.type == "cuda" else None,
+                                               find_unused_parameters=True) for sl in step_losses]
     eval_every = int(config.get("eval_every", steps)) or steps
-    warmup = min(preset.warmup_steps if preset.warmup_steps is not None else max(1, steps // 20), steps)
     state_every = int(config.get("state_every") or 0)
-    run = LoopResult()
-    run.resumed = load_cell_state(out_dir / STATE_NAME, config["fingerprint"], model, optimizer)
-    if run.resumed is not None:
-        run.steps_done, run.curve = run.resumed["step"], run.resumed["curve"]
-        log(f"resumed from {STATE_NAME} at step {run.steps_done}")
-    model.train()
+    runs = [LoopResult() for _ in nets]
+    models = torch.nn.ModuleList([net.model for net in nets])
+    optimizers = _Optimizers([net.optimizer for net in nets])
+    state_key = config["fingerprint"] + tag
+    resumed = load_cell_state(out_dir / STATE_NAME, state_key, models, optimizers)
+    if resumed is not None:
+        for run, curve, status in zip(runs, resumed["curve"]["curves"], resumed["curve"]["status"], strict=True):
+            run.resumed, run.steps_done, run.curve, (run.status, run.error) = resumed, resumed["step"], curve, status
+        log(f"resumed from {STATE_NAME} at step {resumed['step']}")
+    start = resumed["step"] if resumed is not None else 0
+    models.train()
     t_train = time.perf_counter()
-    bar = progress_bar(enabled=progress, total=steps, unit="step", initial=run.steps_done,
-                       desc=f"{cell['backbone']}/{cell['protocol']}/s{seed}")
-    for step in range(run.steps_done, steps):
-        # optimizer.param_groups, not the groups built: loading a resumed state replaces the dicts.
-        for g in optimizer.param_groups:
-            g["lr"] = g["base_lr"] * lr_factor(step, steps, warmup, preset.poly_power)
-        gen = step_generator(seed, step)
-        with net.autocast or contextlib.nullcontext():
-            inputs, y, cached = batches(gen)
-            loss = step_loss(inputs, y, cached)
-        value = float(all_reduce_sum(loss.detach().clone())) / world  # every rank agrees on divergence
-        if not math.isfinite(value):
-            run.status, run.error = "diverged", f"loss became {value} at step {step + 1}"
-            log(run.error)
+    eval_s, last_loss = 0.0, {}
+    bar = progress_bar(enabled=progress, total=steps, unit="step", initial=start,
+                       desc=f"{cell['backbone']}/{cell['protocol']}/s{seed}{tag}")
+    for step in range(start, steps):
+        active = [k for k, r in enumerate(runs) if r.status == "ok"]
+        if not active:
             break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        run.steps_done = step + 1
-        bar.set_postfix(loss=f"{value:.3f}")
+        gen = step_generator(seed, step)
+        with nets[0].autocast or contextlib.nullcontext():
+            inputs, y, cached = batches(gen)
+        values = []
+        for k in active:
+            net, run = nets[k], runs[k]
+            # optimizer.param_groups, not the groups built: loading a resumed state replaces the dicts.
+            warmup = min(net.preset.warmup_steps if net.preset.warmup_steps is not None else max(1, steps // 20),
+                         steps)
+            for g in net.optimizer.param_groups:
+                g["lr"] = g["base_lr"] * lr_factor(step, steps, warmup, net.preset.poly_power)
+            with net.autocast or contextlib.nullcontext():
+                loss = step_losses[k](inputs, y, cached)
+            value = float(all_reduce_sum(loss.detach().clone())) / world  # every rank agrees on divergence
+            if not math.isfinite(value):
+                run.status, run.error = "diverged", f"loss became {value} at step {step + 1}"
+                log(f"candidate {k}: {run.error}" if len(nets) > 1 or tag else run.error)
+                continue
+            net.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            net.optimizer.step()
+            run.steps_done = step + 1
+            values.append(value)
+            last_loss[k] = value
+        if values:
+            bar.set_postfix(loss=f"{values[0]:.3f}")
         bar.update(1)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             t_eval = time.perf_counter()
-            m = evaluate(model, data.eval_images, data.dataset.num_classes, data.dataset.ignore_index,
-                         batches.batch_size, cache=batches.cache, device=device, autocast=net.autocast)
-            run.eval_s += time.perf_counter() - t_eval
-            run.per_image = m["per_image"]
-            run.curve.append({"step": step + 1, "loss": value, "miou": m["miou"], "pixel_acc": m["pixel_acc"],
-                              "mean_class_acc": m["mean_class_acc"], "per_class_iou": m["per_class_iou"]})
-            log(f"step {step + 1} loss {value:.4f} mIoU {m['miou']:.4f} pixAcc {m['pixel_acc']:.4f}")
+            for k, (net, run) in enumerate(zip(nets, runs)):
+                if run.status != "ok" or run.steps_done != step + 1:
+                    continue
+                m = evaluate(net.model, data.val_images, data.dataset.num_classes, data.dataset.ignore_index,
+                             batches.batch_size, cache=batches.cache, device=device, autocast=net.autocast,
+                             split="validation")
+                run.curve.append({"step": step + 1, "loss": last_loss[k], "miou": m["miou"],
+                                  "pixel_acc": m["pixel_acc"], "mean_class_acc": m["mean_class_acc"],
+                                  "split": "validation"})
+                log(f"step {step + 1}{f' candidate {k}' if len(nets) > 1 else ''} validation mIoU {m['miou']:.4f} "
+                    f"pixAcc {m['pixel_acc']:.4f}")
+            eval_s += time.perf_counter() - t_eval
         if rank == 0 and state_every and (step + 1) % state_every == 0 and step + 1 < steps:
-            save_cell_state(out_dir / STATE_NAME, config["fingerprint"], step + 1, model, optimizer, run.curve)
+            save_cell_state(out_dir / STATE_NAME, state_key, step + 1, models, optimizers,
+                            {"curves": [r.curve for r in runs], "status": [(r.status, r.error) for r in runs]})
     bar.close()
-    run.train_s = time.perf_counter() - t_train - run.eval_s
-    return run
+    train_s = time.perf_counter() - t_train - eval_s
+    for run in runs:  # candidates trained together share the clock
+        run.train_s, run.eval_s = train_s / len(runs), eval_s / len(runs)
+    return runs
 
 
-def _record(config: dict, data: CellData, net: CellNet, batches: StepBatches, run: LoopResult, device, world: int,
-            t_start: float) -> dict:
-    cell, checkpoint, curve = config["cell"], net.checkpoint, run.curve
-    final = curve[-1] if curve and run.status == "ok" else None
-    best = max(curve, key=lambda r: r["miou"]) if curve else None
+def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatches, runs: list[LoopResult],
+            selected: int | None, device, world: int, t_start: float, together: bool) -> dict:
+    cell = config["cell"]
+    k = 0 if selected is None else selected
+    net, run = nets[k], runs[k]
+    checkpoint, final = net.checkpoint, run.final
     named = lambda ious: dict(zip(data.dataset.class_names, ious))  # noqa: E731
     cache = batches.cache
+    status = "ok" if selected is not None else "diverged"
+    error = None if selected is not None else "; ".join(
+        f"candidate {i}: {r.error}" if len(runs) > 1 else r.error for i, r in enumerate(runs) if r.error) or \
+        "no candidate finished"
+    train_s, eval_s = sum(r.train_s for r in runs), sum(r.eval_s for r in runs)
+    resumed = next((r.resumed for r in runs if r.resumed is not None), None)
+    steps_done = max(r.steps_done for r in runs)
     return {
         "schema": RECORD_SCHEMA,
         "cell": cell,
         "fingerprint": config["fingerprint"],
-        "status": run.status,
-        "error": run.error,
+        "status": status,
+        "error": error,
+        # The selected candidate's score on the evaluation set, the only one ever computed.
         "metrics": None if final is None else {
             "miou": final["miou"], "pixel_acc": final["pixel_acc"], "mean_class_acc": final["mean_class_acc"],
             "per_class_iou": named(final["per_class_iou"]),
         },
-        "best": None if best is None else {"step": best["step"], "miou": best["miou"], "pixel_acc": best["pixel_acc"]},
-        "curve": [{k: v for k, v in r.items() if k != "per_class_iou"} for r in curve],
+        # The selected candidate's validation curve (the evaluation set is scored once, at the end).
+        "curve": run.curve,
+        "validation": {"images": len(data.val_images.samples),
+                       "miou": run.curve[-1]["miou"] if run.curve and selected is not None else None},
+        "sweep": None if len(runs) == 1 else {
+            "rule": "best final validation mIoU; diverged candidates excluded", "selected": selected,
+            "trained": "in one pass (K heads on cached features)" if together else "one after another",
+            "candidates": [{"optim": _overrides(config, i), "status": r.status, "error": r.error,
+                            "validation_miou": r.curve[-1]["miou"] if r.curve and r.status == "ok" else None,
+                            "curve": r.curve} for i, r in enumerate(runs)],
+        },
         # The final evaluation per image: what paired statistics between backbones resample.
-        "per_image": None if final is None or run.per_image is None else {
+        "per_image": None if final is None else {
             "stems": [sample.stem for sample in data.eval_images.samples],
-            "intersection": run.per_image.intersection.tolist(), "union": run.per_image.union.tolist()},
+            "intersection": final["per_image"].intersection.tolist(), "union": final["per_image"].union.tolist()},
         "class_names": list(data.dataset.class_names),
-        "dataset": {**data.settings, "num_eval_images": len(data.eval_images.samples)},
+        "dataset": {**data.settings, "num_eval_images": len(data.eval_images.samples),
+                    "num_validation_images": len(data.val_images.samples)},
         "train_stems": data.train_stems,
         "init": net.init_info,
         "encoder_sha256_before": net.sha_before,
@@ -332,10 +446,10 @@ def _record(config: dict, data: CellData, net: CellNet, batches: StepBatches, ru
         "device": str(device),
         "processes": world,
         "timings": {
-            "wall_s": time.perf_counter() - t_start, "train_s": run.train_s, "eval_s": run.eval_s,
-            "steps_done": run.steps_done, "resumed_from_step": None if run.resumed is None else run.resumed["step"],
-            "steps_per_s": ((run.steps_done - (run.resumed or {}).get("step", 0)) / run.train_s
-                            if run.train_s > 0 else None),
+            "wall_s": time.perf_counter() - t_start, "train_s": train_s, "eval_s": eval_s,
+            "steps_done": steps_done, "resumed_from_step": None if resumed is None else resumed["step"],
+            "steps_per_s": ((steps_done - (resumed or {}).get("step", 0)) / train_s * len(runs)
+                            if train_s > 0 else None),
             # Peak resident memory of the process that ran the cell (KiB on Linux).
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
@@ -347,18 +461,21 @@ def _record(config: dict, data: CellData, net: CellNet, batches: StepBatches, ru
     }
 
 
-def _finish(config: dict, out_dir: Path, net: CellNet, run: LoopResult, record: dict, log) -> None:
+def _finish(config: dict, out_dir: Path, nets: list[CellNet], runs: list[LoopResult], selected: int | None,
+            record: dict, log) -> None:
     """The lead rank's last writes: kept weights, then the record, which supersedes the state."""
     cell = config["cell"]
-    if config.get("keep_weights") and run.status == "ok" and cell["protocol"] == "full":
+    if config.get("keep_weights") and selected is not None and cell["protocol"] == "full":
         # For CKA (pre-trained vs fine-tuned), the fine-tuned encoder in the harness format. Frozen
         # and linear cells keep nothing: their encoder is bit-identical to the checkpoint's.
+        net = nets[selected]
         save_checkpoint(out_dir / FINAL_WEIGHTS, net.model.encoder.state_dict(), {
             "arch": cell["arch"], "method": f"{cell['method']}+{cell['protocol']}", "data": cell["dataset"],
-            "steps": run.steps_done, "normalization": net.model.encoder.normalization, "seed": int(cell["seed"])})
+            "steps": runs[selected].steps_done, "normalization": net.model.encoder.normalization,
+            "seed": int(cell["seed"])})
     write_json_atomic(out_dir / "record.json", record)
     (out_dir / STATE_NAME).unlink(missing_ok=True)
-    log(f"status {run.status}; record written")
+    log(f"status {record['status']}; record written")
 
 
 def _timm_version() -> str:

@@ -58,6 +58,10 @@ def add_parser(sub) -> None:
     preset.add_argument("--momentum", type=float, help="SGD momentum")
     preset.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 5%% of the steps)")
     preset.add_argument("--poly-power", type=float, help="poly decay exponent (default: 0.9)")
+    sweep = t.add_argument_group("sweep: every candidate trains, the best final validation mIoU is selected "
+                                 "(docs/protocols.md)")
+    sweep.add_argument("--sweep-lr", metavar="LR,LR,...", help="candidate learning rates, e.g. 1e-4,3e-4,1e-3")
+    sweep.add_argument("--sweep-weight-decay", metavar="WD,WD,...", help="candidate weight decays")
     t.add_argument("--no-feature-cache", action="store_true", help="frozen/linear: run the frozen encoder on "
                    "every step instead of caching its features")
     t.add_argument("--feature-cache-views", type=int, default=8, help="cached crops per image for datasets with "
@@ -94,11 +98,24 @@ def settings_from_flags(args, decoder: str):
             eval_every=args.eval_every or args.steps,
             optimizer={args.protocol: {k: getattr(args, k) for k in OPTIMIZER_FLAGS}},
             feature_cache=not args.no_feature_cache, feature_cache_views=args.feature_cache_views,
-            augment=not args.no_augment, state_every=args.state_every)
+            augment=not args.no_augment, state_every=args.state_every,
+            sweep={args.protocol: grid} if (grid := _sweep_grid(args)) else {})
     except ValidationError as exc:
         err = exc.errors()[0]
         flag = "--" + str(err["loc"][-1]).replace("_", "-")
         raise UserError(f"{flag}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def _sweep_grid(args) -> dict:
+    grid = {}
+    for name, flag in (("lr", "--sweep-lr"), ("weight_decay", "--sweep-weight-decay")):
+        text = getattr(args, f"sweep_{name}")
+        if text:
+            try:
+                grid[name] = [float(v) for v in text.split(",") if v.strip()]
+            except ValueError:
+                raise UserError(f"{flag} {text!r}: expected comma-separated numbers") from None
+    return grid
 
 
 def main(args) -> int:

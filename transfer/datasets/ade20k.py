@@ -79,6 +79,7 @@ MAPPING = LabelMapping({0: IGNORE_INDEX, **{v: v - 1 for v in range(1, 151)}})
 @register_dataset
 class ADE20K(SegmentationDataset):
     name = "ade20k"
+    validation_size = 500  # of the 20,210 training images
     description = "ADE20K SceneParsing (ADEChallengeData2016), 150 classes"
     splits = ("training", "validation")
     train_split, eval_split = "training", "validation"

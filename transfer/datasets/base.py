@@ -96,6 +96,9 @@ class SegmentationDataset:
     eval_split: ClassVar[str]
     transforms: ClassVar[Transforms] = Transforms()
     class_sets: ClassVar[tuple[int, ...]] = ()  # selectable class counts (nyuv2: 40, 13); () = one fixed set
+    # At most this many images of the training pool form the validation split (at most a fifth of
+    # the pool; whole `validation_group`s). docs/datasets.md, "Validation split".
+    validation_size: ClassVar[int] = 100
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     ignore_index: int = IGNORE_INDEX
@@ -141,6 +144,21 @@ class SegmentationDataset:
     def read_label(self, sample: Sample) -> np.ndarray:
         raise NotImplementedError
 
+    def validation_group(self, sample: Sample) -> str:
+        """The unit the validation split holds out whole, so that no neighbour of a validation
+        image is trained on (a video's sequence, a city's drives); an image by default."""
+        return sample.stem
+
+    def transfer_sets(self, train_split: str | None = None, eval_split: str | None = None
+                      ) -> tuple[list[Sample], list[Sample], list[Sample]]:
+        """(training pool, validation set, evaluation set). The validation set is held out of the
+        training pool (`held_out_validation`): few-shot subsets are drawn from what is left, and
+        hyper-parameters are selected on it, never on the evaluation set."""
+        pool, evaluation = self.transfer_pools(train_split, eval_split)
+        validation = held_out_validation(pool, self.validation_size, self.validation_group, self.name)
+        held = {s.stem for s in validation}
+        return [s for s in pool if s.stem not in held], validation, evaluation
+
     def transfer_pools(self, train_split: str | None = None, eval_split: str | None = None
                        ) -> tuple[list[Sample], list[Sample]]:
         """(training pool, evaluation set) for the transfer stage. Few-shot subsets are drawn
@@ -154,6 +172,35 @@ class SegmentationDataset:
             raise UserError(f"dataset {self.name}: splits {train_split} and {eval_split} share "
                             f"{len(overlap)} images (e.g. {sorted(overlap)[0]})")
         return train, evaluation
+
+
+# The validation rule's version, in every cell's data settings (so in its fingerprint): a cell
+# trained before the split existed drew its few-shot subset from the whole pool.
+VALIDATION_RULE = 1
+
+
+def held_out_validation(pool: list[Sample], size: int, group_of, dataset: str) -> list[Sample]:
+    """The validation split of a training pool: whole groups in a seeded order (seeded by the
+    dataset's name only: one split per dataset, the same for every backbone, seed and cell) until
+    min(size, a fifth of the pool) images are held out; at least one group stays for training."""
+    import zlib
+
+    groups: dict[str, list[Sample]] = {}
+    for sample in sorted(pool, key=lambda s: s.stem):
+        groups.setdefault(group_of(sample), []).append(sample)
+    if len(groups) < 2:
+        raise UserError(f"dataset {dataset}: the training pool has {len(groups)} "
+                        f"{'group' if len(groups) == 1 else 'groups'} of images (sequences, cities, ...); a "
+                        f"validation split needs at least 2, one held out and one to train on")
+    target = min(size, max(1, len(pool) // 5))
+    names = sorted(groups)
+    order = np.random.default_rng(zlib.crc32(f"{dataset}/validation".encode())).permutation(len(names))
+    held: list[Sample] = []
+    for i in order[:-1]:  # never the last group: something must stay to train on
+        if len(held) >= target:
+            break
+        held += groups[names[i]]
+    return sorted(held, key=lambda s: s.stem)
 
 
 DATASETS: Registry[SegmentationDataset] = Registry("dataset")

@@ -40,6 +40,7 @@ TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
 @register_dataset
 class Cityscapes(SegmentationDataset):
     name = "cityscapes"
+    validation_size = 500  # whole train cities (about three of the 18)
     description = "Cityscapes gtFine, 19 train classes"
     splits = ("train", "val")
     unlabelled_splits = ("test",)
@@ -77,6 +78,9 @@ class Cityscapes(SegmentationDataset):
             if (folder / (stem + suffix)).is_file():
                 return folder / (stem + suffix)
         raise UserError(f"{image}: image has no label; expected {folder / (stem + LABEL_IDS_SUFFIX)}")
+
+    def validation_group(self, sample: Sample) -> str:
+        return sample.stem.split("_")[0]  # the city: its drives and neighbouring frames stay together
 
     def read_label(self, sample: Sample):
         mapping = self.train_ids if sample.label.name.endswith(TRAIN_IDS_SUFFIX) else self.label_ids

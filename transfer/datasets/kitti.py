@@ -39,6 +39,7 @@ EVAL_EVERY = 4  # the evaluation set is every 4th frame: numbers 3, 7, 11, ...
 @register_dataset
 class Kitti(SegmentationDataset):
     name = "kitti"
+    validation_size = 20  # of the 150-frame pool: 130 stay for training subsets up to 128 (Fig. 3)
     description = "KITTI semantic segmentation benchmark (200 labelled frames, 19 Cityscapes classes)"
     splits = ("training",)
     unlabelled_splits = ("testing",)

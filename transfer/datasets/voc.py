@@ -60,6 +60,7 @@ def voc_colour(index: int) -> tuple[int, int, int]:
 @register_dataset
 class VOC(SegmentationDataset):
     name = "voc"
+    validation_size = 300  # of the 1,464 train (10,582 trainaug) images
     description = "Pascal VOC 2012 segmentation (optionally with SBD's augmented train set), 21 classes"
     splits = ("train", "val", "trainval", "trainaug")
     train_split, eval_split = "train", "val"
