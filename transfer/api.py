@@ -35,7 +35,8 @@ from transfer.data import dataset_settings
 from transfer.decoders import decoder_class, decoder_slug, parse_decoder_options
 from transfer.distributed import join_process_group, launched_by_torchrun, rank_and_world, spawn_cell
 from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
-from transfer.protocols import SWEEPABLE, PresetOverride, preset_key_problem, resolve_preset, sweep_candidates
+from transfer.protocols import (SWEEPABLE, PresetOverride, decoder_geometry, preset_key_problem, resolve_preset,
+                                sweep_candidates)
 from transfer.train import train_cell
 
 RECORD_NAME = "record.json"
@@ -105,9 +106,10 @@ class TransferSettings(BaseModel):
                     PresetOverride(**{name: value})  # the same bounds as an optimiser layer
         return v
 
-    def preset(self, protocol: str, decoder: str):
-        """The optimiser preset of a (protocol, decoder) cell: built-ins, then these layers."""
-        return resolve_preset(protocol, decoder, {k: o.model_dump() for k, o in self.optimizer.items()})
+    def preset(self, protocol: str, decoder: str, dataset: str | None = None):
+        """The optimiser preset of a (protocol, decoder) cell on `dataset`: built-ins, then these layers."""
+        return resolve_preset(protocol, decoder, {k: o.model_dump() for k, o in self.optimizer.items()},
+                              dataset=dataset)
 
 
 def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict, dataset_root, data_id: str,
@@ -131,13 +133,17 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     if checkpoint is not None and checkpoint_sha256 is None:
         checkpoint_sha256 = file_sha256(checkpoint)
     options = parse_decoder_options(cell.decoder, settings.decoder_options.get(cell.decoder))
+    geometry = {**dataset}
+    for key, value in decoder_geometry(cell.decoder, dataset["name"]).items():  # the recipe's, unless given
+        if geometry.get(key, "default") == "default":
+            geometry[key] = value
     config = {
-        "cell": cell.as_dict(), "data_id": data_id, "dataset": dataset_settings(**dataset),
+        "cell": cell.as_dict(), "data_id": data_id, "dataset": dataset_settings(**geometry),
         "checkpoint_sha256": checkpoint_sha256, "init": settings.init, "steps": settings.steps,
         "batch_size": settings.batch_size, "eval_every": settings.eval_every,
-        "optim": settings.preset(cell.protocol, cell.decoder).model_dump(),
+        "optim": settings.preset(cell.protocol, cell.decoder, dataset["name"]).as_config(),
     }
-    candidates = sweep_candidates(cell.protocol, cell.decoder, settings.sweep)
+    candidates = sweep_candidates(cell.protocol, cell.decoder, settings.sweep, dataset["name"])
     if candidates:  # each one more layer over `optim`; selected on validation (transfer/train.py)
         config["sweep"] = candidates
     # Optional keys appear only when they say something, so that adding one keeps older

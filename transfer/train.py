@@ -220,7 +220,7 @@ def _build(config: dict, data: CellData, device: torch.device, world: int, prese
     # A config without `random_init` predates the choice: its random encoders were timm's.
     model, init_info = build_model(cell["arch"], checkpoint, cell["decoder"], config.get("init", "auto"),
                                    data.dataset.num_classes, decoder_options, config.get("random_init", "timm"))
-    groups = param_groups(model, cell["protocol"], preset.lr, preset.encoder_lr_mult)
+    groups = param_groups(model, cell["protocol"], preset.lr, preset.encoder_lr_mult, preset.decay_norms_and_embeddings)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -354,6 +354,9 @@ def _train_loop(config: dict, data: CellData, nets: list[CellNet], batches: Step
                 continue
             net.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if net.preset.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_([p for g in net.optimizer.param_groups for p in g["params"]],
+                                               net.preset.grad_clip)
             net.optimizer.step()
             run.steps_done = step + 1
             values.append(value)
@@ -439,7 +442,7 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
             # Imported checkpoints: source hashes, format and key report (`bench submit`).
             "provenance": checkpoint.meta.get("provenance"),
         },
-        "optimizer": net.preset.model_dump(),
+        "optimizer": net.preset.as_config(),
         "feature_cache": None if cache is None else {
             **cache.stats,
             "train_views": "exact" if batches.fixed_views is None else f"{len(batches.fixed_views[0])} per image"},
