@@ -10,10 +10,14 @@ comma  := ,
 # One stamp per extras set: asking for more extras installs them, the same set again is a no-op.
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: quickstart test setup clean-results
+.PHONY: quickstart quickstart-encoder test setup clean-results
 
 quickstart: $(STAMP)
 	$(BIN)/bench run configs/quickstart.yaml
+
+# The quickstart's checkpoints with a fresh decoder for everyone (run `make quickstart` first).
+quickstart-encoder: $(STAMP)
+	$(BIN)/bench run configs/quickstart_encoder.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -28,4 +32,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean-results:
-	rm -rf results/quickstart
+	rm -rf results/quickstart results/quickstart_encoder
