@@ -24,6 +24,7 @@ from pretrain.warm_start import initialise
 from pretrain.loop import Diverged, train
 from pretrain.methods import method_class
 from pretrain.sources import open_source
+from pretrain.sources.base import SOURCES
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 LAST_GOOD_NAME = "last_good.safetensors"
@@ -32,8 +33,9 @@ LAST_GOOD_NAME = "last_good.safetensors"
 def resolve_config(config: dict) -> dict:
     """The config with defaults made explicit, so that two spellings of one training share a
     fingerprint: None-valued keys dropped, sizes as [H, W], the method's options validated and
-    completed with their defaults, and the content hash of an `init` file added (a different
-    file under the same name is a different training)."""
+    completed with their defaults, and the content hashes of an `init` file and of the files
+    reader options name (e.g. kitti_raw's `exclude` list) added (a different file under the same
+    name is a different training)."""
     from bench.core.checkpoint import file_sha256
     from bench.core.sizes import parse_size
     from pretrain.methods import parse_options
@@ -53,6 +55,9 @@ def resolve_config(config: dict) -> dict:
         out["content_ids"] = content_ids
     if out.get("source_options") == {}:
         del out["source_options"]
+    source_ids = SOURCES.get(out.get("dataset", "synth")).content_ids(out.get("source_options") or {})
+    if source_ids:  # (only where an option names such a file: other fingerprints stay as they were)
+        out["source_content_ids"] = source_ids
     if out.get("init"):
         init = Path(out["init"])
         if not init.is_file():

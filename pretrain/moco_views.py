@@ -21,6 +21,8 @@ import math
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from pretrain.color_jitter import apply_jitter, jitter_params
+
 CROP_SCALE = (0.2, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 CROP_TRIES = 10
@@ -57,13 +59,7 @@ def crop_box(gen: torch.Generator, height: int, width: int, out_aspect: float) -
 
 def _jitter_params(gen: torch.Generator) -> list[tuple[int, float]]:
     """(operation index, factor) pairs in a random order, as torchvision's ColorJitter."""
-    u = torch.rand(4, generator=gen).tolist()
-    factors = [_uniform(u[0], 1 - BRIGHTNESS, 1 + BRIGHTNESS), _uniform(u[1], 1 - CONTRAST, 1 + CONTRAST),
-               _uniform(u[2], 1 - SATURATION, 1 + SATURATION), _uniform(u[3], -HUE, HUE)]
-    return [(k, factors[k]) for k in torch.randperm(4, generator=gen).tolist()]
-
-
-_JITTER_OPS = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    return jitter_params(gen, BRIGHTNESS, CONTRAST, SATURATION, HUE)
 
 
 def moco_v2_view(gen: torch.Generator, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -82,8 +78,7 @@ def moco_v2_view(gen: torch.Generator, images: torch.Tensor, size: tuple[int, in
         jitter = _jitter_params(gen)  # drawn even when not applied, for the reason above
         img = TF.resized_crop(img, top, left, h, w, [out_h, out_w], antialias=True)
         if p_jitter < JITTER_P:
-            for k, factor in jitter:
-                img = _JITTER_OPS[k](img, factor)
+            img = apply_jitter(img, jitter)
         if p_gray < GRAYSCALE_P:
             img = TF.rgb_to_grayscale(img, num_output_channels=3)
         if p_blur < BLUR_P:

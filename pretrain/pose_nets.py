@@ -5,7 +5,11 @@ methods put them in `modules` so that resume snapshots hold them.
 
 - `PoseNet` (monodepth2): two frames stacked on the channel axis (6 channels) through a strided
   encoder, then a small convolutional decoder to one 6-DoF motion per pair (axis-angle and
-  translation, scaled by 0.01 so the first steps warp almost by the identity).
+  translation, scaled by 0.01 so the first steps warp almost by the identity). Its encoder starts
+  from random weights, or (`load_encoder_from`) from a 3-channel encoder of the same arch the way
+  monodepth2 starts its pose encoder from ImageNet weights: every tensor copied, the first
+  convolution's weights repeated for the two frames and halved, so that two equal frames give
+  the 3-channel network's response.
 - `IntrinsicsHead` ("Depth from videos in the wild", NimbleD): for videos without calibration,
   focal lengths softplus(.) x image size and principal point sigmoid(.) x image size, predicted
   from the pose encoder's bottleneck.
@@ -40,7 +44,7 @@ class PoseNet(nn.Module):
         import timm
 
         # A harness backbone name (resnet18 as monodepth2, resnet10t for quick runs), rebuilt with
-        # a 6-channel stem and random weights.
+        # a 6-channel stem and random weights (see load_encoder_from).
         if arch not in list_backbones():
             raise UserError(f"option pose_arch={arch!r} is not a registered backbone; use one of: "
                             f"{', '.join(list_backbones())}")
@@ -60,6 +64,27 @@ class PoseNet(nn.Module):
             nn.ReLU(inplace=True), nn.Conv2d(256, 256, 3, padding=1),
             nn.ReLU(inplace=True), nn.Conv2d(256, 6, 1),
         )
+
+    @torch.no_grad()
+    def load_encoder_from(self, encoder: nn.Module, what: str) -> None:
+        """Copy a 3-channel encoder's weights (and BatchNorm statistics) of the same arch into the
+        6-channel pose encoder; the input convolution's weights become cat([w, w], 1) / 2."""
+        own, given = self.encoder.state_dict(), encoder.state_dict()
+        if set(own) != set(given):
+            diff = sorted(set(own) ^ set(given))[:3]
+            raise UserError(f"{what}: the pose encoder's tensors differ from the encoder's (e.g. {', '.join(diff)})")
+        state = {}
+        for key, mine in own.items():
+            theirs = given[key].detach().to(mine.dtype)
+            if theirs.shape == mine.shape:
+                state[key] = theirs.clone()
+            elif (mine.dim() == 4 and theirs.dim() == 4 and mine.shape[1] == 2 * theirs.shape[1]
+                  and mine.shape[0] == theirs.shape[0] and mine.shape[2:] == theirs.shape[2:]):
+                state[key] = torch.cat([theirs, theirs], dim=1) / 2  # one copy per frame (monodepth2)
+            else:
+                raise UserError(f"{what}: tensor {key} is {tuple(theirs.shape)} in the encoder but "
+                                f"{tuple(mine.shape)} in the pose encoder")
+        self.encoder.load_state_dict(state)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor):
         """a, b: float images in [0, 1], N×3×H×W."""

@@ -278,8 +278,11 @@ class PseudoLabelled(PretrainSource):
     """A source whose `video` items also carry `pseudo` (H×W float32) from a pseudo-label folder."""
 
     def __init__(self, source: PretrainSource, folder):
+        # The wrapped source has validated its reader options already (the wrapper, checking them
+        # against its own empty list, would refuse every one).
+        self.source, self.option_names = source, source.option_names
         super().__init__(source.root, source.options)
-        self.source, self.folder = source, Path(folder)
+        self.folder = Path(folder)
         self.info = read_pseudo_info(self.folder)
         if self.info["dataset"] != source.name:
             raise UserError(f"{self.folder / INFO_NAME}: pseudo-labels of dataset {self.info['dataset']!r}, not "
@@ -287,6 +290,7 @@ class PseudoLabelled(PretrainSource):
         # Everything but `load` is the wrapped source's.
         self.name, self.kinds = source.name, source.kinds
         self.default_size, self.max_depth, self.class_names = source.default_size, source.max_depth, source.class_names
+        self.self_supervised_max_depth = source.self_supervised_max_depth
 
     def __getattr__(self, name: str):
         # Reader-specific attributes (calibration, metadata) stay reachable through the wrapper.

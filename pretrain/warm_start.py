@@ -73,7 +73,9 @@ def initialise(task, init) -> dict:
         saved, ours = ckpt.meta.get("decoder") or {}, task.decoder_meta() or {}
         if task.decoder is not None and ckpt.decoder and saved.get("kind") == ours.get("kind"):
             report["decoder_loaded"] = task.decoder.load_body(ckpt.decoder)
-        return report
-    state = read_state_dict(path)
-    body = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
-    return load_encoder_weights(task.encoder, body, source=f"--init {path}")
+    else:
+        state = read_state_dict(path)
+        body = {k: v for k, v in state.items() if not k.startswith(CLASSIFIER_PREFIXES)}
+        report = load_encoder_weights(task.encoder, body, source=f"--init {path}")
+    task.after_init()
+    return report

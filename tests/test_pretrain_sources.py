@@ -20,7 +20,7 @@ from fixtures.pretrain_layouts import (
     build_cityscapes_seq, build_image_folder, build_kitti_raw, build_nyuv2_depth, build_video_folder, kitti_projection,
     nyu_depth, nyu_image,
 )
-from pretrain.api import run_pretrain
+from pretrain.api import pretrain_fingerprint, resolve_config, run_pretrain
 from pretrain.batches import Batches
 from pretrain.sources import open_source
 from pretrain.sources.kitti_raw import read_velodyne
@@ -210,6 +210,99 @@ def test_kitti_errors_name_the_file(tmp_path):
     one_line_naming(exc, empty)
     with pytest.raises(UserError, match="unknown source option 'depht'"):
         open_source("kitti_raw", root, {"depht": "velodyne"})
+
+
+
+# KITTI leakage: the raw frames of the evaluation images (an `exclude` list) are never read.
+
+@pytest.fixture(scope="module")
+def kitti8(tmp_path_factory):
+    """Eight frames per drive: room for video items on both sides of an excluded frame."""
+    return build_kitti_raw(tmp_path_factory.mktemp("kitti8"), annotated=False, frames=8)
+
+
+def _ids(drive, frames, camera="image_02"):
+    return [f"{drive}/{camera}/{i:010d}" for i in frames]
+
+
+def _exclude(tmp_path, text, name="exclude.txt"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_kitti_exclude_list_removes_every_item_that_reads_a_listed_frame(kitti8, tmp_path):
+    listed = _exclude(tmp_path, "# the raw frames of the evaluation images\n"
+                                f"{DRIVE_A.replace('/', ' ')} 0000000003\n"  # the devkit's train_mapping.txt form
+                                "\n"                                          # (its blank lines: not in the raw data)
+                                f"{DRIVE_B} 5 l\n"                            # a split file's form
+                                f"{DRIVE_A}/image_03/0000000003\n"            # an item id (same frame, other camera)
+                                "2011_09_26 2011_09_26_drive_0099_sync 0000000001\n")  # a drive ROOT lacks
+    before = open_source("kitti_raw", kitti8, {"depth": "velodyne"})
+    assert before.items("video") == sorted(_ids(DRIVE_A, range(1, 7)) + _ids(DRIVE_B, range(1, 7)))
+    source = open_source("kitti_raw", kitti8, {"depth": "velodyne", "exclude": listed})
+    assert source.excluded == {(DRIVE_A, 3), (DRIVE_B, 5), ("2011_09_26/2011_09_26_drive_0099_sync", 1)}
+    frames = sorted(_ids(DRIVE_A, [0, 1, 2, 4, 5, 6, 7]) + _ids(DRIVE_B, [0, 1, 2, 3, 4, 6, 7]))
+    for kind in ("image", "depth", "stereo"):  # the frame itself, both cameras
+        assert source.items(kind) == frames, kind
+    # A video item reads its two neighbours too: the triplets around a listed frame go as well.
+    assert source.items("video") == sorted(_ids(DRIVE_A, [1, 5, 6]) + _ids(DRIVE_B, [1, 2, 3]))
+
+    margin = open_source("kitti_raw", kitti8, {"depth": "velodyne", "exclude": listed, "exclude_margin": 1})
+    assert margin.items("image") == sorted(_ids(DRIVE_A, [0, 1, 5, 6, 7]) + _ids(DRIVE_B, [0, 1, 2, 3, 7]))
+    assert margin.items("video") == sorted(_ids(DRIVE_A, [6]) + _ids(DRIVE_B, [1, 2]))
+
+
+def test_kitti_exclude_list_drops_split_lines_silently(kitti8, tmp_path):
+    listed = _exclude(tmp_path, f"{DRIVE_A} 3\n")
+    split = _exclude(tmp_path, f"{DRIVE_A} 3 l\n{DRIVE_A} 5 r\n{DRIVE_A} 4 l\n", "split.txt")
+    source = open_source("kitti_raw", kitti8, {"split": split, "exclude": listed})
+    assert source.items("image") == _ids(DRIVE_A, [4]) + _ids(DRIVE_A, [5], "image_03")
+    assert source.items("video") == _ids(DRIVE_A, [5], "image_03")  # 4 reads frame 3
+    # A line the list does not exclude is still checked: frame 7 has no next frame.
+    split = _exclude(tmp_path, f"{DRIVE_A} 3 l\n{DRIVE_A} 7 l\n", "split.txt")
+    with pytest.raises(UserError) as exc:
+        open_source("kitti_raw", kitti8, {"split": split, "exclude": listed}).items("video")
+    one_line_naming(exc, kitti8 / DRIVE_A / "image_02" / "data" / "0000000008.png")
+
+
+def test_kitti_exclude_list_errors_are_one_line(kitti8, tmp_path):
+    missing = tmp_path / "nowhere.txt"
+    for opener in (lambda: open_source("kitti_raw", kitti8, {"exclude": str(missing)}),
+                   lambda: resolve_config({"method": "depth_video", "arch": "resnet10t", "dataset": "kitti_raw",
+                                           "root": str(kitti8), "steps": 1, "batch_size": 1, "lr": 1e-3, "seed": 0,
+                                           "source_options": {"exclude": str(missing)}})):
+        with pytest.raises(UserError, match="file not found") as exc:
+            opener()
+        one_line_naming(exc, missing)
+    with pytest.raises(UserError, match="unreadable file") as exc:
+        open_source("kitti_raw", kitti8, {"exclude": str(tmp_path)})
+    one_line_naming(exc, tmp_path)
+    bad = _exclude(tmp_path, f"{DRIVE_A} 3\n{DRIVE_A} three\n")
+    with pytest.raises(UserError) as exc:
+        open_source("kitti_raw", kitti8, {"exclude": bad})
+    one_line_naming(exc, f"{bad}:2")
+    with pytest.raises(UserError, match="names no frames"):
+        open_source("kitti_raw", kitti8, {"exclude": _exclude(tmp_path, "\n\n# nothing\n")})
+    with pytest.raises(UserError, match="exclude_margin"):
+        open_source("kitti_raw", kitti8, {"exclude": _exclude(tmp_path, f"{DRIVE_A} 3\n"), "exclude_margin": -1})
+    with pytest.raises(UserError, match="exclude_margin needs exclude"):
+        open_source("kitti_raw", kitti8, {"exclude_margin": 1})
+
+
+def test_kitti_exclude_list_contents_are_part_of_the_fingerprint(kitti8, tmp_path):
+    def fp(source_options):
+        return pretrain_fingerprint(resolve_config({
+            "method": "depth_supervised", "arch": "resnet10t", "dataset": "kitti_raw", "root": str(kitti8),
+            "data_id": "k", "steps": 1, "batch_size": 1, "lr": 1e-3, "seed": 0, "source_options": source_options}))
+
+    plain = resolve_config({"method": "depth_supervised", "arch": "resnet10t", "dataset": "kitti_raw",
+                            "root": str(kitti8), "steps": 1, "batch_size": 1, "lr": 1e-3, "seed": 0})
+    assert "source_content_ids" not in plain  # configs without the option: fingerprints as before
+    listed = _exclude(tmp_path, f"{DRIVE_A} 3\n")
+    a = fp({"exclude": listed})
+    _exclude(tmp_path, f"{DRIVE_A} 4\n")
+    assert len({fp({}), a, fp({"exclude": listed})}) == 3
 
 
 # --- Cityscapes sequences ---------------------------------------------------------------------

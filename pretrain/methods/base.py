@@ -62,9 +62,15 @@ class PretrainMethod:
         self.decoder: nn.Module | None = None
         self.modules: dict[str, nn.Module] = {"encoder": self.encoder}
 
-    def normalized(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """uint8 N×3×H×W → float input normalised as the encoder's weights expect."""
-        return normalize(images_uint8.float() / 255.0, self.encoder.normalization)
+    def normalized(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N×3×H×W (or float in [0, 1], e.g. augmented) → float input normalised as the
+        encoder's weights expect."""
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images
+        return normalize(x, self.encoder.normalization)
+
+    def after_init(self) -> None:
+        """Called once `--init` has loaded the encoder (and decoder body): a method whose other
+        networks start from the same weights (the pose net of `depth_video`) copies them here."""
 
     def loss(self, gen: torch.Generator, batch_size: int) -> tuple[torch.Tensor | None, dict]:
         """The step's loss (None: nothing to learn from in this batch, skip it) and its named terms."""

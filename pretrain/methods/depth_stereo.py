@@ -8,7 +8,8 @@ is X - (baseline, 0, 0) in right-camera coordinates, T = translation(-baseline, 
 
 With a known baseline the scale is real: the predicted depth is metric (the checkpoint records
 that, and the baseline). No flip augmentation, for the same reason as depth_video (a mirrored
-pair would need left and right swapped and mirrored intrinsics).
+pair would need left and right swapped and mirrored intrinsics). The colour jitter of
+depth_video (`color_jitter`, on by default) applies to the left view the depth net sees.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class DepthStereo(SelfSupervisedDepth):
         self._require_calibration(batch)
         left, right = as_float(batch["left"]), as_float(batch["right"])
         K, T = batch["K"], left_to_right(batch["baseline"])
-        disps = self.disparities(batch["left"])
+        # The depth net sees the (colour-jittered) left view; the loss compares the original images.
+        disps = self.disparities(self.network_inputs(batch["left"][:, None], gen)[:, 0])
         return self.view_synthesis_loss(left, disps, lambda depth: [inverse_warp(right, depth, T, K)], [right], gen)
 
     def extra_meta(self):

@@ -43,6 +43,9 @@ class PretrainSource:
     default_size: ClassVar[tuple[int, int] | None] = None
     # Depth range of the scenes (metres): the sigmoid depth heads are scaled to it.
     max_depth: float = 80.0
+    # The farthest depth of the self-supervised depth methods' disparity head where their
+    # reference recipe uses another than `max_depth` (monodepth2: 100 m on KITTI); None: max_depth.
+    self_supervised_max_depth: float | None = None
     class_names: list[str] = []
     # The reader options (`--source-option KEY=VALUE`) this source understands.
     option_names: ClassVar[tuple[str, ...]] = ()
@@ -61,6 +64,12 @@ class PretrainSource:
 
     def load(self, kind: str, item_id: str) -> dict:
         raise NotImplementedError
+
+    @classmethod
+    def content_ids(cls, options: dict) -> dict:
+        """Hashes of files the reader options name whose contents decide what is trained on (added
+        to the pre-training fingerprint, so new contents under an old name make a new training)."""
+        return {}
 
     def check_kind(self, kind: str, method: str) -> None:
         if kind not in self.kinds:

@@ -38,10 +38,29 @@ Options (`--source-option KEY=VALUE`):
 - `depth`: `velodyne` or `annotated`. Default: `annotated` when `depth_root` is given or a
   `data_depth_annotated` folder sits in ROOT or next to it (ROOT/..), else `velodyne`.
 - `depth_root`: the `data_depth_annotated` folder (holding `train/` and `val/`).
+- `exclude`: a list of raw frames no item may read, e.g. the frames the KITTI semantics images
+  were taken from (so that pre-training never sees evaluation images; docs/pretraining.md says
+  how to make it). One frame per line, in any of these forms (blank lines and `#` comments are
+  skipped):
+  * `2011_09_26 2011_09_26_drive_0009_sync 0000000384` (date, drive, frame: the lines of the
+    KITTI stereo/flow 2015 devkit's `mapping/train_mapping.txt`, which can be passed as it is);
+  * `2011_09_26/2011_09_26_drive_0009_sync 384` (a split file's form; a trailing `l` or `r` is
+    allowed and ignored);
+  * `2011_09_26/2011_09_26_drive_0009_sync/image_02/0000000384` (an item id).
+  A listed frame is excluded for both cameras, and every item that would read it goes: the
+  frame's image, depth and stereo items, and the video items centred on it *and on its two
+  neighbours*, whose triplets hold it as a source frame. Lines naming drives ROOT does not hold
+  exclude nothing. An item a `split` file names but the list excludes is dropped silently.
+- `exclude_margin`: also exclude the frames this many steps before and after each listed one
+  (near-duplicates of it at 10 Hz). Default 0.
+
+The self-supervised depth methods use monodepth2's depth range on KITTI, 0.1 to 100 m
+(`self_supervised_max_depth`); supervised depth keeps `max_depth` (80 m, the evaluation cap).
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -51,11 +70,47 @@ from bench.core.errors import UserError
 
 from .base import PretrainSource, read_png_uint16, read_rgb, register_source, require_items
 
-OPTIONS = ("split", "depth", "depth_root")
+OPTIONS = ("split", "depth", "depth_root", "exclude", "exclude_margin")
 DATE = re.compile(r"\d{4}_\d{2}_\d{2}$")
 SIDES = {"l": "image_02", "r": "image_03"}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 CALIB_FIX = "it ships with the date's calibration archive (e.g. 2011_09_26_calib.zip) and belongs in the date folder"
+
+
+EXCLUDE_FORMS = ("'DATE DRIVE FRAME' (devkit mapping/train_mapping.txt), 'DATE/DRIVE FRAME [l|r]' "
+                 "or 'DATE/DRIVE/image_0X/FRAME'")
+
+
+def _read_list_file(value, option: str) -> str:
+    path = Path(str(value)).expanduser()
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"--source-option {option}={value}: file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"--source-option {option}={value}: unreadable file ({exc})") from None
+
+
+def parse_exclude_list(text: str, where: str) -> set[tuple[str, int]]:
+    """The (DATE/DRIVE, frame number) pairs of an `exclude` list (forms: EXCLUDE_FORMS)."""
+    frames = set()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parts = line.split("#", 1)[0].split()
+        if not parts:
+            continue
+        drive = frame = None
+        if len(parts) == 3 and DATE.match(parts[0]) and parts[1].startswith(parts[0] + "_drive_"):
+            drive, frame = f"{parts[0]}/{parts[1]}", parts[2]  # the devkit's mapping form
+        elif len(parts) in (2, 3) and "/" in parts[0] and (len(parts) == 2 or parts[2] in SIDES):
+            drive, frame = parts[0].strip("/"), parts[1]  # the split form
+        elif len(parts) == 1 and len(pieces := parts[0].strip("/").split("/")) == 4 and pieces[2] in SIDES.values():
+            drive, frame = f"{pieces[0]}/{pieces[1]}", pieces[3]  # an item id
+        if drive is None or not frame.isdigit() or not DATE.match(drive.split("/")[0]) or drive.count("/") != 1:
+            raise UserError(f"{where}:{lineno}: expected a raw frame as {EXCLUDE_FORMS}, got {line.strip()!r}")
+        frames.add((drive, int(frame)))
+    if not frames:
+        raise UserError(f"{where}: the exclude list names no frames")
+    return frames
 
 
 def read_calib(path: Path) -> dict[str, np.ndarray]:
@@ -142,12 +197,14 @@ class KittiRaw(PretrainSource):
     option_names = OPTIONS
     default_size = (192, 640)
     max_depth = 80.0
+    self_supervised_max_depth = 100.0  # monodepth2's --max_depth
 
     def __init__(self, root, options):
         super().__init__(root, options)
         self._drives = self._find_drives()
         self._files: dict[tuple[str, str], dict[int, Path]] = {}
         self._calib: dict[tuple[str, str], dict] = {}
+        self.excluded = self._read_exclude()
         self._split = self._read_split(Path(options["split"])) if options.get("split") else None
         self.depth_mode, self.depth_root = self._depth_source()
         self._annotated: dict[str, Path] | None = None
@@ -178,6 +235,37 @@ class KittiRaw(PretrainSource):
         found = self._frames(drive, folder).get(index)
         ext = ".bin" if folder == "velodyne_points" else ".png"
         return found or self._drives[drive] / folder / "data" / f"{index:010d}{ext}"
+
+    @classmethod
+    def content_ids(cls, options: dict) -> dict:
+        if not options.get("exclude"):
+            return {}
+        text = _read_list_file(options["exclude"], "exclude")
+        return {"exclude_sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+    def _read_exclude(self) -> set[tuple[str, int]]:
+        """(DATE/DRIVE, frame) pairs no item may read: the listed frames and their margin."""
+        value, margin = self.options.get("exclude"), self.options.get("exclude_margin", 0)
+        try:
+            margin = int(str(margin))
+        except ValueError:
+            margin = -1
+        if margin < 0:
+            raise UserError(f"dataset kitti_raw: source option exclude_margin={self.options.get('exclude_margin')!r}; "
+                            f"use a whole number of frames >= 0")
+        if not value:
+            if "exclude_margin" in self.options:
+                raise UserError("dataset kitti_raw: source option exclude_margin needs exclude=LIST")
+            return set()
+        listed = parse_exclude_list(_read_list_file(value, "exclude"), str(value))
+        return {(drive, i + d) for drive, i in listed for d in range(-margin, margin + 1)}
+
+    def _reads_excluded(self, kind: str, drive: str, index: int) -> bool:
+        """Whether the item of `kind` at frame `index` reads a frame of the exclude list."""
+        if not self.excluded:
+            return False
+        frames = (index - 1, index, index + 1) if kind == "video" else (index,)
+        return any((drive, i) in self.excluded for i in frames)
 
     def _read_split(self, path: Path) -> list[tuple[str, str, int, int]]:
         """(drive, camera, frame, line number) of each line of a monodepth2 split file."""
@@ -300,6 +388,8 @@ class KittiRaw(PretrainSource):
         for drive, camera, index, lineno in candidates:
             if kind == "stereo":
                 camera = "image_02"
+            if self._reads_excluded(kind, drive, index):
+                continue
             missing = [p for folder, p in self._needs(kind, drive, camera, index)
                        if not self._present(folder, drive, p)]
             if missing and lineno is not None:
