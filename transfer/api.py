@@ -35,7 +35,7 @@ from transfer.data import dataset_settings
 from transfer.decoders import decoder_class, decoder_slug, parse_decoder_options
 from transfer.distributed import join_process_group, launched_by_torchrun, rank_and_world, spawn_cell
 from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
-from transfer.protocols import (SWEEPABLE, PresetOverride, decoder_geometry, preset_key_problem, resolve_preset,
+from transfer.protocols import (LINEAR_DECODER, SWEEPABLE, PresetOverride, decoder_geometry, preset_key_problem, resolve_preset,
                                 sweep_candidates)
 from transfer.train import train_cell
 
@@ -149,6 +149,10 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     # Optional keys appear only when they say something, so that adding one keeps older
     # fingerprints valid.
     resolved = options.model_dump(mode="json", exclude={"spec"})
+    if cell.decoder == LINEAR_DECODER and backbone_spec(cell.arch).family == "vit" and not resolved.get("vit_tokens"):
+        # A ViT's linear probe became DINOv2's token head: named, so that ViT linear cells made with
+        # the per-level head before it are re-run rather than taken as current.
+        resolved = {**resolved, "vit_tokens": "last"}
     if resolved:
         config["decoder_options"] = resolved
     content = decoder_class(cell.decoder).content_ids(options)

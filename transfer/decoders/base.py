@@ -5,7 +5,9 @@ strides of `encoder.strides`). The encoder stays outside it, so freezing, featur
 the encoder digests treat every decoder alike:
 
 - `prepare(features)` is the parameter-free first stage of the head (by default: drop the levels
-  it does not read, i.e. set them to None; a head may resample or pool here). For
+  it does not read, i.e. set them to None; a head may resample or pool here, or read what else
+  the encoder's output carries: a ViT's is a `bench.core.models.vit.ViTLevels` with the raw
+  token grids and class tokens in `.tokens`, and its `strides` a `TokenGridStrides`). For
   a frozen encoder its output is what the feature cache stores, so work done here is done once
   per view. `forward` and `loss` take its output (`SegmentationModel.features` chains the two);
 - `forward(prepared, size)` returns per-class scores N×K×H×W at `size` (the argmax is the label

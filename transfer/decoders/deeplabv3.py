@@ -4,7 +4,15 @@ The encoder is built with timm's `output_stride`, which dilates the last stages 
 striding them; its weights (and their names) are unchanged, so any checkpoint of the arch loads.
 The atrous rates follow Chen et al. (2017): (6, 12, 18) at output stride 16, doubled at 8. The
 head sees the deepest level only, as DeepLabV3 (not V3+) does; its logits are upsampled to the
-image. Always a fresh head: the cross-architecture setting (Fig. 1c)."""
+image.
+
+A depth checkpoint pre-trained with this head (`depth_supervised` with `decoder: deeplabv3`, Lao et
+al.'s Cityscapes setting, their Table 5) is reused like the U-Net's: with `--init auto` or
+`encoder+decoder` every tensor of the head but its last 1×1 convolution (`head.4`, the classifier)
+loads from the checkpoint, BatchNorm statistics included. The body also loads across output
+strides (the rates double, the weights keep their shapes: DeepLabV3's own train-at-16,
+evaluate-at-8 practice). With any other checkpoint the head starts fresh: the
+cross-architecture setting (Fig. 1c)."""
 
 from __future__ import annotations
 
@@ -21,7 +29,9 @@ from transfer.decoders.base import DecoderOptions, SegmentationDecoder, register
 @register_decoder
 class DeepLabV3Decoder(SegmentationDecoder):
     name = "deeplabv3"
-    description = "torchvision's DeepLabV3 ASPP head on a dilated encoder (output stride 16 or 8)"
+    description = ("torchvision's DeepLabV3 ASPP head on a dilated encoder (output stride 16 or 8), "
+                   "reusable from depth checkpoints pre-trained with it")
+    reuses = "deeplabv3"
 
     class Options(DecoderOptions):
         output_stride: Literal[8, 16] = Field(16, description="encoder output stride (8: finer, about 4x the compute)")
@@ -37,6 +47,17 @@ class DeepLabV3Decoder(SegmentationDecoder):
 
     def used_levels(self, num_levels: int) -> list[int]:
         return [num_levels - 1]
+
+    def load_body(self, state: dict[str, torch.Tensor]) -> int:
+        """Every saved tensor but the classifier's (`head.4.*`, which stays fresh); how many were
+        loaded (0, loading nothing, when names or shapes differ from this head's)."""
+        last = f"head.{len(self.head) - 1}."
+        body = {k: v for k, v in state.items() if not k.startswith(last)}
+        own = {k: v for k, v in self.state_dict().items() if not k.startswith(last)}
+        if set(body) != set(own) or any(own[k].shape != v.shape for k, v in body.items()):
+            return 0
+        self.load_state_dict(body, strict=False)
+        return len(body)
 
     def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         return F.interpolate(self.head(features[-1]), size=size, mode="bilinear", align_corners=False)

@@ -26,6 +26,16 @@ instead of the last one and treat them as a pyramid:
   the stride-32 level is exactly 2×2 average pooling and the stride-16 level the tokens
   themselves. No parameters: any learnable reassembly (DPT's) belongs to the decoder, so the
   encoder's weights are exactly the pre-trained ones.
+- **Tokens for heads that read them.** The returned list is a `ViTLevels`: besides the four
+  levels it carries, per block of `token_blocks` (the tapped blocks and the last four), that
+  block's normed patch-token grid as it is (N×C×gh×gw, not resampled, covering the padded
+  image) and its class token (N×C; None for a ViT without one). Heads that take the tokens
+  themselves, as DINOv2's linear probe does (`transfer.decoders.linear`), read them there;
+  everything else sees a plain list of levels. The encoder's `strides` is a `TokenGridStrides`,
+  a list of ints that also says the levels come from a token grid (`patch_size`, `depth`,
+  `has_class_token`), so a head knows at construction that it will get tokens. Carrying them
+  costs two more final-norm'd grids (blocks depth-3 and depth-2 for the default taps); the
+  levels are computed exactly as before.
 
 The encoder *is* the timm `VisionTransformer` (re-classed to `ViTEncoder`, which only adds
 `forward`), so its `state_dict` keys are exactly those of
@@ -71,22 +81,51 @@ def resample_tokens(grid: torch.Tensor, patch: tuple[int, int], stride: int,
     return torch.ops.aten.upsample_bilinear2d(grid, list(out), False, patch[0] / stride, patch[1] / stride)
 
 
+class TokenGridStrides(list):
+    """The `strides` of a `ViTEncoder`'s levels: a list of ints like any encoder's, which also says
+    that the levels are resampled from the token grid of a ViT with `depth` blocks and patches of
+    `patch_size` (height, width) pixels (`has_class_token`: whether it has a class token), and
+    that its output carries those tokens (`ViTLevels.tokens`)."""
+
+    patch_size: tuple[int, int]
+    depth: int
+    has_class_token: bool
+
+
+class ViTLevels(list):
+    """What a `ViTEncoder` returns: the list of its four levels, and in `tokens` a block index ->
+    (normed patch-token grid N×C×gh×gw, class token N×C or None) map for its `token_blocks`."""
+
+    tokens: dict[int, tuple[torch.Tensor, torch.Tensor | None]]
+
+
 class ViTEncoder(VisionTransformer):
-    """A timm `VisionTransformer` whose `forward` returns four feature levels (see the module
-    docstring). Made by `vit_encoder`, never constructed directly."""
+    """A timm `VisionTransformer` whose `forward` returns four feature levels and the tokens of
+    `token_blocks` (see the module docstring). Made by `vit_encoder`, never constructed directly."""
 
     arch: str
     blocks_tapped: tuple[int, ...]
+    token_blocks: tuple[int, ...]
     channels: list[int]
-    strides: list[int]
+    strides: TokenGridStrides
     normalization: dict
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> ViTLevels:
         image_size = tuple(x.shape[-2:])
-        grids = self.forward_intermediates(x, indices=list(self.blocks_tapped), norm=True, stop_early=True,
-                                           output_fmt="NCHW", intermediates_only=True)
+        blocks = self.token_blocks
+        out = self.forward_intermediates(x, indices=list(blocks), norm=True, stop_early=True, output_fmt="NCHW",
+                                         intermediates_only=True, return_prefix_tokens=True)
+        grids, classes = {}, {}
+        for b, o in zip(blocks, out):
+            # (grid, prefix tokens) -- a plain grid for a ViT without prefix tokens. The class token
+            # is copied out: a view would keep the block's whole normed token sequence alive.
+            grids[b], prefix = o if isinstance(o, tuple) else (o, None)
+            classes[b] = prefix[:, 0].clone() if prefix is not None and self.cls_token is not None else None
         patch = tuple(self.patch_embed.patch_size)
-        return [resample_tokens(g, patch, s, image_size) for g, s in zip(grids, self.strides)]
+        levels = ViTLevels(resample_tokens(grids[b], patch, s, image_size)
+                           for b, s in zip(self.blocks_tapped, self.strides))
+        levels.tokens = {b: (grids[b], classes[b]) for b in blocks}
+        return levels
 
 
 def vit_encoder(timm_name: str, *, arch: str, mean, std, blocks: tuple[int, ...] | None = None,
@@ -113,8 +152,12 @@ def vit_encoder(timm_name: str, *, arch: str, mean, std, blocks: tuple[int, ...]
         raise ValueError(f"{arch}: blocks {tapped} must be four increasing indices below {depth}")
     model.arch = arch
     model.blocks_tapped = tapped
+    # The last four blocks too: DINOv2's linear probe reads them (transfer/decoders/linear.py).
+    model.token_blocks = tuple(sorted(set(tapped) | set(range(depth - 4, depth))))
     model.channels = [model.embed_dim] * len(LEVEL_STRIDES)
-    model.strides = [min(s, output_stride) for s in LEVEL_STRIDES]
+    model.strides = TokenGridStrides(min(s, output_stride) for s in LEVEL_STRIDES)
+    model.strides.patch_size, model.strides.depth = tuple(model.patch_embed.patch_size), depth
+    model.strides.has_class_token = model.cls_token is not None
     model.normalization = {"mean": list(mean), "std": list(std)}
     # timm's per-block list, narrowed to the levels this encoder returns.
     model.feature_info = [{"module": f"blocks.{b}", "num_chs": c, "reduction": s}
