@@ -120,3 +120,15 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def load_all_but(module, state: dict, fresh_prefix: str) -> int:
+    """Load every tensor of `state` into `module` except those under `fresh_prefix` (an output
+    layer that stays freshly initialised); how many loaded -- 0, loading nothing, when the
+    names or shapes of the rest differ from the module's."""
+    body = {k: v for k, v in state.items() if not k.startswith(fresh_prefix)}
+    own = {k: v for k, v in module.state_dict().items() if not k.startswith(fresh_prefix)}
+    if set(body) != set(own) or any(own[k].shape != v.shape for k, v in body.items()):
+        return 0
+    module.load_state_dict(body, strict=False)
+    return len(body)

@@ -24,6 +24,7 @@ from pydantic import Field, field_validator, model_serializer
 from torch import nn
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
+from bench.core.checkpoint import load_all_but
 from bench.core.errors import UserError
 from bench.core.models.backbones import create_encoder
 from bench.core.models.unet_decoder import UNetDecoder
@@ -53,13 +54,7 @@ class DeepLabDepthDecoder(nn.Module):
 
     def load_body(self, state: dict[str, torch.Tensor]) -> int:
         """Load every tensor but the output conv's; how many (0, loading nothing, on a mismatch)."""
-        last = f"head.{len(self.head) - 1}."
-        body = {k: v for k, v in state.items() if not k.startswith(last)}
-        own = {k: v for k, v in self.state_dict().items() if not k.startswith(last)}
-        if set(body) != set(own) or any(own[k].shape != v.shape for k, v in body.items()):
-            return 0
-        self.load_state_dict(body, strict=False)
-        return len(body)
+        return load_all_but(self, state, f"head.{len(self.head) - 1}.")
 
     def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> dict[int, torch.Tensor]:
         return {0: F.interpolate(self.head(features[-1]), size=size, mode="bilinear", align_corners=False)}

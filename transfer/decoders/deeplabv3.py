@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
+from bench.core.checkpoint import load_all_but
 from transfer.decoders.base import DecoderOptions, SegmentationDecoder, register_decoder
 
 
@@ -51,13 +52,7 @@ class DeepLabV3Decoder(SegmentationDecoder):
     def load_body(self, state: dict[str, torch.Tensor]) -> int:
         """Every saved tensor but the classifier's (`head.4.*`, which stays fresh); how many were
         loaded (0, loading nothing, when names or shapes differ from this head's)."""
-        last = f"head.{len(self.head) - 1}."
-        body = {k: v for k, v in state.items() if not k.startswith(last)}
-        own = {k: v for k, v in self.state_dict().items() if not k.startswith(last)}
-        if set(body) != set(own) or any(own[k].shape != v.shape for k, v in body.items()):
-            return 0
-        self.load_state_dict(body, strict=False)
-        return len(body)
+        return load_all_but(self, state, f"head.{len(self.head) - 1}.")
 
     def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         return F.interpolate(self.head(features[-1]), size=size, mode="bilinear", align_corners=False)
