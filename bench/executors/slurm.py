@@ -257,8 +257,17 @@ class SlurmExecutor:
         import subprocess
 
         if info["cluster"] == "local":
+            # SIGINT stops submitit's local controller and its tasks, unless the controller was
+            # started with SIGINT ignored (a disposition it inherits); then SIGTERM, which it
+            # forwards to its tasks and so ends once they have.
             try:
-                os.kill(int(info["job_id"]), signal.SIGINT)
+                pid = int(info["job_id"])
+                os.kill(pid, signal.SIGINT)
+                deadline = time.time() + 2.0
+                while _pid_alive(pid) and time.time() < deadline:
+                    time.sleep(0.05)
+                if _pid_alive(pid):
+                    os.kill(pid, signal.SIGTERM)
             except (OSError, ValueError):
                 pass
         else:
