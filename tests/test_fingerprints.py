@@ -8,7 +8,10 @@ History, each change made by an issue that changed what cells compute:
 - issue 15: a cell without a checkpoint records its `random_init` scheme (torchvision's by
   default), and every cell's data settings carry the validation rule (`validation`: its
   few-shot subset is drawn from the pool minus the validation split). Without those two keys,
-  each config still fingerprints to its v0.1.0 value: nothing else moved.
+  each config still fingerprints to its v0.1.0 value: nothing else moved;
+- issue 15, the sweep's cost: the per-level linear probe sums its levels on the stride-4 grid and
+  trains with the grid loss, named `decoder_options: {loss_at: grid}` in CNN linear cells, so their
+  fingerprints changed; without that key the linear cell fingerprints as before.
 """
 
 from bench.core.records import fingerprint
@@ -26,7 +29,13 @@ def _v010(config: dict) -> str:
     """The fingerprint of `config` without the keys issue 15 added."""
     kept = {k: v for k, v in config.items() if k not in AFTER_FINGERPRINT and k != "random_init"}
     kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "validation"}
-    return fingerprint(kept)
+    return fingerprint(_without_loss_at(kept))
+
+
+def _without_loss_at(config: dict) -> dict:
+    options = {k: v for k, v in (config.get("decoder_options") or {}).items() if k != "loss_at"}
+    kept = {k: v for k, v in config.items() if k != "decoder_options"}
+    return {**kept, "decoder_options": options} if options else kept
 
 
 def test_a_linear_probe_on_the_generated_world():
@@ -34,7 +43,10 @@ def test_a_linear_probe_on_the_generated_world():
     config = _resolve(cell, {"steps": 80, "batch_size": 4, "eval_every": 20}, {"name": "synth"}, dataset_root="/x",
                       data_id="world", checkpoint="/x/c.safetensors", checkpoint_sha256=SHA)
     assert _v010(config) == "063d7abdaacf4fd937a004de9b60e6f213ba4263488eadf12f0c6cf708020d0d"
-    assert config["fingerprint"] == "56bf4fdfd5a9b5ac9f570b49a93d38eba12b86cc1ad90f24b41128aa7f590825"
+    assert config["decoder_options"] == {"loss_at": "grid"}
+    before = {k: v for k, v in config.items() if k not in AFTER_FINGERPRINT}
+    assert fingerprint(_without_loss_at(before)) == "56bf4fdfd5a9b5ac9f570b49a93d38eba12b86cc1ad90f24b41128aa7f590825"
+    assert config["fingerprint"] == "48e2e8d21af2cceb33552b9ccdb4986565049dd652d527f64b54838af6887dec"
 
 
 def test_a_frozen_deeplab_cell_with_every_optional_setting():

@@ -1,7 +1,7 @@
 """The linear probe on a ViT's tokens, as DINOv2 evaluates segmentation ("lin."): the last block's
 (or the last four blocks') final-norm'd patch tokens, optionally with the class token concatenated
 to every patch, BatchNorm, a 1x1 convolution, and a bilinear upsampling to the image. CNN linear
-cells keep their per-level head and their fingerprints."""
+cells keep their per-level head's parameters (its geometry and loss: tests/test_grid_loss.py)."""
 
 import json
 
@@ -106,7 +106,7 @@ def test_the_tokens_form_is_the_default_for_vits_and_levels_stays_available(vit)
     assert type(features) is list and [f.shape[-1] for f in features] == [36, 18, 9, 5]
 
 
-def test_cnn_linear_heads_are_unchanged(tiny_world):
+def test_cnn_linear_heads_keep_their_parameters(tiny_world):
     resnet = create_encoder("resnet10t")
     torch.manual_seed(3)
     head = _head(resnet, {}, num_classes=7)
@@ -119,10 +119,11 @@ def test_cnn_linear_heads_are_unchanged(tiny_world):
            **{f"classifiers.{k}": v for k, v in convs.state_dict().items()}}
     new = head.state_dict()
     assert head.form == "levels" and list(new) == list(old) and all(torch.equal(new[k], old[k]) for k in old)
-    # Unset options stay out of the cell config, so CNN linear cells keep their fingerprints
-    # (tests/test_fingerprints.py pins one); set ones are part of it.
+    # CNN linear cells name their loss (the grid loss, tests/test_grid_loss.py), so records of the
+    # per-pixel loss they trained with before are re-run (tests/test_fingerprints.py pins one);
+    # set options are part of the fingerprint.
     cell = Cell("b", "m", "resnet10t", "synth", "linear", "linear", 4, 0)
-    assert "decoder_options" not in cell_config(tiny_world, cell)
+    assert cell_config(tiny_world, cell)["decoder_options"] == {"loss_at": "grid"}
     vit_cell = Cell("b", "m", TINY_VIT, "synth", "linear", "linear", 4, 0)
     set_ = cell_config(tiny_world, vit_cell, decoder_options={"linear": {"vit_tokens": "last4"}})
     assert set_["decoder_options"] == {"vit_tokens": "last4"}
@@ -193,4 +194,7 @@ def test_a_vit_linear_cell_names_its_head_form_in_the_fingerprint():
                                    TransferSettings(decoder_options={"linear": {"vit_tokens": "last"}}), **kw)
     assert explicit["fingerprint"] == vit["fingerprint"]
     cnn = resolve_cell_config(Cell("b", "m", "resnet10t", "synth", "linear", "linear", 4, 0), TransferSettings(), **kw)
-    assert "decoder_options" not in cnn
+    assert cnn["decoder_options"] == {"loss_at": "grid"}  # the per-level head names its loss
+    levels = resolve_cell_config(Cell("b", "m", "vit_tiny_patch16_224", "synth", "linear", "linear", 4, 0),
+                                 TransferSettings(decoder_options={"linear": {"vit_tokens": "levels"}}), **kw)
+    assert levels["decoder_options"] == {"vit_tokens": "levels", "loss_at": "grid"}

@@ -153,6 +153,11 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
         # A ViT's linear probe became DINOv2's token head: named, so that ViT linear cells made with
         # the per-level head before it are re-run rather than taken as current.
         resolved = {**resolved, "vit_tokens": "last"}
+    if cell.decoder == LINEAR_DECODER and resolved.get("vit_tokens", "levels") == "levels" and "loss_at" not in resolved:
+        # The per-level probe sums its levels on the stride-4 grid and trains with the grid loss
+        # (transfer/decoders/linear.py); named, so that records of the per-pixel loss on each
+        # level's separately upsampled scores, its form before, are re-run.
+        resolved = {**resolved, "loss_at": "grid"}
     if resolved:
         config["decoder_options"] = resolved
     content = decoder_class(cell.decoder).content_ids(options)

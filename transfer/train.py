@@ -17,6 +17,7 @@ in the order a cell runs them:
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime as _dt
 import math
 import platform
@@ -37,6 +38,7 @@ from bench.core.seeding import step_generator
 from bench.core.version import __version__
 from transfer.cell_state import STATE_NAME, load_cell_state, save_cell_state
 from transfer.data import dataset_settings, open_transfer_data
+from transfer.decoders.linear_bank import LinearHeadBank
 from transfer.distributed import all_reduce_sum, rank_and_world
 from transfer.feature_cache import DEFAULT_BUDGET_BYTES, DEFAULT_VIEWS_PER_IMAGE, FeatureCache
 from transfer.model import build_model
@@ -53,17 +55,34 @@ def pick_device(requested: str | None) -> torch.device:
     return torch.device(requested)
 
 
-@torch.no_grad()
 def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size: int, *,
              cache: FeatureCache | None = None, device=None, autocast=None, split: str = "eval") -> dict:
     """Dataset-level confusion matrix on native-resolution labels: scores predicted at the eval
     size are upsampled (bilinear) to each label's size before the argmax. `split` names the image
     set in the feature cache's keys (validation and evaluation images are different images)."""
     model.eval()
+    try:
+        return _score(lambda features, size: [model.decoder(features, size)], model.features, 1, eval_images,
+                      num_classes, ignore_index, batch_size, cache, device, autocast, split)[0]
+    finally:
+        model.train()
+
+
+def evaluate_bank(bank: LinearHeadBank, active: list[int], eval_images, num_classes: int, ignore_index: int,
+                  batch_size: int, *, cache: FeatureCache, device=None, autocast=None,
+                  split: str = "validation") -> list[dict]:
+    """`evaluate` for every active head of a bank at once, one pass over the cached features."""
+    return _score(lambda features, size: bank.predict(features, size, active), None, len(active), eval_images,
+                  num_classes, ignore_index, batch_size, cache, device, autocast, split)
+
+
+@torch.no_grad()
+def _score(predict, encode, heads: int, eval_images, num_classes: int, ignore_index: int, batch_size: int,
+           cache, device, autocast, split: str) -> list[dict]:
     device = device or torch.device("cpu")
     rank, world = rank_and_world()
-    cm = ConfusionMatrix(num_classes, ignore_index)
-    counts = PerImageCounts(len(eval_images.samples), num_classes, ignore_index)
+    cms = [ConfusionMatrix(num_classes, ignore_index) for _ in range(heads)]
+    counts = [PerImageCounts(len(eval_images.samples), num_classes, ignore_index) for _ in range(heads)]
     for k, (index, images, labels) in enumerate(eval_images.indexed_batches(batch_size)):
         if k % world != rank:  # data-parallel: each rank scores its share, the matrices are summed
             continue
@@ -72,19 +91,23 @@ def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size
                 features = cache.features([(split, i) for i in index],
                                           lambda keys: _to(eval_images.load([i for _, i in keys]), device))
             else:
-                features = model.features(_to(images, device))
-            scores = model.decoder(features, images.shape[-2:]).float()
+                features = encode(_to(images, device))
+            all_scores = [s.float() for s in predict(features, images.shape[-2:])]
         labels = labels.to(device)
-        if scores.shape[-2:] != labels.shape[-2:]:
-            scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        pred, labels = scores.argmax(1).cpu(), labels.cpu()
-        cm.update(pred, labels)
-        for j, i in enumerate(index):
-            counts.update(i, pred[j], labels[j])
-    for t in (cm.mat, counts.intersection, counts.union):  # each rank filled its own images' rows
-        all_reduce_sum(t)
-    model.train()
-    return {**cm.compute(), "per_image": counts}
+        for cm, per_image, scores in zip(cms, counts, all_scores):
+            if scores.shape[-2:] != labels.shape[-2:]:
+                scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+            # max(1).indices, not argmax(1): the same first maximum, ~10x faster over channels on a CPU
+            pred, truth = scores.max(1).indices.cpu(), labels.cpu()
+            cm.update(pred, truth)
+            for j, i in enumerate(index):
+                per_image.update(i, pred[j], truth[j])
+    results = []
+    for cm, per_image in zip(cms, counts):
+        for t in (cm.mat, per_image.intersection, per_image.union):  # each rank filled its own images' rows
+            all_reduce_sum(t)
+        results.append({**cm.compute(), "per_image": per_image})
+    return results
 
 
 def _to(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -134,7 +157,7 @@ def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print,
         f"feature cache {'on' if batches.cache else 'off'} train images {len(data.train_stems)} "
         f"validation images {len(data.val_images.samples)} eval images {len(data.eval_images.samples)}")
     if together:
-        nets = [first] + [build(p) for p in presets[1:]]
+        nets = [first] + [_candidate(first, config, p) for p in presets[1:]]
         runs = _train_loop(config, data, nets, batches, out_dir, progress, log, device, rank, world, tag="")
     else:
         nets, runs = [], []
@@ -236,6 +259,18 @@ def _build(config: dict, data: CellData, device: torch.device, world: int, prese
                    state_sha256(model.encoder.state_dict()))
 
 
+def _candidate(first: CellNet, config: dict, preset: OptimizerPreset) -> CellNet:
+    """Another candidate of a cell whose candidates train together: a copy of the first one's
+    network as built (so the same initial weights a rebuild from the same seed gives) sharing its
+    frozen encoder, with an optimiser of its own."""
+    encoder = first.model.encoder
+    model = copy.deepcopy(first.model, memo={id(encoder): encoder})
+    groups = param_groups(model, config["cell"]["protocol"], preset.lr, preset.encoder_lr_mult,
+                          preset.decay_norms_and_embeddings)
+    return CellNet(model, first.init_info, first.checkpoint, preset, build_optimizer(groups, preset), first.autocast,
+                   first.sha_before)
+
+
 class StepBatches:
     """The batch of a step: (inputs, labels, cached), `inputs` being images or, when the frozen
     encoder's features are cached, those features. Every rank draws the same batch from the
@@ -313,6 +348,11 @@ def _train_loop(config: dict, data: CellData, nets: list[CellNet], batches: Step
         # Heads may leave parameters unused in a step (auxiliary heads, Mask2Former's layers).
         step_losses = [DistributedDataParallel(sl, device_ids=[device.index] if device.type == "cuda" else None,
                                                find_unused_parameters=True) for sl in step_losses]
+    # Linear heads with the grid loss on cached features train as one bank (one process only:
+    # DDP wraps each head's loss on its own).
+    decoders = [net.model.decoder for net in nets]
+    bank = LinearHeadBank(decoders) if world == 1 and batches.cache is not None and LinearHeadBank.fits(decoders) \
+        else None
     eval_every = int(config.get("eval_every", steps)) or steps
     state_every = int(config.get("state_every") or 0)
     runs = [LoopResult() for _ in nets]
@@ -337,44 +377,70 @@ def _train_loop(config: dict, data: CellData, nets: list[CellNet], batches: Step
         gen = step_generator(seed, step)
         with nets[0].autocast or contextlib.nullcontext():
             inputs, y, cached = batches(gen)
-        values = []
         for k in active:
-            net, run = nets[k], runs[k]
             # optimizer.param_groups, not the groups built: loading a resumed state replaces the dicts.
+            net = nets[k]
             warmup = min(net.preset.warmup_steps if net.preset.warmup_steps is not None else max(1, steps // 20),
                          steps)
             for g in net.optimizer.param_groups:
                 g["lr"] = g["base_lr"] * lr_factor(step, steps, warmup, net.preset.poly_power)
-            with net.autocast or contextlib.nullcontext():
-                loss = step_losses[k](inputs, y, cached)
-            value = float(all_reduce_sum(loss.detach().clone())) / world  # every rank agrees on divergence
-            if not math.isfinite(value):
-                run.status, run.error = "diverged", f"loss became {value} at step {step + 1}"
-                log(f"candidate {k}: {run.error}" if len(nets) > 1 or tag else run.error)
-                continue
-            net.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+        values = []
+
+        def diverged(k: int, value: float) -> bool:
+            if math.isfinite(value):
+                return False
+            runs[k].status, runs[k].error = "diverged", f"loss became {value} at step {step + 1}"
+            log(f"candidate {k}: {runs[k].error}" if len(nets) > 1 or tag else runs[k].error)
+            return True
+
+        def optimise(k: int, value: float) -> None:
+            net = nets[k]
             if net.preset.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_([p for g in net.optimizer.param_groups for p in g["params"]],
                                                net.preset.grad_clip)
             net.optimizer.step()
-            run.steps_done = step + 1
+            runs[k].steps_done = step + 1
             values.append(value)
             last_loss[k] = value
+
+        if bank is not None:  # every active head's loss in one pass (transfer/decoders/linear_bank.py)
+            with nets[0].autocast or contextlib.nullcontext():
+                losses = bank.losses(inputs, y, data.dataset.ignore_index, active)
+            kept = [(j, k, v) for j, (k, v) in enumerate(zip(active, losses.detach().tolist())) if not diverged(k, v)]
+            for _, k, _ in kept:
+                nets[k].optimizer.zero_grad(set_to_none=True)
+            if kept:  # the heads share no parameter: one backward of the sum is each head's own backward
+                losses[[j for j, _, _ in kept]].sum().backward()
+            for _, k, v in kept:
+                optimise(k, v)
+        else:  # one head after another, each graph freed before the next is built
+            for k in active:
+                with nets[k].autocast or contextlib.nullcontext():
+                    loss = step_losses[k](inputs, y, cached)
+                value = float(all_reduce_sum(loss.detach().clone())) / world  # every rank agrees on divergence
+                if diverged(k, value):
+                    continue
+                nets[k].optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimise(k, value)
         if values:
             bar.set_postfix(loss=f"{values[0]:.3f}")
         bar.update(1)
         if (step + 1) % eval_every == 0 or step + 1 == steps:
             t_eval = time.perf_counter()
-            for k, (net, run) in enumerate(zip(nets, runs)):
-                if run.status != "ok" or run.steps_done != step + 1:
-                    continue
-                m = evaluate(net.model, data.val_images, data.dataset.num_classes, data.dataset.ignore_index,
-                             batches.batch_size, cache=batches.cache, device=device, autocast=net.autocast,
-                             split="validation")
-                run.curve.append({"step": step + 1, "loss": last_loss[k], "miou": m["miou"],
-                                  "pixel_acc": m["pixel_acc"], "mean_class_acc": m["mean_class_acc"],
-                                  "split": "validation"})
+            scored = [k for k, run in enumerate(runs) if run.status == "ok" and run.steps_done == step + 1]
+            if bank is not None:
+                metrics = evaluate_bank(bank, scored, data.val_images, data.dataset.num_classes,
+                                        data.dataset.ignore_index, batches.batch_size, cache=batches.cache,
+                                        device=device, autocast=nets[0].autocast)
+            else:
+                metrics = [evaluate(nets[k].model, data.val_images, data.dataset.num_classes,
+                                    data.dataset.ignore_index, batches.batch_size, cache=batches.cache,
+                                    device=device, autocast=nets[k].autocast, split="validation") for k in scored]
+            for k, m in zip(scored, metrics):
+                runs[k].curve.append({"step": step + 1, "loss": last_loss[k], "miou": m["miou"],
+                                      "pixel_acc": m["pixel_acc"], "mean_class_acc": m["mean_class_acc"],
+                                      "split": "validation"})
                 log(f"step {step + 1}{f' candidate {k}' if len(nets) > 1 else ''} validation mIoU {m['miou']:.4f} "
                     f"pixAcc {m['pixel_acc']:.4f}")
             eval_s += time.perf_counter() - t_eval
@@ -451,7 +517,9 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
         "timings": {
             "wall_s": time.perf_counter() - t_start, "train_s": train_s, "eval_s": eval_s,
             "steps_done": steps_done, "resumed_from_step": None if resumed is None else resumed["step"],
-            "steps_per_s": ((steps_done - (resumed or {}).get("step", 0)) / train_s * len(runs)
+            # Steps of the training clock per second: candidates trained together share each step,
+            # candidates trained one after another each take their own.
+            "steps_per_s": ((steps_done - (resumed or {}).get("step", 0)) * (1 if together else len(runs)) / train_s
                             if train_s > 0 else None),
             # Peak resident memory of the process that ran the cell (KiB on Linux).
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

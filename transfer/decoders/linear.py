@@ -2,10 +2,12 @@
 
 **Per level** (`vit_tokens: levels`; the only form for CNNs and `entry:` encoders). Every level at
 stride 4 or coarser (the stride-2 stem is skipped) gets its own BatchNorm and 1×1 classifier at
-its own resolution; the scores are upsampled (bilinear) to the image and added. Because a 1×1
-convolution commutes with bilinear resampling, this is one linear map of the concatenated,
-upsampled levels -- DINOv2's multi-layer linear evaluation for dense prediction -- but it never
-materialises that C×(H/4)×(W/4) tensor, which made the probe cost more than a frozen encoder.
+its own resolution; the coarser levels' scores are resampled (bilinear) to the finest read level's
+grid (stride 4) and added there. Because a 1×1 convolution commutes with bilinear resampling,
+this is mmseg's `resize_concat` (every level resized to the first one's grid, concatenated, one
+1×1 convolution) -- DINOv2's multi-layer linear evaluation for dense prediction -- but it never
+materialises that C×(H/4)×(W/4) tensor. (BatchNorm differs: here each level's statistics are taken
+at its own resolution, mmseg's on the resized maps.)
 
 **On the tokens** (`vit_tokens: last | last4`; `last` is the default for the harness's ViTs), as
 DINOv2 evaluates segmentation (its `BNHead`, `input_transform="resize_concat"`): the final-norm'd
@@ -21,10 +23,21 @@ BatchNorm and the convolution learn. The scores are placed on the image by the p
 (`bench.core.models.vit.resample_tokens` at stride 1): where the image is a multiple of the patch
 size this is exactly DINOv2's bilinear resize; otherwise the harness pads bottom/right and the
 upsampling puts every token at its own pixels, where DINOv2 centre-pads and stretches the grid
-over the image. docs/protocols.md lists the differences."""
+over the image. docs/protocols.md lists the differences.
+
+**The training loss** (`loss_at`). `image`: the grid's scores are upsampled (bilinear) to the
+labels and scored per pixel, as mmseg and DINOv2 train -- the default of the token forms, so
+their numbers stay comparable with published ones. `grid`: each grid cell's scores predict all of
+its pixels, and the per-pixel cross-entropy is computed exactly on the grid from the cells' label
+histograms (`transfer.decoders.grid_loss`) -- the default of the per-level form, the CNN probe of
+this harness's comparisons: about 16× less work per step than the per-pixel loss, which is what
+lets a K-candidate sweep cost little more than one candidate (benchmarks/sweep_cost.py), since a
+frozen encoder's features are cached and the head is all that is left. Predictions (validation,
+evaluation) are the bilinearly upsampled scores in both cases."""
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -35,6 +48,7 @@ from torch import nn
 from bench.core.errors import UserError
 from bench.core.models.vit import TokenGridStrides, resample_tokens
 from transfer.decoders.base import DecoderOptions, SegmentationDecoder, register_decoder
+from transfer.decoders.grid_loss import grid_cross_entropy
 
 TOKEN_FORMS = ("last", "last4")
 
@@ -52,6 +66,10 @@ class LinearHead(SegmentationDecoder):
         class_token: bool | None = Field(
             None, description="with vit_tokens last/last4: concatenate the block's class token to every "
             "patch (DINOv2's depth probe); default false")
+        loss_at: Literal["image", "grid"] | None = Field(
+            None, description="training loss on the bilinearly upsampled scores per pixel (image; the ViT token "
+            "forms' default, as DINOv2) or exactly on the score grid from label histograms (grid; the per-level "
+            "form's default, ~16x cheaper)")
 
         @field_validator("class_token")
         @classmethod
@@ -78,6 +96,8 @@ class LinearHead(SegmentationDecoder):
             # One bias for the sum: the others would be redundant parameters.
             self.classifiers = nn.ModuleList(nn.Conv2d(channels[i], num_classes, 1, bias=(k == 0))
                                              for k, i in enumerate(self.levels))
+            self.grid_stride = (strides[self.levels[0]],) * 2
+            self.loss_at = options.loss_at or "grid"
             return
         if grid is None:
             raise UserError(f"decoder linear option vit_tokens={self.form}: reads a ViT's token grid, and this "
@@ -86,7 +106,8 @@ class LinearHead(SegmentationDecoder):
         if self.class_token and not grid.has_class_token:
             raise UserError("decoder linear option class_token: this ViT has no class token")
         self.blocks = [grid.depth - 1] if self.form == "last" else list(range(grid.depth - 4, grid.depth))
-        self.patch_size = tuple(grid.patch_size)
+        self.patch_size = self.grid_stride = tuple(grid.patch_size)
+        self.loss_at = options.loss_at or "image"
         self.levels = []
         width = channels[-1] * len(self.blocks) * (2 if self.class_token else 1)
         self.bn = nn.BatchNorm2d(width)
@@ -114,15 +135,59 @@ class LinearHead(SegmentationDecoder):
                 parts.append(cls[:, :, None, None].expand_as(grid))
         return [torch.cat(parts, dim=1)]
 
-    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def parts(self) -> list[tuple[nn.BatchNorm2d, nn.Conv2d]]:
+        """(BatchNorm, 1×1 classifier) per level read, finest first (one for the token forms)."""
         if self.form != "levels":
-            scores = self.classifier(self.bn(features[0]))
+            return [(self.bn, self.classifier)]
+        return list(zip(self.bns, self.classifiers))
+
+    def parts_levels(self) -> list[int]:
+        """The index, in `prepare`'s output, of each part's input."""
+        return list(self.levels) if self.form == "levels" else [0]
+
+    def grid_scores(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """The class scores on the head's grid: the finest read level's, or the token grid; the
+        coarser levels' scores are resampled (bilinear) to it and added."""
+        scores = None
+        for (bn, classifier), i in zip(self.parts(), self.parts_levels()):
+            s = classifier(bn(features[i]))
+            scores = s if scores is None else scores + resize_bilinear(s, scores.shape[-2:])
+        return scores
+
+    def place(self, scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Grid scores upsampled (bilinear) to `size`; a token grid by its patch geometry."""
+        if self.form != "levels":
             p, grid = self.patch_size, scores.shape[-2:]
             if all(-(-s // q) == g for s, q, g in zip(size, p, grid)):  # `size` is the image the grid covers
                 return resample_tokens(scores, p, 1, size)
-            return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)  # e.g. labels' own size
-        scores = None
-        for bn, classifier, i in zip(self.bns, self.classifiers, self.levels):
-            s = F.interpolate(classifier(bn(features[i])), size=size, mode="bilinear", align_corners=False)
-            scores = s if scores is None else scores + s
-        return scores
+        return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        return self.place(self.grid_scores(features), size)
+
+    def loss(self, features: list[torch.Tensor], labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+        if self.loss_at == "image":
+            return super().loss(features, labels, ignore_index)
+        return grid_cross_entropy(self.grid_scores(features), labels, self.grid_stride, ignore_index)
+
+
+def resize_bilinear(x: torch.Tensor, size) -> torch.Tensor:
+    """`F.interpolate(x, size, mode="bilinear", align_corners=False)` as two matrix products with
+    the interpolation's own weights: the same map (to float rounding), whose backward pass is a
+    matrix product too -- several times faster on a CPU than the upsampling kernel's, which the
+    linear probe's training step is mostly made of."""
+    (h, w), (oh, ow) = x.shape[-2:], tuple(size)
+    if (h, w) == (oh, ow):
+        return x
+    rows = _interpolation_matrix(h, oh, x.dtype, x.device)
+    cols = _interpolation_matrix(w, ow, x.dtype, x.device)
+    return rows @ (x @ cols.T)
+
+
+@functools.lru_cache(maxsize=64)
+def _interpolation_matrix(n_in: int, n_out: int, dtype, device) -> torch.Tensor:
+    """n_out × n_in: 1-D linear interpolation (align_corners=False, edges clamped), read off the
+    interpolation of the identity so that the weights are exactly torch's."""
+    eye = torch.eye(n_in, dtype=torch.float64)[None]
+    weights = F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T
+    return weights.to(dtype=dtype, device=device).contiguous()
