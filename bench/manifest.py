@@ -64,6 +64,15 @@ class PretrainSpec(_Strict):
     init: Path | None = None
     options: dict = Field(default_factory=dict)
     source_options: dict = Field(default_factory=dict)
+    # How it runs (docs/scaling-out.md#running-on-gpus): recorded in summary.json, not fingerprinted.
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    channels_last: bool | None = None  # default: on with CUDA
+    num_workers: int = Field(0, ge=0)  # DataLoader processes decoding items ahead of the step
+    gpus: int = Field(0, ge=0)  # what the pre-training job asks its executor for
+    # Data-parallel ranks (default: gpus when more than 1); part of the fingerprint when > 1.
+    processes: int | None = Field(None, ge=1)
+    sync_batchnorm: bool = False
 
     @field_validator("method")
     @classmethod

@@ -53,10 +53,21 @@ def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
 def pretrain_config(backbone, world_root: Path, world_id: str) -> dict:
     spec = backbone.pretrain.model_dump(mode="json")
     root = spec.pop("root")
+    if spec.get("processes") is None and spec.get("gpus", 0) > 1:  # one data-parallel rank per GPU
+        spec["processes"] = spec["gpus"]
     # The generated world is named by its parameters, so moving the results folder (and with it
     # the world) keeps every pre-training's fingerprint; a real dataset is named by its path.
     return {"name": backbone.name, "arch": backbone.arch, **spec,
             "root": str(root or world_root), "data_id": str(root) if root else world_id}
+
+
+def pretrain_resources(backbone, executor_resources: dict) -> dict:
+    """What a pre-training job asks its executor for: the executor's resources, with the GPUs
+    its `pretrain.gpus` names (when set) and no DDP ranks of the cells' (`processes` is theirs)."""
+    out = {k: v for k, v in executor_resources.items() if k != "processes"}
+    if backbone.pretrain.gpus:
+        out["gpus"] = backbone.pretrain.gpus
+    return out
 
 
 def _pretrain_job(config: dict, out_dir: str, progress: bool) -> str:
@@ -166,7 +177,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                 jobs.append(Job(_pretrain_job, {"config": cfg, "out_dir": str(pre_dir), "progress": progress},
                                 name=f"pretrain/{b.name}", out_dir=pre_dir,
                                 needs=[world_root] if b.pretrain.root is None else [],
-                                resources=m.executor.resources.model_dump()))
+                                resources=pretrain_resources(b, m.executor.resources.model_dump())))
                 names.append(b.name)
         broken: dict[str, str] = {}
         waiting: set[str] = set()  # submitted to a cluster and not waited for: their cells come later

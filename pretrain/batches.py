@@ -8,9 +8,19 @@ cropping shifts the principal point. Depth maps are resized by nearest neighbour
 
 Batches are drawn from the step's generator, so a resumed run sees exactly the batches of an
 uninterrupted one. Resized items are cached in memory up to `cache_bytes`.
+
+Decoding and resizing (the costly part) may run ahead in `torch.utils.data.DataLoader` worker
+processes (`pretrain.loader`): the workers load the items of the batches the step generators
+will draw, and `draw` takes them instead of loading them itself. Items are a pure function of
+their index, so a batch is bit-identical with and without workers; the crop offsets and every
+augmentation are still drawn here, in the training process, from the step's generator. `draw`
+then moves the batch to `device`, and `wait_s` adds up the time spent getting items (decoding
+them, or waiting for a worker's): the run's data wait.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -59,6 +69,11 @@ class Batches:
         self.size = tuple(resize) if resize else source.default_size
         self.crop = tuple(crop) if crop else None
         self.cache_bytes, self._cache, self._used = cache_bytes, {}, 0
+        self.device = torch.device("cpu")
+        self.rank, self.world = 0, 1  # data-parallel: this process's share of each step's batch
+        self.prefetched = None  # an iterator of (indices, items) from pretrain.loader, or None
+        self._ahead: tuple | None = None
+        self.wait_s = 0.0
         if self.size is None:
             self._item(0)  # the first item's native size becomes the training size
         if self.crop and (self.crop[0] > self.size[0] or self.crop[1] > self.size[1]):
@@ -111,10 +126,15 @@ class Batches:
 
     def draw(self, gen: torch.Generator, batch_size: int) -> dict:
         """A batch: image fields uint8 N×3×h×w (`frames` N×3×3×h×w), `depth` N×h×w, `K` N×3×3
-        float32 or None, `baseline` N float32, `label` N int64, and `ids`."""
-        idx = torch.randint(len(self.ids), (batch_size,), generator=gen).tolist()
-        items = [self._item(i) for i in idx]
-        offsets = self._crop_offsets(gen, batch_size)
+        float32 or None, `baseline` N float32, `label` N int64, and `ids`, on `device`. With
+        several data-parallel processes, N is this process's slice of the `batch_size` drawn."""
+        idx = draw_indices(gen, len(self.ids), batch_size)[self.rank::self.world]
+        t0 = time.perf_counter()
+        items = self._take_prefetched(idx)
+        if items is None:
+            items = [self._item(i) for i in idx]
+        self.wait_s += time.perf_counter() - t0
+        offsets = self._crop_offsets(gen, batch_size)[self.rank::self.world]
         out: dict = {"ids": [self.ids[i] for i in idx]}
         for key in items[0]:
             values = [it[key] for it in items]
@@ -127,7 +147,27 @@ class Batches:
                 out[key] = torch.tensor(values, dtype=torch.int64)
             else:
                 out[key] = torch.stack([self._cut(v, y, x) for v, (y, x) in zip(values, offsets)])
+        if self.device.type != "cpu":
+            non_blocking = self.prefetched is not None  # the loader pins its batches' memory
+            out = {k: v.to(self.device, non_blocking=non_blocking) if isinstance(v, torch.Tensor) else v
+                   for k, v in out.items()}
         return out
+
+    def _take_prefetched(self, idx: list[int]) -> list[dict] | None:
+        """The loader's next batch when it is the one drawn; None (load here) otherwise -- e.g. a
+        method's one-off draw from its own generator. A batch drawn past stays for the next call."""
+        if self.prefetched is None:
+            return None
+        if self._ahead is None:
+            self._ahead = next(self.prefetched, None)
+        if self._ahead is None or list(self._ahead[0]) != list(idx):
+            return None
+        items, self._ahead = self._ahead[1], None
+        return items
+
+    def item(self, index: int) -> dict:
+        """Item `index` decoded and resized to the training size (what a loader worker makes)."""
+        return self._item(index)
 
     def _crop_offsets(self, gen, n) -> list[tuple[int, int]]:
         if not self.crop:
@@ -140,6 +180,12 @@ class Batches:
         if not self.crop:
             return t
         return t[..., y:y + self.crop[0], x:x + self.crop[1]]
+
+
+def draw_indices(gen: torch.Generator, count: int, batch_size: int) -> list[int]:
+    """The items of a step's batch: the first draw from its generator (so a loader can compute
+    the batches of future steps from their step numbers alone)."""
+    return torch.randint(count, (batch_size,), generator=gen).tolist()
 
 
 def _shift_principal_point(K: torch.Tensor, y: int, x: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ shared contract, and that every entry has the one-line description `bench list` 
 from __future__ import annotations
 
 import csv
+import json
 import importlib
 import inspect
 import math
@@ -115,6 +116,20 @@ def test_method_contract(name, request, tiny_world, tmp_path):
         assert ckpt.meta["decoder"].get("kind") and ckpt.decoder
     else:
         assert ckpt.decoder is None
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_runs_in_bf16_with_a_loader_worker(name, request, tiny_world, tmp_path):
+    """Every method under CPU autocast (the mixed-precision path of a GPU run) and a DataLoader
+    worker; the summary records both."""
+    extra = _fixture(METHOD_FIXTURES, "METHOD", name)(request)
+    config = {"name": name, "method": name, "arch": "resnet10t", "root": str(tiny_world), "data_id": "tiny",
+              "steps": 2, "batch_size": 2, "lr": 1e-3, "seed": 0, "state_every": 100, "device": "cpu",
+              "precision": "bf16", "num_workers": 1, **extra}
+    run_pretrain_quiet(config, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["device"] == "cpu" and summary["num_workers"] == 1
+    assert summary["nonfinite_steps"] == 0 and math.isfinite(summary["final_loss"])
 
 
 def run_pretrain_quiet(config: dict, out: Path) -> Path:

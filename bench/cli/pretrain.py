@@ -49,6 +49,19 @@ def add_parser(sub) -> None:
     pt.add_argument("--max-bad-steps", type=int, default=20, help="stop as diverged after this many consecutive "
                     "non-finite steps (default: 20)")
     pt.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value (default: no clipping)")
+    pt.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N; every "
+                    "network of the method (pose net, intrinsics head, key encoder) moves there")
+    pt.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="forward-pass precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 (autocast), fp16 "
+                    "(autocast + gradient scaler; CUDA only)")
+    pt.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="channels-last memory layout for the networks (default: on with CUDA)")
+    pt.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes decoding and resizing "
+                    "items ahead of the step (default: 0, in the training process); results do not depend on it")
+    pt.add_argument("--processes", type=int, default=1, help="data-parallel ranks (one per GPU with NCCL, or gloo "
+                    "processes on CPU); each trains on a slice of every batch (default: 1)")
+    pt.add_argument("--sync-batchnorm", action="store_true", help="with --processes > 1 on GPUs: BatchNorm "
+                    "statistics over the whole batch (SyncBatchNorm)")
     pt.add_argument("-o", "--option", action="append", metavar="KEY=VALUE", help="a method option (listed below); repeatable")
     pt.add_argument("--source-option", action="append", metavar="KEY=VALUE", help="a dataset reader option "
                     "(docs/pretraining.md); repeatable")
@@ -67,7 +80,9 @@ def main(args) -> int:
         "root": str(root), "data_id": str(root), "steps": args.steps, "batch_size": args.batch_size,
         "lr": args.lr, "weight_decay": args.weight_decay, "warmup_steps": args.warmup_steps, "seed": args.seed,
         "state_every": args.state_every, "max_bad_steps": args.max_bad_steps, "grad_clip": args.grad_clip,
-        "resize": args.resize, "crop": args.crop,
+        "resize": args.resize, "crop": args.crop, "device": args.device, "precision": args.precision,
+        "channels_last": args.channels_last, "num_workers": args.num_workers, "processes": args.processes,
+        "sync_batchnorm": args.sync_batchnorm or None,
         "init": str(Path(args.init).resolve()) if args.init else None,
         "options": key_values(args.option, "--option"),
         "source_options": key_values(args.source_option, "--source-option"),

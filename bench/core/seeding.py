@@ -16,5 +16,6 @@ def step_generator(seed: int, step: int) -> torch.Generator:
 
 def flip_batch(gen: torch.Generator, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Flip each sample horizontally with probability 1/2; all tensors flip together."""
-    flip = torch.rand(tensors[0].shape[0], generator=gen) < 0.5
+    # Drawn on the CPU (the step generator is a CPU generator), applied where the tensors are.
+    flip = (torch.rand(tensors[0].shape[0], generator=gen) < 0.5).to(tensors[0].device)
     return tuple(torch.where(flip.view(-1, *[1] * (t.dim() - 1)), t.flip(-1), t) for t in tensors)

@@ -61,6 +61,18 @@ class PretrainMethod:
         self.encoder = create_encoder(config["arch"])
         self.decoder: nn.Module | None = None
         self.modules: dict[str, nn.Module] = {"encoder": self.encoder}
+        self.device = torch.device("cpu")
+
+    def to_device(self, device: torch.device, channels_last: bool = False) -> None:
+        """Move every network (and the batches `draw` makes) to `device`; channels-last memory
+        for the convolutions when asked (CUDA). A method holding tensors outside `modules`
+        moves them too."""
+        self.device = device
+        for module in self.modules.values():
+            module.to(device)
+            if channels_last:
+                module.to(memory_format=torch.channels_last)
+        self.batches.device = device
 
     def normalized(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×3×H×W (or float in [0, 1], e.g. augmented) → float input normalised as the

@@ -67,7 +67,7 @@ class KeyQueue(nn.Module):
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         size = self.keys.shape[0]
-        index = (self.ptr + torch.arange(keys.shape[0])) % size
+        index = (self.ptr + torch.arange(keys.shape[0], device=keys.device)) % size
         self.keys[index] = keys.to(self.keys.dtype)
         self.ptr.copy_((self.ptr + keys.shape[0]) % size)
 
@@ -151,7 +151,7 @@ class MoCo(PretrainMethod):
         n = x_q.shape[0]
         groups = min(self.options.bn_groups, n)
         q = self._embed(self.encoder, self.head, x_q, groups)
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen).to(x_k.device)
         with torch.no_grad():
             shuffled = self._embed(self.key_encoder, self.key_head, x_k[perm], groups)
             k = torch.empty_like(shuffled)

@@ -131,7 +131,7 @@ class DepthSupervised(PretrainMethod):
         valid = (depth > 0) & (depth <= self.max_depth)
         o = self.options
         if o.sparse_fraction is not None:
-            valid &= torch.rand(depth.shape, generator=gen) < o.sparse_fraction
+            valid &= (torch.rand(depth.shape, generator=gen) < o.sparse_fraction).to(valid.device)
         pred = self.predict(images)
         loss = scale_invariant_log_loss(pred, depth, valid, lam=o.silog_lambda, eps=o.silog_eps,
                                         unbiased=o.silog_unbiased, sqrt=o.silog_sqrt)

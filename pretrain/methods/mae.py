@@ -108,7 +108,8 @@ class MaskedReconstruction(PretrainMethod):
         batch = self.batches.draw(gen, batch_size)
         (images,) = flip_batch(gen, batch["image"])
         n, _, h, w = images.shape
-        mask = self.draw_mask(gen, n, h, w)[:, None]  # N×1×H×W, True = hidden from the encoder
+        # N×1×H×W, True = hidden from the encoder (drawn on the CPU from the step's generator)
+        mask = self.draw_mask(gen, n, h, w)[:, None].to(images.device)
         target = self.normalized(images)
         masked_input = target.masked_fill(mask, 0.0)  # 0 after normalisation = the dataset mean
         pred = self.decoder(self.encoder(masked_input), size=(h, w))[0]

@@ -1,0 +1,211 @@
+"""How a pre-training runs, on CPU: devices and precision resolve and are recorded, DataLoader
+workers change nothing but the clock, fp16's scaler overflows are not divergence, a starved run
+warns, and a 2-process gloo run writes one checkpoint and resumes from its snapshot."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import pretrain.loop as loop
+from bench.cli import main
+from bench.core.checkpoint import load_checkpoint
+from bench.core.devices import resolve_device, resolve_precision
+from bench.core.errors import UserError
+from pretrain.api import pretrain_fingerprint, resolve_config, run_pretrain
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(world, **kw):
+    return {"name": "p", "method": "depth_supervised", "arch": "resnet10t", "root": str(world), "data_id": "tiny",
+            "steps": 6, "batch_size": 4, "lr": 1e-3, "seed": 0, "state_every": 3, **kw}
+
+
+def _quiet(msg):
+    pass
+
+
+def _history(path: Path) -> str:
+    return (path / "history.csv").read_text()
+
+
+def test_devices_and_precisions_resolve_with_one_line_errors():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "bf16"
+    with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(UserError, match="expected auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA device is available"):
+            resolve_device("cuda:1")
+
+
+def test_runtime_settings_stay_out_of_the_fingerprint_but_processes_do_not(tiny_world):
+    base = pretrain_fingerprint(resolve_config(_config(tiny_world)))
+    how = _config(tiny_world, device="cpu", precision="bf16", num_workers=4, gpus=2, channels_last=True, processes=1)
+    assert pretrain_fingerprint(resolve_config(how)) == base
+    assert pretrain_fingerprint(resolve_config(_config(tiny_world, processes=2))) != base
+
+
+def test_loader_workers_give_bit_identical_checkpoints_and_records(tiny_world, tmp_path):
+    runs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"w{workers}"
+        path = run_pretrain(_config(tiny_world, num_workers=workers), out, progress=False, log=_quiet)
+        runs[workers] = (load_checkpoint(path), _history(out), json.loads((out / "summary.json").read_text()))
+    (a, hist_a, sum_a), (b, hist_b, sum_b) = runs[0], runs[2]
+    assert a.encoder.keys() == b.encoder.keys() and all(torch.equal(a.encoder[k], b.encoder[k]) for k in a.encoder)
+    assert all(torch.equal(a.decoder[k], b.decoder[k]) for k in a.decoder)
+    assert a.meta == b.meta and hist_a == hist_b  # the checkpoint's metadata keeps no timings
+    timings = {"wall_s", "images_per_s", "data_wait_fraction", "num_workers", "peak_rss_mb", "peak_gpu_mb"}
+    assert {k: v for k, v in sum_a.items() if k not in timings} == {k: v for k, v in sum_b.items() if k not in timings}
+    assert sum_b["num_workers"] == 2 and sum_a["device"] == "cpu" and sum_a["precision"] == "fp32"
+    assert 0 <= sum_b["data_wait_fraction"] < 1 and sum_b["peak_rss_mb"] > 0
+
+
+def test_a_resumed_run_with_workers_lands_on_the_same_batches(tiny_world, tmp_path, monkeypatch):
+    reference = load_checkpoint(run_pretrain(_config(tiny_world), tmp_path / "ref", progress=False, log=_quiet))
+    original, calls = loop.write_history, {"n": 0}
+
+    def die_after_the_first_snapshot(path, rows):  # snapshot() writes the history: step 3
+        original(path, rows)
+        calls["n"] += 1
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(loop, "write_history", die_after_the_first_snapshot)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretrain(_config(tiny_world, num_workers=2), tmp_path / "run", progress=False, log=_quiet)
+    monkeypatch.setattr(loop, "write_history", original)
+    messages = []
+    resumed = load_checkpoint(run_pretrain(_config(tiny_world, num_workers=2), tmp_path / "run", progress=False,
+                                           log=messages.append))
+    assert "resumed from step 3" in messages
+    assert all(torch.equal(resumed.encoder[k], v) for k, v in reference.encoder.items())
+
+
+def test_bf16_autocast_on_cpu_is_recorded(tiny_world, tmp_path):
+    run_pretrain(_config(tiny_world, steps=2, device="cpu", precision="bf16"), tmp_path, progress=False, log=_quiet)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["nonfinite_steps"] == 0
+
+
+class _Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+
+def _toy_task(loss_of):
+    """A one-weight task with the loss `loss_of(w)`."""
+    net = _Toy()
+    task = SimpleNamespace(modules={"net": net}, device=torch.device("cpu"),
+                           batches=SimpleNamespace(wait_s=0.0, rank=0, world=1, prefetched=None, _ahead=None),
+                           after_step=lambda: None)
+    task.loss = lambda gen, batch_size: (loss_of(net.w).sum(), {})
+    return task, net
+
+
+def test_fp16_overflows_lower_the_scale_and_are_not_divergence(tmp_path, monkeypatch):
+    # CPU stand-in for CUDA's fp16 scaler: the same GradScaler logic on CPU tensors.
+    monkeypatch.setattr(loop, "grad_scaler", lambda precision, device: torch.amp.GradScaler("cpu", init_scale=2.0**16))
+    monkeypatch.setattr(loop, "autocast", lambda precision, device: torch.autocast("cpu", enabled=False))
+    monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: precision)
+    task, net = _toy_task(lambda w: w * 1e35)  # a gradient of 1e35 × 2^16 overflows float32: scale < ~3400
+    config = {"steps": 12, "seed": 0, "lr": 1e-3, "batch_size": 1, "state_every": 100, "precision": "fp16",
+              "method": "toy", "max_bad_steps": 3}
+    summary = loop.train(task, config, "fp", tmp_path, progress=False, log=_quiet)
+    assert summary["overflow_steps"] == 5 and summary["nonfinite_steps"] == 0  # 2^16 .. 2^12 overflow
+    assert float(net.w.detach()) < 1.0  # the good steps moved the weight, the overflows did not diverge the run
+
+
+def test_fp16_overflows_at_the_scale_floor_count_towards_divergence(tmp_path, monkeypatch):
+    monkeypatch.setattr(loop, "grad_scaler", lambda precision, device: torch.amp.GradScaler("cpu", init_scale=1.0))
+    monkeypatch.setattr(loop, "autocast", lambda precision, device: torch.autocast("cpu", enabled=False))
+    monkeypatch.setattr(loop, "resolve_precision", lambda precision, device: precision)
+    task, net = _toy_task(lambda w: (w - 1).sqrt())  # a finite loss (0) whose gradient is infinite
+    config = {"steps": 12, "seed": 0, "lr": 1e-3, "batch_size": 1, "state_every": 100, "precision": "fp16",
+              "method": "toy", "max_bad_steps": 3}
+    with pytest.raises(loop.Diverged):
+        loop.train(task, config, "fp", tmp_path, progress=False, log=_quiet)
+    assert float(net.w.detach()) == 1.0  # no skipped step moved the optimiser
+
+
+def test_a_starved_run_warns(tiny_world, tmp_path, monkeypatch):
+    import pretrain.batches as batches
+
+    original = batches.Batches._item
+
+    def slow(self, index):
+        time.sleep(0.05)
+        return original(self, index)
+
+    monkeypatch.setattr(batches.Batches, "_item", slow)
+    messages = []
+    run_pretrain(_config(tiny_world, steps=3), tmp_path, progress=False, log=messages.append)
+    assert any("waiting for data" in m and "raise num_workers" in m for m in messages), messages
+    assert json.loads((tmp_path / "summary.json").read_text())["data_wait_fraction"] > 0.3
+
+
+def test_pretrain_help_documents_how_it_runs(capsys):
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--device", "--precision", "--num-workers", "--processes"):
+        assert flag in text
+
+
+_DDP = """
+import sys
+from pretrain.api import run_pretrain
+config = {{"name": "p", "method": "depth_supervised", "arch": "resnet10t", "root": {root!r}, "data_id": "tiny",
+           "steps": {steps}, "batch_size": 4, "lr": 1e-3, "seed": 0, "state_every": 2, "processes": 2,
+           "device": "cpu"}}
+if __name__ == "__main__":  # the ranks are spawned: they import this file
+    run_pretrain(config, sys.argv[1], progress=False, log=lambda m: print(m, flush=True))
+"""
+
+
+def _ddp(script: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_two_gloo_processes_write_one_checkpoint_and_resume_from_a_kill(tiny_world, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(_DDP.format(root=str(tiny_world), steps=8))
+    reference = _ddp(script, tmp_path / "ref")
+    out, _ = reference.communicate(timeout=300)
+    assert reference.returncode == 0, out
+    summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    assert summary["processes"] == 2 and not (tmp_path / "ref" / "state.pt").exists()
+    assert len(list((tmp_path / "ref").glob("*.safetensors"))) == 1
+
+    # SIGKILL the whole process group once a snapshot exists, then run again: it resumes.
+    killed = _ddp(script, tmp_path / "run")
+    deadline = time.time() + 240
+    while not (tmp_path / "run" / "state.pt").exists() and time.time() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    assert (tmp_path / "run" / "state.pt").exists(), killed.communicate()[0]
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    if (tmp_path / "run" / "checkpoint.safetensors").exists():
+        pytest.skip("the run finished before it could be killed")
+    again = _ddp(script, tmp_path / "run")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and "resumed from step" in out, out
+    a = load_checkpoint(tmp_path / "ref" / "checkpoint.safetensors")
+    b = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    for k, v in a.encoder.items():
+        torch.testing.assert_close(b.encoder[k], v, rtol=1e-5, atol=1e-6)
