@@ -44,6 +44,13 @@ def layout(tmp_path_factory):
     root = tmp_path_factory.mktemp("repo")
     shutil.copytree(CONFIGS, root / "configs")
     _quickstart_checkpoints(root)
+    # configs/kitti_depth_study.yaml reads real data at placeholder roots (<repo>/data/...): tiny
+    # official-layout trees stand in (its dry run: tests/test_kitti_study_config.py).
+    from fixtures.kitti import build_kitti
+    from fixtures.pretrain_layouts import build_kitti_raw
+
+    build_kitti_raw(root / "data" / "kitti_raw")
+    build_kitti(root / "data" / "data_semantics")
     return root
 
 

@@ -200,22 +200,57 @@ def test_sbatch_script_carries_the_spec_and_resources(submitit, tmp_path, monkey
 
     with pytest.raises(UserError, match="no srun here"):
         SlurmExecutor(SlurmSpec(), out_dir=tmp_path)
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
-    (fake / "srun").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")  # submitit looks for srun
+    _fake_slurm(tmp_path, monkeypatch)
     spec = SlurmSpec(partition="gpu", account="proj", time_min=30, array_parallelism=8,
                      sbatch={"constraint": "a100", "mail-type": "END", "qos": "high"})
     ex = SlurmExecutor(spec, out_dir=tmp_path)._executor({"cpus": 4, "gpus": 2, "memory_gb": 16})
     slurm = ex._executor
     slurm.parameters["map_count"] = 20  # what an array of 20 jobs sets
     script = slurm._make_submission_file_text("python -m submitit.core._submit x", "uid")
-    for line in ["--partition=gpu", "--account=proj", "--time=30", "--cpus-per-task=4", "--gpus-per-node=2",
-                 "--mem=16GB", "--constraint=a100", "--mail-type=END", "--qos=high", "--array=0-19%8",
+    for line in ["--partition=gpu", "--account=proj", "--time=30", "--cpus-per-task=4", "--gpus-per-task=2",
+                 "--ntasks=1", "--mem=16GB", "--constraint=a100", "--mail-type=END", "--qos=high", "--array=0-19%8",
                  "--requeue", "--job-name=bench-"]:
         assert f"#SBATCH {line}" in script, line
+    assert "--gpus-per-node" not in script  # per task: Slurm binds the GPUs to the job's task
     assert slurm.max_num_timeout == spec.max_requeues
+
+
+def _fake_slurm(tmp_path: Path, monkeypatch) -> Path:
+    """An srun (submitit only looks for it) and an sbatch that keeps a copy of each script it is
+    given and answers as Slurm does; returns the folder of the copies (0.sh, 1.sh, ...)."""
+    fake, scripts = tmp_path / "bin", tmp_path / "submitted"
+    fake.mkdir()
+    scripts.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "sbatch").write_text(f'#!/bin/sh\nn=$(ls "{scripts}" | wc -l)\ncp "$1" "{scripts}/$n.sh"\n'
+                                 f'echo "Submitted batch job $((4242 + n))"\n')
+    for tool in ("srun", "sbatch"):
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    return scripts
+
+
+def test_a_gpu_job_is_submitted_asking_for_its_gpus_per_task(submitit, tmp_path, monkeypatch):
+    """What reaches sbatch: 2 GPUs per task for a gpus=2 job, no GPU flag at all for a CPU job."""
+    from bench.executors.slurm import SlurmExecutor
+    from bench.manifest import SlurmSpec
+
+    scripts = _fake_slurm(tmp_path, monkeypatch)
+    jobs = [Job(_slow_once, {"marker": "unused", "seconds": 0}, name=name, out_dir=tmp_path / name,
+                resources={"cpus": 4, "gpus": gpus, "memory_gb": None}) for name, gpus in (("gpu", 2), ("cpu", 0))]
+    executor = SlurmExecutor(SlurmSpec(partition="gpu", wait=False), out_dir=tmp_path)
+    assert sorted(executor.run(jobs)) == [(0, "submitted", None), (1, "submitted", None)]
+    submitted = [p.read_text() for p in sorted(scripts.glob("*.sh"))]
+    assert len(submitted) == 2  # one array per distinct resources
+    gpu = [s for s in submitted if "--gpus-per-task" in s]
+    cpu = [s for s in submitted if "--gpus-per-task" not in s]
+    assert len(gpu) == len(cpu) == 1
+    assert "#SBATCH --gpus-per-task=2\n" in gpu[0] and "#SBATCH --ntasks=1\n" in gpu[0]
+    assert "--gpus-per-node" not in gpu[0]
+    cpu_flags = {line.split("=")[0] for line in cpu[0].splitlines() if line.startswith("#SBATCH --")}
+    assert not {f for f in cpu_flags if "gpu" in f or "gres" in f}, cpu_flags  # a CPU job asks for no GPU
+    assert all("#SBATCH --cpus-per-task=4\n" in s for s in submitted)
+    assert json.loads((tmp_path / "gpu" / "slurm.json").read_text())["job_id"] in {"4242", "4243"}
 
 
 def _manifest(tmp_path: Path) -> Path:

@@ -2,8 +2,10 @@
 
 Each task asks Ray for the job's `resources` (`num_cpus`, `num_gpus`, `memory` in bytes), runs
 torch on as many threads as CPUs it asked for (as the local pool does), and is re-run by Ray up to `ray.max_retries` times when its worker dies (killed, out of memory, node
-lost). An exception raised by the job itself is not retried here: it comes back to the runner,
-whose `executor.retries` decides (exactly as with the local executor).
+lost). A task with GPUs runs in a fresh worker process and sees only the GPUs Ray assigned it
+(CUDA_VISIBLE_DEVICES, set by Ray; see `run`). An exception raised by the job itself is not
+retried here: it comes back to the runner, whose `executor.retries` decides (exactly as with the
+local executor).
 
 Connecting. A Ray already initialised in this process is used as it is (and left running).
 Otherwise `address: null` starts a local Ray instance, `auto` or HOST:PORT joins a running
@@ -125,6 +127,17 @@ class RayExecutor:
         ray = self._connect()
         self._check_resources(ray, jobs)
         task = ray.remote(_run_task)
+        # GPUs: for a task with num_gpus > 0 Ray sets CUDA_VISIBLE_DEVICES to the GPUs it
+        # assigned just before the task runs, so the job's cuda:0.. are those GPUs (and a DDP
+        # cell's ranks, which inherit the variable, take one each). That holds only in a worker
+        # process where CUDA has not started yet: CUDA reads the variable once, and Ray reuses
+        # worker processes. `@ray.remote(num_gpus=...)` would make such tasks single-use
+        # (max_calls=1), but `.options(num_gpus=...)` on a CPU-declared function does not -- a
+        # second GPU task in the same worker would stay on the first one's GPUs. Hence a
+        # single-use function of its own for GPU jobs (a fresh worker per task: seconds of start-up
+        # against a job of minutes). A job with gpus 0 is not hidden from the GPUs: Ray leaves
+        # CUDA_VISIBLE_DEVICES alone for it, as the local executor does.
+        gpu_task = ray.remote(max_calls=1)(_run_task)
         pending: dict = {}  # object ref -> (job index, path map or None)
         shipped: dict[Path, object] = {}  # a need shared by many jobs (the world) is put once
         try:
@@ -136,8 +149,9 @@ class RayExecutor:
                 if res.get("memory_gb"):
                     options["memory"] = int(res["memory_gb"] * 1024**3)
                 threads = int(res.get("cpus", 1))
+                remote_fn = gpu_task if options["num_gpus"] else task
                 if self.spec.shared_fs:
-                    ref = task.options(**options).remote(job.fn, job.kwargs, threads, None)
+                    ref = remote_fn.options(**options).remote(job.fn, job.kwargs, threads, None)
                     pending[ref] = (i, None)
                     continue
                 try:
@@ -145,7 +159,7 @@ class RayExecutor:
                 except OSError as exc:  # an input missing on the driver: this job fails, the rest run
                     yield i, None, exc
                     continue
-                ref = task.options(**options).remote(job.fn, job.kwargs, threads, plan, *refs)
+                ref = remote_fn.options(**options).remote(job.fn, job.kwargs, threads, plan, *refs)
                 pending[ref] = (i, plan)
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)

@@ -1,8 +1,8 @@
 """Slurm executor: jobs run as a submitit job array, requeued after a preemption or a timeout.
 
 `executor: {kind: slurm}` (extra `pip install -e ".[slurm]"`). Jobs with the same resources go to
-Slurm as one job array (`executor.batch()`: partition, account, time, cpus, gpus, memory, at most
-`array_parallelism` running at once, `sbatch:` for anything else). Each job is wrapped in a
+Slurm as one job array (`executor.batch()`: partition, account, time, cpus, GPUs per task,
+memory, at most `array_parallelism` running at once, `sbatch:` for anything else). Each job is wrapped in a
 checkpointable callable: when Slurm signals a preemption or an imminent timeout, submitit asks it
 for a checkpoint and requeues the job; it re-runs the same function on the same `out_dir`, which
 resumes from its own snapshot (a pre-training's or a cell's `OUT/state.pt`). After `max_requeues`
@@ -217,7 +217,7 @@ class SlurmExecutor:
         ex = self.submitit.AutoExecutor(folder=self.folder, cluster=spec.cluster,
                                         slurm_max_num_timeout=spec.max_requeues)
         params = {"name": self.name, "timeout_min": spec.time_min, "cpus_per_task": int(resources.get("cpus", 1)),
-                  "gpus_per_node": int(resources.get("gpus", 0)), "slurm_array_parallelism": spec.array_parallelism,
+                  "slurm_array_parallelism": spec.array_parallelism,
                   "slurm_partition": spec.partition, "slurm_account": spec.account}
         if resources.get("memory_gb"):
             params["mem_gb"] = float(resources["memory_gb"])
@@ -225,6 +225,9 @@ class SlurmExecutor:
         # --requeue: `scontrol requeue` (submitit's, on preemption/timeout) needs a requeueable job
         # where the cluster's JobRequeue default is 0; Slurm's own preemption requeue uses it too.
         extra = {"requeue": True}
+        gpu_params, gpu_flags = self._gpu_request(int(resources.get("gpus", 0)))
+        params.update(gpu_params)
+        extra.update(gpu_flags)  # before `sbatch:`, so that the manifest's own flags win
         for key, value in spec.sbatch.items():  # submitit's own names first, raw sbatch flags otherwise
             if key.replace("-", "_") in valid:
                 params[f"slurm_{key.replace('-', '_')}"] = value
@@ -236,6 +239,20 @@ class SlurmExecutor:
         except (ValueError, TypeError, NameError, AssertionError) as exc:
             raise UserError(f"executor.slurm: {' '.join(str(exc).split())}") from exc
         return ex
+
+    def _gpu_request(self, gpus: int) -> tuple[dict, dict]:
+        """(submitit parameters, raw sbatch flags) asking for `gpus` GPUs for the job.
+
+        On Slurm, GPUs per task (--gpus-per-task): Slurm binds them to the job's one task and sets
+        its CUDA_VISIBLE_DEVICES, so the job (and a DDP cell's ranks, one GPU each) sees exactly
+        its own -- per node would leave the binding to the site's defaults. Slurm accepts
+        --gpus-per-task only with an explicit task count, hence --ntasks=1. submitit's local
+        cluster knows only gpus_per_node, from which it sets CUDA_VISIBLE_DEVICES itself."""
+        if self.spec.cluster != "slurm":
+            return {"gpus_per_node": gpus}, {}
+        if gpus <= 0:  # a CPU job asks for no GPU at all
+            return {}, {}
+        return {"slurm_gpus_per_task": gpus}, {"ntasks": 1}
 
     def _prior(self, job: Job) -> dict | None:
         """slurm.json of a job for this out_dir that is still queued or running, else None. A
