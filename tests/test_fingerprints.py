@@ -18,7 +18,8 @@ from bench.core.records import fingerprint
 from transfer.api import Cell, TransferSettings, resolve_cell_config
 
 SHA = "ab" * 32  # a checkpoint's content hash stands for the file
-AFTER_FINGERPRINT = ("fingerprint", "dataset_root", "checkpoint", "state_every", "device", "decoder_spec")
+AFTER_FINGERPRINT = ("fingerprint", "dataset_root", "checkpoint", "state_every", "device", "decoder_spec", "precision",
+                     "num_workers")
 
 
 def _resolve(cell, settings, dataset, **kw) -> dict:

@@ -81,6 +81,11 @@ class TransferSettings(BaseModel):
     # Hyper-parameter candidates, keyed like `optimizer`: {KEY: {lr: [...], weight_decay: [...]}}.
     # Every candidate trains; the best final validation mIoU is selected (docs/protocols.md).
     sweep: dict[str, dict[str, list[float]]] = Field(default_factory=dict)
+    # Where and how, not what (added to a cell's config after fingerprinting; the record says
+    # what was used): bench.core.devices.
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    num_workers: int = Field(0, ge=0)  # DataLoader processes rendering training views (uncached cells)
 
     @field_validator("optimizer")
     @classmethod
@@ -127,8 +132,8 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     The fingerprint covers everything that decides the result -- the cell, the hyper-parameters,
     the decoder's options and the contents of files they name, the data identity and settings
     (splits, resize, crop) and the checkpoint's sha256 -- but no path: a moved results folder stays
-    up to date. Paths, `state_every` and `device` are added after fingerprinting: they say where
-    and how often, not what.
+    up to date. Paths, `state_every`, `device`, `precision` and `num_workers` are added after
+    fingerprinting: they say where, how and how often, not what.
     """
     if checkpoint is not None and checkpoint_sha256 is None:
         checkpoint_sha256 = file_sha256(checkpoint)
@@ -181,8 +186,13 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     if getattr(options, "spec", None):
         config["decoder_spec"] = options.spec  # e.g. the resolved MMSeg config file
     config["state_every"] = settings.state_every
-    if device is not None:
+    device = device if device not in (None, "auto") else settings.device
+    if device != "auto":
         config["device"] = device
+    if settings.precision != "auto":
+        config["precision"] = settings.precision
+    if settings.num_workers:
+        config["num_workers"] = settings.num_workers
     return config
 
 

@@ -62,7 +62,7 @@ class _Cached:
     """Read-and-prepare with a byte-bounded memory cache."""
 
     def __init__(self, prepare, count: int, cache_bytes: int):
-        self._prepare, self._count, self._budget = prepare, count, cache_bytes
+        self._prepare, self._count, self.budget_bytes = prepare, count, cache_bytes
         self._cache: dict[int, tuple] = {}
         self._used = 0
 
@@ -74,7 +74,7 @@ class _Cached:
             return self._cache[i]
         item = self._prepare(i)
         size = sum(t.nbytes for t in item)
-        if self._used + size <= self._budget:
+        if self._used + size <= self.budget_bytes:
             self._cache[i] = item
             self._used += size
         return item
@@ -99,6 +99,7 @@ class TrainImages:
         # Without augmentation there is no flip; a crop, if set, is the centre crop.
         self.augment = augment
         self.items = _Cached(self._prepare, len(samples), cache_bytes)
+        self.sizes: dict[int, tuple[int, int]] = {}  # resized (h, w) per image, once known
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -107,6 +108,7 @@ class TrainImages:
         image, label = read_pair(self.dataset, self.samples[i])
         size = target_size(*label.shape, self.resize)
         _check_side(self.dataset, self.crop or size, "training")
+        self.sizes[i] = size
         return resize_image(image, size), resize_label(label, size)
 
     def draw(self, gen: torch.Generator, batch_size: int) -> list[View]:
@@ -130,7 +132,7 @@ class TrainImages:
     def _crop_box(self, gen: torch.Generator, i: int) -> tuple[int, int]:
         if self.crop is None:
             return -1, -1
-        h, w = self.items[i][1].shape
+        h, w = self.sizes[i] if i in self.sizes else self.items[i][1].shape
         ch, cw = self.crop
         h, w = max(h, ch), max(w, cw)  # smaller images are padded (see `random_crop`)
         if not self.augment:
@@ -154,7 +156,7 @@ class TrainImages:
         if len(shapes) > 1:
             raise UserError(f"dataset {self.dataset.name}: training images differ in size after resizing "
                             f"({sorted(shapes)[:2]}); set a crop or an exact resize HxW")
-        return _stack(pairs)
+        return stack_pairs(pairs)
 
     def labels(self, views: list[View]) -> torch.Tensor:
         return torch.from_numpy(np.stack([self.render(v)[1] for v in views]).astype(np.int64))
@@ -209,7 +211,7 @@ class EvalImages:
 
     def load(self, indices: list[int]) -> torch.Tensor:
         """uint8 images B×3×h×w of these evaluation images (equal sizes)."""
-        return _stack([self.items[i] for i in indices])[0]
+        return stack_pairs([self.items[i] for i in indices])[0]
 
     def indexed_batches(self, batch_size: int):
         """As `batches`, with the images' indices first (the keys of a feature cache)."""
@@ -219,15 +221,15 @@ class EvalImages:
             item = self.items[i]
             if group and (len(group) == batch_size or item[0].shape != group[0][0].shape
                           or item[1].shape != group[0][1].shape):
-                yield (index, *_stack(group))
+                yield (index, *stack_pairs(group))
                 group, index = [], []
             group.append(item)
             index.append(i)
         if group:
-            yield (index, *_stack(group))
+            yield (index, *stack_pairs(group))
 
 
-def _stack(group) -> tuple[torch.Tensor, torch.Tensor]:
+def stack_pairs(group) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 images B×3×H×W, int64 labels B×H×W) from (H×W×3 image, H×W label) pairs."""
     x = torch.from_numpy(np.stack([img for img, _ in group])).permute(0, 3, 1, 2).contiguous()
     y = torch.from_numpy(np.stack([lbl for _, lbl in group]).astype(np.int64))

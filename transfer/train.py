@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.checkpoint import load_checkpoint, save_checkpoint, state_sha256
+from bench.core.devices import MIN_LOSS_SCALE, grad_scaler, resolve_device, resolve_precision
+from bench.core.devices import autocast as make_autocast
 from bench.core.errors import UserError
 from bench.core.metrics import ConfusionMatrix, PerImageCounts
 from bench.core.progress import bar as progress_bar
@@ -40,19 +42,19 @@ from transfer.cell_state import STATE_NAME, load_cell_state, save_cell_state
 from transfer.data import dataset_settings, open_transfer_data
 from transfer.decoders.linear_bank import LinearHeadBank
 from transfer.distributed import all_reduce_sum, rank_and_world
+from transfer.loader import view_loader
 from transfer.feature_cache import DEFAULT_BUDGET_BYTES, DEFAULT_VIEWS_PER_IMAGE, FeatureCache
 from transfer.model import build_model
 from transfer.protocols import OptimizerPreset, build_optimizer, lr_factor, param_groups
 from transfer.splits import write_stems
 
 RECORD_SCHEMA = 1
-FINAL_WEIGHTS = "final.safetensors"  # written when the config asks to keep weights
+FINAL_WEIGHTS = "final.safetensors"
+DATA_WAIT_WARNING = 0.30  # of the training time: the device is starved  # written when the config asks to keep weights
 
 
 def pick_device(requested: str | None) -> torch.device:
-    if requested in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    return resolve_device(requested)
 
 
 def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size: int, *,
@@ -178,6 +180,10 @@ def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print,
         log(f"selected candidate {selected} ({_overrides(config, selected)}): validation mIoU "
             f"{run.curve[-1]['miou']:.4f}, evaluation mIoU {run.final['miou']:.4f}")
     record = _record(config, data, nets, batches, runs, selected, device, world, t_start, together)
+    wait = record["timings"]["data_wait_fraction"]
+    if wait is not None and wait > DATA_WAIT_WARNING:
+        log(f"warning: {100 * wait:.0f}% of the training time went to waiting for data "
+            f"({batches.num_workers} loader workers); raise num_workers")
     if batches.cache is not None:
         batches.cache.close()
     if rank == 0:
@@ -232,6 +238,12 @@ class CellNet:
     optimizer: torch.optim.Optimizer
     autocast: object  # a torch.autocast context, or None
     sha_before: str  # the encoder's tensors before training, for the frozen-encoder check
+    precision: str = "fp32"
+    scaler: object = None  # fp16's gradient scaler, or None
+
+    @property
+    def model_device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
 
 def _build(config: dict, data: CellData, device: torch.device, world: int, preset: OptimizerPreset) -> CellNet:
@@ -253,10 +265,11 @@ def _build(config: dict, data: CellData, device: torch.device, world: int, prese
         if cell["protocol"] == "full":
             model.encoder = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model.encoder)
     optimizer = build_optimizer(groups, preset)
-    # bf16 autocast on GPUs: the speed of half precision without fp16's loss scaling.
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else None
+    # bf16 autocast on GPUs by default: the speed of half precision without fp16's loss scaling.
+    precision = resolve_precision(config.get("precision"), device)
+    autocast = None if precision == "fp32" else make_autocast(precision, device)
     return CellNet(model, init_info, checkpoint, preset, optimizer, autocast,
-                   state_sha256(model.encoder.state_dict()))
+                   state_sha256(model.encoder.state_dict()), precision, grad_scaler(precision, device))
 
 
 def _candidate(first: CellNet, config: dict, preset: OptimizerPreset) -> CellNet:
@@ -268,7 +281,7 @@ def _candidate(first: CellNet, config: dict, preset: OptimizerPreset) -> CellNet
     groups = param_groups(model, config["cell"]["protocol"], preset.lr, preset.encoder_lr_mult,
                           preset.decay_norms_and_embeddings)
     return CellNet(model, first.init_info, first.checkpoint, preset, build_optimizer(groups, preset), first.autocast,
-                   first.sha_before)
+                   first.sha_before, first.precision, grad_scaler(first.precision, first.model_device))
 
 
 class StepBatches:
@@ -284,6 +297,8 @@ class StepBatches:
             raise UserError(f"batch size {self.batch_size} cannot be split over {world} processes; "
                             f"use at least {world}")
         self.cache, self.fixed_views = cache, None
+        self.num_workers = int(config.get("num_workers") or 0)
+        self.prefetched, self._ahead, self.wait_s = None, None, 0.0
         if self.cache is None and net.model.encoder_frozen and config.get("feature_cache", True):
             self.cache = FeatureCache(net.model.features, spill_dir=out_dir / "feature_cache" / f"rank{rank}",
                                       budget_bytes=int(config.get("feature_cache_bytes", DEFAULT_BUDGET_BYTES)))
@@ -301,11 +316,36 @@ class StepBatches:
         else:
             views = self.images.draw(gen, self.batch_size)
         views = views[self.rank::self.world]  # data-parallel: this rank's slice of the step's batch
+        t0 = time.perf_counter()
         if self.cache is not None:
             features = self.cache.features(views, lambda keys: _to(self.images.load(keys)[0], self.device))
-            return features, self.images.labels(views).to(self.device), True
-        x, y = self.images.load(views)
-        return _to(x, self.device), y.to(self.device), False
+            labels = self.images.labels(views).to(self.device)
+            self.wait_s += time.perf_counter() - t0
+            return features, labels, True
+        x, y = self._take_prefetched(views) or self.images.load(views)
+        self.wait_s += time.perf_counter() - t0
+        non_blocking = self.prefetched is not None  # the loader pins its batches
+        return _to(x, self.device), y.to(self.device, non_blocking=non_blocking), False
+
+    def start_loader(self, seed: int, start: int, steps: int) -> None:
+        """Render the views of steps start.. in DataLoader workers (cells without a feature cache)."""
+        if self.cache is None and self.num_workers > 0:
+            self.prefetched = view_loader(self.images, seed=seed, start=start, steps=steps,
+                                          batch_size=self.batch_size, rank=self.rank, world=self.world,
+                                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+
+    def stop_loader(self) -> None:
+        self.prefetched, self._ahead = None, None
+
+    def _take_prefetched(self, views: list) -> tuple | None:
+        if self.prefetched is None:
+            return None
+        if self._ahead is None:
+            self._ahead = next(self.prefetched, None)
+        if self._ahead is None or self._ahead[0] != views:
+            return None
+        (_, x, y), self._ahead = self._ahead, None
+        return x, y
 
 
 @dataclass
@@ -351,8 +391,9 @@ def _train_loop(config: dict, data: CellData, nets: list[CellNet], batches: Step
     # Linear heads with the grid loss on cached features train as one bank (one process only:
     # DDP wraps each head's loss on its own).
     decoders = [net.model.decoder for net in nets]
-    bank = LinearHeadBank(decoders) if world == 1 and batches.cache is not None and LinearHeadBank.fits(decoders) \
-        else None
+    # (fp16's per-head gradient scalers need one backward each: no bank.)
+    bank = LinearHeadBank(decoders) if (world == 1 and batches.cache is not None and LinearHeadBank.fits(decoders)
+                                        and all(net.scaler is None for net in nets)) else None
     eval_every = int(config.get("eval_every", steps)) or steps
     state_every = int(config.get("state_every") or 0)
     runs = [LoopResult() for _ in nets]
@@ -370,83 +411,99 @@ def _train_loop(config: dict, data: CellData, nets: list[CellNet], batches: Step
     eval_s, last_loss = 0.0, {}
     bar = progress_bar(enabled=progress, total=steps, unit="step", initial=start,
                        desc=f"{cell['backbone']}/{cell['protocol']}/s{seed}{tag}")
-    for step in range(start, steps):
-        active = [k for k, r in enumerate(runs) if r.status == "ok"]
-        if not active:
-            break
-        gen = step_generator(seed, step)
-        with nets[0].autocast or contextlib.nullcontext():
-            inputs, y, cached = batches(gen)
-        for k in active:
-            # optimizer.param_groups, not the groups built: loading a resumed state replaces the dicts.
-            net = nets[k]
-            warmup = min(net.preset.warmup_steps if net.preset.warmup_steps is not None else max(1, steps // 20),
-                         steps)
-            for g in net.optimizer.param_groups:
-                g["lr"] = g["base_lr"] * lr_factor(step, steps, warmup, net.preset.poly_power)
-        values = []
-
-        def diverged(k: int, value: float) -> bool:
-            if math.isfinite(value):
-                return False
-            runs[k].status, runs[k].error = "diverged", f"loss became {value} at step {step + 1}"
-            log(f"candidate {k}: {runs[k].error}" if len(nets) > 1 or tag else runs[k].error)
-            return True
-
-        def optimise(k: int, value: float) -> None:
-            net = nets[k]
-            if net.preset.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_([p for g in net.optimizer.param_groups for p in g["params"]],
-                                               net.preset.grad_clip)
-            net.optimizer.step()
-            runs[k].steps_done = step + 1
-            values.append(value)
-            last_loss[k] = value
-
-        if bank is not None:  # every active head's loss in one pass (transfer/decoders/linear_bank.py)
+    batches.start_loader(seed, start, steps)  # (cells without a feature cache, num_workers > 0)
+    try:
+        for step in range(start, steps):
+            active = [k for k, r in enumerate(runs) if r.status == "ok"]
+            if not active:
+                break
+            gen = step_generator(seed, step)
             with nets[0].autocast or contextlib.nullcontext():
-                losses = bank.losses(inputs, y, data.dataset.ignore_index, active)
-            kept = [(j, k, v) for j, (k, v) in enumerate(zip(active, losses.detach().tolist())) if not diverged(k, v)]
-            for _, k, _ in kept:
-                nets[k].optimizer.zero_grad(set_to_none=True)
-            if kept:  # the heads share no parameter: one backward of the sum is each head's own backward
-                losses[[j for j, _, _ in kept]].sum().backward()
-            for _, k, v in kept:
-                optimise(k, v)
-        else:  # one head after another, each graph freed before the next is built
+                inputs, y, cached = batches(gen)
             for k in active:
-                with nets[k].autocast or contextlib.nullcontext():
-                    loss = step_losses[k](inputs, y, cached)
-                value = float(all_reduce_sum(loss.detach().clone())) / world  # every rank agrees on divergence
-                if diverged(k, value):
-                    continue
-                nets[k].optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimise(k, value)
-        if values:
-            bar.set_postfix(loss=f"{values[0]:.3f}")
-        bar.update(1)
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
-            t_eval = time.perf_counter()
-            scored = [k for k, run in enumerate(runs) if run.status == "ok" and run.steps_done == step + 1]
-            if bank is not None:
-                metrics = evaluate_bank(bank, scored, data.val_images, data.dataset.num_classes,
+                # optimizer.param_groups, not the groups built: loading a resumed state replaces the dicts.
+                net = nets[k]
+                warmup = min(net.preset.warmup_steps if net.preset.warmup_steps is not None else max(1, steps // 20),
+                             steps)
+                for g in net.optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * lr_factor(step, steps, warmup, net.preset.poly_power)
+            values = []
+
+            def diverged(k: int, value: float) -> bool:
+                if math.isfinite(value):
+                    return False
+                runs[k].status, runs[k].error = "diverged", f"loss became {value} at step {step + 1}"
+                log(f"candidate {k}: {runs[k].error}" if len(nets) > 1 or tag else runs[k].error)
+                return True
+
+            def optimise(k: int, value: float) -> None:
+                net = nets[k]
+                if net.scaler is not None:
+                    net.scaler.unscale_(net.optimizer)
+                if net.preset.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_([p for g in net.optimizer.param_groups for p in g["params"]],
+                                                   net.preset.grad_clip)
+                if net.scaler is not None:
+                    net.scaler.step(net.optimizer)  # skipped when the gradients overflowed
+                    net.scaler.update()  # ... and then the scale goes down
+                    if net.scaler.get_scale() < MIN_LOSS_SCALE:  # no longer a scale being found: divergence
+                        runs[k].status = "diverged"
+                        runs[k].error = f"fp16 gradients overflow below a loss scale of {MIN_LOSS_SCALE} (step {step + 1})"
+                        log(runs[k].error)
+                        return
+                else:
+                    net.optimizer.step()
+                runs[k].steps_done = step + 1
+                values.append(value)
+                last_loss[k] = value
+
+            if bank is not None:  # every active head's loss in one pass (transfer/decoders/linear_bank.py)
+                with nets[0].autocast or contextlib.nullcontext():
+                    losses = bank.losses(inputs, y, data.dataset.ignore_index, active)
+                kept = [(j, k, v) for j, (k, v) in enumerate(zip(active, losses.detach().tolist()))
+                        if not diverged(k, v)]
+                for _, k, _ in kept:
+                    nets[k].optimizer.zero_grad(set_to_none=True)
+                if kept:  # the heads share no parameter: one backward of the sum is each head's own backward
+                    losses[[j for j, _, _ in kept]].sum().backward()
+                for _, k, v in kept:
+                    optimise(k, v)
+            else:  # one head after another, each graph freed before the next is built
+                for k in active:
+                    with nets[k].autocast or contextlib.nullcontext():
+                        loss = step_losses[k](inputs, y, cached)
+                    value = float(all_reduce_sum(loss.detach().clone())) / world  # every rank agrees on divergence
+                    if diverged(k, value):
+                        continue
+                    nets[k].optimizer.zero_grad(set_to_none=True)
+                    (nets[k].scaler.scale(loss) if nets[k].scaler is not None else loss).backward()
+                    optimise(k, value)
+            if values:
+                bar.set_postfix(loss=f"{values[0]:.3f}")
+            bar.update(1)
+            if (step + 1) % eval_every == 0 or step + 1 == steps:
+                t_eval = time.perf_counter()
+                scored = [k for k, run in enumerate(runs) if run.status == "ok" and run.steps_done == step + 1]
+                if bank is not None:
+                    metrics = evaluate_bank(bank, scored, data.val_images, data.dataset.num_classes,
+                                            data.dataset.ignore_index, batches.batch_size, cache=batches.cache,
+                                            device=device, autocast=nets[0].autocast)
+                else:
+                    metrics = [evaluate(nets[k].model, data.val_images, data.dataset.num_classes,
                                         data.dataset.ignore_index, batches.batch_size, cache=batches.cache,
-                                        device=device, autocast=nets[0].autocast)
-            else:
-                metrics = [evaluate(nets[k].model, data.val_images, data.dataset.num_classes,
-                                    data.dataset.ignore_index, batches.batch_size, cache=batches.cache,
-                                    device=device, autocast=nets[k].autocast, split="validation") for k in scored]
-            for k, m in zip(scored, metrics):
-                runs[k].curve.append({"step": step + 1, "loss": last_loss[k], "miou": m["miou"],
-                                      "pixel_acc": m["pixel_acc"], "mean_class_acc": m["mean_class_acc"],
-                                      "split": "validation"})
-                log(f"step {step + 1}{f' candidate {k}' if len(nets) > 1 else ''} validation mIoU {m['miou']:.4f} "
-                    f"pixAcc {m['pixel_acc']:.4f}")
-            eval_s += time.perf_counter() - t_eval
-        if rank == 0 and state_every and (step + 1) % state_every == 0 and step + 1 < steps:
-            save_cell_state(out_dir / STATE_NAME, state_key, step + 1, models, optimizers,
-                            {"curves": [r.curve for r in runs], "status": [(r.status, r.error) for r in runs]})
+                                        device=device, autocast=nets[k].autocast, split="validation") for k in scored]
+                for k, m in zip(scored, metrics):
+                    runs[k].curve.append({"step": step + 1, "loss": last_loss[k], "miou": m["miou"],
+                                          "pixel_acc": m["pixel_acc"], "mean_class_acc": m["mean_class_acc"],
+                                          "split": "validation"})
+                    log(f"step {step + 1}{f' candidate {k}' if len(nets) > 1 else ''} validation mIoU {m['miou']:.4f} "
+                        f"pixAcc {m['pixel_acc']:.4f}")
+                eval_s += time.perf_counter() - t_eval
+            if rank == 0 and state_every and (step + 1) % state_every == 0 and step + 1 < steps:
+                save_cell_state(out_dir / STATE_NAME, state_key, step + 1, models, optimizers,
+                                {"curves": [r.curve for r in runs], "status": [(r.status, r.error) for r in runs]})
+    finally:
+        batches.stop_loader()
     bar.close()
     train_s = time.perf_counter() - t_train - eval_s
     for run in runs:  # candidates trained together share the clock
@@ -513,6 +570,8 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
             **cache.stats,
             "train_views": "exact" if batches.fixed_views is None else f"{len(batches.fixed_views[0])} per image"},
         "device": str(device),
+        "precision": net.precision,
+        "num_workers": batches.num_workers if batches.cache is None else 0,
         "processes": world,
         "timings": {
             "wall_s": time.perf_counter() - t_start, "train_s": train_s, "eval_s": eval_s,
@@ -521,6 +580,11 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
             # candidates trained one after another each take their own.
             "steps_per_s": ((steps_done - (resumed or {}).get("step", 0)) * (1 if together else len(runs)) / train_s
                             if train_s > 0 else None),
+            # Training images (views) per second of the training clock, and the part of it spent
+            # getting batches (decoding, rendering views, reading the feature cache).
+            "images_per_s": ((steps_done - (resumed or {}).get("step", 0)) * (1 if together else len(runs))
+                             * int(config["batch_size"]) / train_s if train_s > 0 else None),
+            "data_wait_fraction": batches.wait_s / train_s if train_s > 0 else None,
             # Peak resident memory of the process that ran the cell (KiB on Linux).
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,

@@ -68,6 +68,10 @@ def add_parser(sub) -> None:
                    "a random crop (default: 8)")
     t.add_argument("--no-augment", action="store_true", help="no flips, centre crop (exactly reproducible probes)")
     t.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    t.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="forward-pass precision: auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16 (+ grad scaler)")
+    t.add_argument("--num-workers", type=int, default=0, help="DataLoader processes rendering training views of "
+                   "cells without a feature cache (default: 0); results do not depend on it")
     t.add_argument("--processes", type=int, default=1, help="data-parallel (DDP) ranks for this cell: one per GPU, "
                    "or gloo processes on CPU (default: 1); each rank trains on a slice of every batch")
     t.add_argument("--state-every", type=int, default=100, help="save a resumable state every N steps; a re-run "
@@ -98,8 +102,8 @@ def settings_from_flags(args, decoder: str):
             eval_every=args.eval_every or args.steps,
             optimizer={args.protocol: {k: getattr(args, k) for k in OPTIMIZER_FLAGS}},
             feature_cache=not args.no_feature_cache, feature_cache_views=args.feature_cache_views,
-            augment=not args.no_augment, state_every=args.state_every,
-            sweep={args.protocol: grid} if (grid := _sweep_grid(args)) else {})
+            augment=not args.no_augment, state_every=args.state_every, precision=args.precision,
+            num_workers=args.num_workers, sweep={args.protocol: grid} if (grid := _sweep_grid(args)) else {})
     except ValidationError as exc:
         err = exc.errors()[0]
         flag = "--" + str(err["loc"][-1]).replace("_", "-")

@@ -1,0 +1,40 @@
+"""How a transfer cell runs, on CPU: DataLoader workers render the same views (identical records
+but for timings), the record states precision and throughput, and fp16 needs CUDA."""
+
+import pytest
+import torch
+
+from bench.core.errors import UserError
+from tests.conftest import cell_config
+from transfer.api import Cell, run_cell
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TIMINGS = {"timings", "finished_at", "config", "feature_cache"}
+
+
+def _run(world, ckpt, out, **settings):
+    cell = Cell("b", "m", "resnet10t", "synth", "full", "monodepth2", 4, 0)
+    config = cell_config(world, cell, checkpoint=ckpt, steps=4, batch_size=2, eval_every=2, **settings)
+    return run_cell(config, out, progress=False)
+
+
+@pytest.mark.parametrize("geometry", [{}, {"crop": "48x64"}])  # a random crop: the workers measure the sizes
+def test_loader_workers_give_the_same_cell(tiny_world, tiny_depth_ckpt, tmp_path, geometry):
+    plain = _run(tiny_world, tiny_depth_ckpt, tmp_path / "w0", dataset=geometry)
+    workers = _run(tiny_world, tiny_depth_ckpt, tmp_path / "w2", num_workers=2, dataset=geometry)
+    assert workers["config"]["num_workers"] == 2 and "num_workers" not in plain["config"]
+    assert workers["config"]["fingerprint"] == plain["config"]["fingerprint"]
+    assert workers["num_workers"] == 2 and plain["num_workers"] == 0
+    same = lambda r: {k: v for k, v in r.items() if k not in TIMINGS | {"num_workers"}}  # noqa: E731
+    assert same(workers) == same(plain)  # metrics, curves, per-image counts, encoder digests
+    for record in (plain, workers):
+        t = record["timings"]
+        assert record["precision"] == "fp32" and t["images_per_s"] > 0 and 0 <= t["data_wait_fraction"] < 1
+
+
+def test_bf16_on_cpu_and_fp16_needs_cuda(tiny_world, tiny_depth_ckpt, tmp_path):
+    record = _run(tiny_world, tiny_depth_ckpt, tmp_path / "bf16", precision="bf16")
+    assert record["status"] == "ok" and record["precision"] == "bf16"
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="fp16 needs a CUDA device"):
+            _run(tiny_world, tiny_depth_ckpt, tmp_path / "fp16", precision="fp16")
