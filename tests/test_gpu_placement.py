@@ -114,3 +114,21 @@ def test_spawned_workers_each_see_their_own_gpus(tmp_path, monkeypatch):
     assert sorted(seen for _, seen in _run_two_at_once(executor, 2, tmp_path)) == ["3,5", "6,7"]
     # CPU jobs (a later stage, fresh workers): nothing set, they see what the driver sees.
     assert [seen for _, seen in _run_two_at_once(executor, 0, tmp_path)] == [None, None]
+
+
+def test_a_pretraining_job_asks_for_the_gpus_its_manifest_names():
+    from types import SimpleNamespace
+
+    from bench.runner import pretrain_config, pretrain_resources
+
+    executor = {"cpus": 4, "gpus": 1, "memory_gb": None, "processes": 2}
+    backbone = SimpleNamespace(pretrain=SimpleNamespace(gpus=4))
+    assert pretrain_resources(backbone, executor) == {"cpus": 4, "gpus": 4, "memory_gb": None}
+    backbone.pretrain.gpus = 0  # unset: the executor's, without the cells' DDP ranks
+    assert pretrain_resources(backbone, executor) == {"cpus": 4, "gpus": 1, "memory_gb": None}
+
+    from bench.manifest import PretrainSpec
+
+    spec = PretrainSpec(method="depth_supervised", steps=10, gpus=2)
+    config = pretrain_config(SimpleNamespace(name="d", arch="resnet18", pretrain=spec), Path("/w"), "world")
+    assert config["gpus"] == 2 and config["processes"] == 2  # one data-parallel rank per GPU

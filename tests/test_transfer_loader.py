@@ -38,3 +38,22 @@ def test_bf16_on_cpu_and_fp16_needs_cuda(tiny_world, tiny_depth_ckpt, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="fp16 needs a CUDA device"):
             _run(tiny_world, tiny_depth_ckpt, tmp_path / "fp16", precision="fp16")
+
+
+def test_evaluation_images_beyond_the_memory_budget_are_read_back_from_disk(tiny_world, tiny_depth_ckpt, tmp_path,
+                                                                            monkeypatch):
+    import transfer.data as data
+
+    cell = Cell("b", "m", "resnet10t", "synth", "full", "monodepth2", 4, 0)
+    config = cell_config(tiny_world, cell, checkpoint=tiny_depth_ckpt, steps=4, batch_size=2, eval_every=1)
+    in_memory = run_cell(config, tmp_path / "memory", progress=False)
+    decoded, original = [], data.read_pair
+    monkeypatch.setattr(data, "read_pair", lambda dataset, sample: decoded.append(sample.stem) or
+                        original(dataset, sample))
+    spilled = run_cell({**config, "image_cache_bytes": 0}, tmp_path / "disk", progress=False)
+    cache = spilled["image_cache"]["validation"]
+    # 4 validation passes: each image decoded once, then read back three times
+    assert cache["prepared"] == spilled["validation"]["images"] and cache["from_disk"] == 3 * cache["prepared"]
+    assert len(decoded) == len(set(decoded))  # no image decoded twice
+    assert spilled["metrics"] == in_memory["metrics"] and spilled["curve"] == in_memory["curve"]
+    assert not (tmp_path / "disk" / "image_cache").exists()  # removed when the cell ends

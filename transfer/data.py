@@ -7,8 +7,10 @@
   resolution; batches group consecutive images of equal size, and the caller upsamples logits
   to the label's size before scoring.
 
-Decoded images are cached in memory up to `CACHE_BYTES` per set (beyond that they are re-read
-from disk on every use), so a full-size training set does not exhaust the machine.
+Decoded images are cached in memory up to `CACHE_BYTES` per set, so a full-size training set
+does not exhaust the machine; beyond that, with a `spill_dir` (a cell's `image_cache/`, removed
+when the cell ends), the resized arrays go to `.npy` files and are read back instead of being
+decoded and resized again on every evaluation.
 """
 
 from __future__ import annotations
@@ -59,12 +61,16 @@ def resize_label(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 class _Cached:
-    """Read-and-prepare with a byte-bounded memory cache."""
+    """Read-and-prepare with a byte-bounded memory cache, and beyond it an optional folder of
+    `.npy` files (what does not fit in memory is prepared once, then read back)."""
 
-    def __init__(self, prepare, count: int, cache_bytes: int):
+    def __init__(self, prepare, count: int, cache_bytes: int, spill_dir: Path | None = None):
         self._prepare, self._count, self.budget_bytes = prepare, count, cache_bytes
         self._cache: dict[int, tuple] = {}
         self._used = 0
+        self.spill_dir = spill_dir
+        self._spilled: dict[int, int] = {}  # index -> number of arrays on disk
+        self.stats = {"prepared": 0, "from_disk": 0}
 
     def __len__(self) -> int:
         return self._count
@@ -72,12 +78,24 @@ class _Cached:
     def __getitem__(self, i: int) -> tuple:
         if i in self._cache:
             return self._cache[i]
+        if i in self._spilled:
+            self.stats["from_disk"] += 1
+            return tuple(np.load(self._spill_path(i, k)) for k in range(self._spilled[i]))
         item = self._prepare(i)
+        self.stats["prepared"] += 1
         size = sum(t.nbytes for t in item)
         if self._used + size <= self.budget_bytes:
             self._cache[i] = item
             self._used += size
+        elif self.spill_dir is not None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            for k, array in enumerate(item):
+                np.save(self._spill_path(i, k), np.ascontiguousarray(array))
+            self._spilled[i] = len(item)
         return item
+
+    def _spill_path(self, i: int, part: int) -> Path:
+        return self.spill_dir / f"{i}.{part}.npy"
 
 
 @dataclass(frozen=True)
@@ -191,11 +209,11 @@ def random_crop(gen: torch.Generator, image: np.ndarray, label: np.ndarray,
 
 class EvalImages:
     def __init__(self, dataset: SegmentationDataset, samples: list[Sample], resize: Resize,
-                 cache_bytes: int = CACHE_BYTES):
+                 cache_bytes: int = CACHE_BYTES, spill_dir: Path | None = None):
         if not samples:
             raise UserError(f"dataset {dataset.name}: the evaluation set is empty")
         self.dataset, self.samples, self.resize = dataset, samples, resize
-        self.items = _Cached(self._prepare, len(samples), cache_bytes)
+        self.items = _Cached(self._prepare, len(samples), cache_bytes, spill_dir)
 
     def _prepare(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         image, label = read_pair(self.dataset, self.samples[i])
@@ -260,16 +278,20 @@ def dataset_settings(name: str, *, classes: int | None = None, train_split: str 
     }
 
 
-def open_transfer_data(settings: dict, root, train_size: int, seed: int, augment: bool = True
+def open_transfer_data(settings: dict, root, train_size: int, seed: int, augment: bool = True,
+                       spill_dir: Path | None = None, cache_bytes: int = CACHE_BYTES
                        ) -> tuple[SegmentationDataset, list[str], TrainImages, EvalImages, EvalImages]:
-    """(dataset, few-shot stems, training images, validation images, evaluation images) of one cell."""
+    """(dataset, few-shot stems, training images, validation images, evaluation images) of one
+    cell; evaluation-side images beyond `cache_bytes` go to `spill_dir` (if given)."""
     dataset, pool, validation, evaluation = open_pools(settings, root)
     stems = few_shot_stems([s.stem for s in pool], train_size, seed, dataset.name)
     by_stem = {s.stem: s for s in pool}
     train = TrainImages(dataset, [by_stem[s] for s in stems], as_size(settings["resize"]), as_size(settings["crop"]),
                         augment=augment)
     eval_size = as_size(settings["eval_resize"])
-    return dataset, stems, train, EvalImages(dataset, validation, eval_size), EvalImages(dataset, evaluation, eval_size)
+    spill = (lambda name: spill_dir / name) if spill_dir is not None else (lambda name: None)  # noqa: E731
+    return (dataset, stems, train, EvalImages(dataset, validation, eval_size, cache_bytes, spill("validation")),
+            EvalImages(dataset, evaluation, eval_size, cache_bytes, spill("evaluation")))
 
 
 def open_pools(settings: dict, root) -> tuple[SegmentationDataset, list[Sample], list[Sample], list[Sample]]:

@@ -22,6 +22,7 @@ import datetime as _dt
 import math
 import platform
 import resource
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,7 @@ from bench.core.records import write_json_atomic
 from bench.core.seeding import step_generator
 from bench.core.version import __version__
 from transfer.cell_state import STATE_NAME, load_cell_state, save_cell_state
-from transfer.data import dataset_settings, open_transfer_data
+from transfer.data import CACHE_BYTES, dataset_settings, open_transfer_data
 from transfer.decoders.linear_bank import LinearHeadBank
 from transfer.distributed import all_reduce_sum, rank_and_world
 from transfer.loader import view_loader
@@ -50,6 +51,7 @@ from transfer.splits import write_stems
 
 RECORD_SCHEMA = 1
 FINAL_WEIGHTS = "final.safetensors"
+IMAGE_CACHE = "image_cache"  # resized evaluation images beyond the memory budget, while the cell runs
 DATA_WAIT_WARNING = 0.30  # of the training time: the device is starved  # written when the config asks to keep weights
 
 
@@ -186,6 +188,9 @@ def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print,
             f"({batches.num_workers} loader workers); raise num_workers")
     if batches.cache is not None:
         batches.cache.close()
+    shutil.rmtree(out_dir / IMAGE_CACHE / f"rank{rank}", ignore_errors=True)
+    with contextlib.suppress(OSError):  # the last rank out removes the folder
+        (out_dir / IMAGE_CACHE).rmdir()
     if rank == 0:
         _finish(config, out_dir, nets, runs, selected, record, log)
     return record
@@ -223,7 +228,8 @@ def _open_data(config: dict, out_dir: Path, lead: bool) -> CellData:
     settings = config.get("dataset") or dataset_settings(cell["dataset"])
     dataset, train_stems, train_images, val_images, eval_images = open_transfer_data(
         settings, config["dataset_root"], int(cell["train_size"]), int(cell["seed"]),
-        augment=config.get("augment", True))
+        augment=config.get("augment", True), spill_dir=out_dir / IMAGE_CACHE / f"rank{rank_and_world()[0]}",
+        cache_bytes=int(config.get("image_cache_bytes", CACHE_BYTES)))
     if lead:  # published with the results: the exact images this cell trained on
         write_stems(out_dir / "train_split.txt", train_stems)
     return CellData(settings, dataset, train_stems, train_images, val_images, eval_images)
@@ -566,6 +572,9 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
             "provenance": checkpoint.meta.get("provenance"),
         },
         "optimizer": net.preset.as_config(),
+        # Evaluation-side images: resized once, then from memory or (beyond its budget) from .npy files.
+        "image_cache": {"validation": dict(data.val_images.items.stats),
+                        "evaluation": dict(data.eval_images.items.stats)},
         "feature_cache": None if cache is None else {
             **cache.stats,
             "train_views": "exact" if batches.fixed_views is None else f"{len(batches.fixed_views[0])} per image"},
