@@ -118,7 +118,8 @@ def test_loss_at_image_is_the_per_pixel_loss_of_the_upsampled_scores(tiny_world)
     assert chosen["fingerprint"] != cell_config(tiny_world, cell)["fingerprint"]
 
 
-def test_a_bank_trains_each_head_as_it_trains_alone():
+@pytest.mark.parametrize("keys", [None, [0, 1, 2, 3]])  # keys: each view's sums and histograms remembered
+def test_a_bank_trains_each_head_as_it_trains_alone(keys):
     heads, features = _cnn_heads(3)
     alone = copy.deepcopy(heads)
     y = _labels(4, 64, 96, 6)
@@ -126,7 +127,7 @@ def test_a_bank_trains_each_head_as_it_trains_alone():
     for h in heads + alone:
         h.train()
     for _ in range(2):  # two steps: the running statistics accumulate
-        losses = bank.losses(features, y, IGNORE, active=[0, 1, 2])
+        losses = bank.losses(features, y, IGNORE, active=[0, 1, 2], keys=keys)
         for h in heads:
             h.zero_grad()
         losses.sum().backward()

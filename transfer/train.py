@@ -103,9 +103,8 @@ def _score(predict, encode, heads: int, eval_images, num_classes: int, ignore_in
                 scores = F.interpolate(scores, size=labels.shape[-2:], mode="bilinear", align_corners=False)
             # max(1).indices, not argmax(1): the same first maximum, ~10x faster over channels on a CPU
             pred, truth = scores.max(1).indices.cpu(), labels.cpu()
-            cm.update(pred, truth)
-            for j, i in enumerate(index):
-                per_image.update(i, pred[j], truth[j])
+            for j, i in enumerate(index):  # one confusion matrix per image: the dataset's and its own counts
+                per_image.set_from_matrix(i, cm.update(pred[j], truth[j]))
     results = []
     for cm, per_image in zip(cms, counts):
         for t in (cm.mat, per_image.intersection, per_image.union):  # each rank filled its own images' rows
@@ -322,6 +321,7 @@ class StepBatches:
         else:
             views = self.images.draw(gen, self.batch_size)
         views = views[self.rank::self.world]  # data-parallel: this rank's slice of the step's batch
+        self.last_views = views  # what the batch's samples are (keys of per-view memos)
         t0 = time.perf_counter()
         if self.cache is not None:
             features = self.cache.features(views, lambda keys: _to(self.images.load(keys)[0], self.device))
@@ -465,7 +465,7 @@ def _train_loop(config: dict, data: CellData, nets: list[CellNet], batches: Step
 
             if bank is not None:  # every active head's loss in one pass (transfer/decoders/linear_bank.py)
                 with nets[0].autocast or contextlib.nullcontext():
-                    losses = bank.losses(inputs, y, data.dataset.ignore_index, active)
+                    losses = bank.losses(inputs, y, data.dataset.ignore_index, active, keys=batches.last_views)
                 kept = [(j, k, v) for j, (k, v) in enumerate(zip(active, losses.detach().tolist()))
                         if not diverged(k, v)]
                 for _, k, _ in kept:

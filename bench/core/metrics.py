@@ -18,7 +18,8 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)  # rows: truth
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Add these pixels; returns their own confusion matrix (e.g. one image's)."""
         pred = pred.reshape(-1).to(torch.int64).cpu()
         target = target.reshape(-1).to(torch.int64).cpu()
         keep = target != self.ignore_index
@@ -26,7 +27,9 @@ class ConfusionMatrix:
         if target.numel() and (target.min() < 0 or target.max() >= self.num_classes):
             raise ValueError(f"label values outside 0..{self.num_classes - 1} (and not {self.ignore_index})")
         n = self.num_classes
-        self.mat += torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
+        mat = torch.bincount(target * n + pred, minlength=n * n).reshape(n, n)
+        self.mat += mat
+        return mat
 
     def compute(self) -> dict:
         mat = self.mat.double()
@@ -58,10 +61,13 @@ class PerImageCounts:
 
     def update(self, image: int, pred: torch.Tensor, target: torch.Tensor) -> None:
         cm = ConfusionMatrix(self.num_classes, self.ignore_index)
-        cm.update(pred, target)
-        tp = cm.mat.diag()
+        self.set_from_matrix(image, cm.update(pred, target))
+
+    def set_from_matrix(self, image: int, mat: torch.Tensor) -> None:
+        """The counts of `image` from its confusion matrix (rows: truth)."""
+        tp = mat.diag()
         self.intersection[image] = tp
-        self.union[image] = cm.mat.sum(0) + cm.mat.sum(1) - tp
+        self.union[image] = mat.sum(0) + mat.sum(1) - tp
 
 
 def miou_from_counts(intersection, union) -> float:

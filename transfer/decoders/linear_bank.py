@@ -27,11 +27,18 @@ from transfer.decoders.grid_loss import cell_histograms
 from transfer.decoders.linear import LinearHead, resize_bilinear
 
 
+HISTOGRAM_MEMO_BYTES = 512 * 1024**2
+
+
 class LinearHeadBank:
     def __init__(self, heads: list[LinearHead]):
         if not self.fits(heads):
             raise ValueError("a LinearHeadBank takes LinearHeads of one form, over the same levels, with the grid loss")
         self.heads = heads
+        # A training view's labels never change: its cell histograms are counted once (up to a budget).
+        self._histograms: dict = {}
+        self._memo_bytes = 0
+        self._sums: dict = {}  # (view, level slot) -> its float64 channel sums and sums of squares
 
     @staticmethod
     def fits(decoders: list) -> bool:
@@ -41,16 +48,19 @@ class LinearHeadBank:
         return all(d.loss_at == "grid" and d.form == first.form and d.parts_levels() == first.parts_levels()
                    and d.grid_stride == first.grid_stride for d in decoders)
 
-    def grid_scores(self, features: list[torch.Tensor], active: list[int], training: bool) -> torch.Tensor:
+    def grid_scores(self, features: list[torch.Tensor], active: list[int], training: bool,
+                    keys: list | None = None) -> torch.Tensor:
         """N×len(active)×classes×gh×gw scores of the `active` heads on the grid. In training, the
-        batch's statistics normalise (and every active head's running statistics take them in)."""
+        batch's statistics normalise (and every active head's running statistics take them in);
+        with `keys`, from the samples' remembered channel sums."""
         heads = [self.heads[k] for k in active]
         total = None
         for slot, level in enumerate(heads[0].parts_levels()):
             x = features[level]
             bns = [h.parts()[slot][0] for h in heads]
             if training:
-                stats = [_batch_statistics(x, bns)] * len(heads)
+                sums = None if keys is None else self._channel_sums(x, slot, keys)
+                stats = [_batch_statistics(x, bns, sums)] * len(heads)
             else:
                 stats = [(bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)) for bn in bns]
             weights, biases = [], []
@@ -61,19 +71,53 @@ class LinearHeadBank:
                 weights.append(w * scale)
                 b = w @ (bn.bias - scale * mean)
                 biases.append(b if classifier.bias is None else b + classifier.bias)
-            s = F.conv2d(x, torch.cat(weights)[:, :, None, None], torch.cat(biases))
+            # The 1×1 convolution as a batched matrix product over each sample's pixels (no transposed
+            # copy of the features, which torch.matmul would make); its backward is one too.
+            n, c, h, w = x.shape
+            stacked = torch.cat(weights)
+            s = torch.bmm(stacked.expand(n, *stacked.shape), x.reshape(n, c, h * w)) + torch.cat(biases)[:, None]
+            s = s.view(n, -1, h, w)
             total = s if total is None else total + resize_bilinear(s, total.shape[-2:])
         n, _, gh, gw = total.shape
         return total.view(n, len(heads), -1, gh, gw)
 
     def losses(self, features: list[torch.Tensor], labels: torch.Tensor, ignore_index: int,
-               active: list[int]) -> torch.Tensor:
-        """The grid cross-entropy of each active head (a vector), each the loss of `LinearHead.loss`."""
-        scores = self.grid_scores(features, active, training=True)
-        counts, labelled = cell_histograms(labels, tuple(scores.shape[-2:]), self.heads[0].grid_stride,
-                                           scores.shape[2], ignore_index)
+               active: list[int], keys: list | None = None) -> torch.Tensor:
+        """The grid cross-entropy of each active head (a vector), each the loss of `LinearHead.loss`;
+        `keys` name the samples' views, whose histograms are then remembered."""
+        scores = self.grid_scores(features, active, training=True, keys=keys)
+        counts, labelled = self._histograms_of(labels, tuple(scores.shape[-2:]), scores.shape[2], ignore_index, keys)
         log_p = F.log_softmax(scores.float(), dim=2)
-        return -(counts.unsqueeze(1) * log_p).sum(dim=(0, 2, 3, 4)) / labelled.clamp(min=1)
+        return -(counts.unsqueeze(1) * log_p).sum(dim=(0, 2, 3, 4)) / max(int(labelled), 1)
+
+    def _channel_sums(self, x: torch.Tensor, slot: int, keys: list) -> torch.Tensor:
+        """Per sample of `x` (N×C×h×w, the features of the views `keys`), its channel sums and sums of
+        squares in float64 (N×2×C), each view's counted once: a cached view's features never change."""
+        out = []
+        for j, key in enumerate(keys):
+            memo = self._sums.get((key, slot))
+            if memo is None or memo.shape[-1] != x.shape[1]:
+                v = x[j].detach().reshape(x.shape[1], -1).double()
+                memo = torch.stack([v.sum(1), (v * v).sum(1)])
+                self._sums[(key, slot)] = memo
+            out.append(memo)
+        return torch.stack(out)
+
+    def _histograms_of(self, labels, grid, num_classes, ignore_index, keys):
+        stride = self.heads[0].grid_stride
+        if keys is None:
+            return cell_histograms(labels, grid, stride, num_classes, ignore_index)
+        per_sample = []
+        for j, key in enumerate(keys):
+            memo = self._histograms.get(key)
+            if memo is None or memo[0].shape[-2:] != grid:
+                memo = cell_histograms(labels[j:j + 1], grid, stride, num_classes, ignore_index)
+                size = memo[0].numel() * memo[0].element_size()
+                if self._memo_bytes + size <= HISTOGRAM_MEMO_BYTES:
+                    self._histograms[key] = memo
+                    self._memo_bytes += size
+            per_sample.append(memo)
+        return torch.cat([c for c, _ in per_sample]), sum(int(n) for _, n in per_sample)
 
     def predict(self, features: list[torch.Tensor], size: tuple[int, int], active: list[int]) -> list[torch.Tensor]:
         """Each active head's scores at `size`, as its `forward` in evaluation mode places them."""
@@ -82,11 +126,13 @@ class LinearHeadBank:
 
 
 @torch.no_grad()
-def _batch_statistics(x: torch.Tensor, bns: list) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch_statistics(x: torch.Tensor, bns: list, sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch mean and 1/sqrt(biased variance + eps) per channel, what training-mode BatchNorm
-    normalises with, from BatchNorm's own kernel; that kernel also moves the first BatchNorm's
-    running statistics (momentum, unbiased variance) and the others copy them, since every head
-    of a bank sees the same batches."""
+    normalises with, folded into each BatchNorm's running statistics as `nn.BatchNorm2d` does:
+    momentum (or the cumulative average when momentum is None) and the unbiased variance. From
+    the samples' float64 channel `sums` (N×2×C) when given, else from BatchNorm's own kernel
+    (which also moves the first BatchNorm's running statistics); every head of a bank sees the
+    same batches, so the others copy the first one's."""
     lead = bns[0]
     momentum = lead.momentum
     if lead.track_running_stats:
@@ -94,8 +140,20 @@ def _batch_statistics(x: torch.Tensor, bns: list) -> tuple[torch.Tensor, torch.T
             bn.num_batches_tracked.add_(1)
         if momentum is None:  # a cumulative average
             momentum = 1.0 / float(lead.num_batches_tracked)
-    _, mean, inv_std = torch.native_batch_norm(x, None, None, lead.running_mean, lead.running_var, True,
-                                               momentum or 0.0, lead.eps)
+    if sums is None:
+        _, mean, inv_std = torch.native_batch_norm(x, None, None, lead.running_mean, lead.running_var, True,
+                                                   momentum or 0.0, lead.eps)
+    else:
+        n = x.shape[0] * x.shape[2] * x.shape[3]
+        total = sums.sum(0)
+        mean64 = total[0] / n
+        var64 = (total[1] / n - mean64 * mean64).clamp(min=0)
+        mean, inv_std = mean64.to(x.dtype), torch.rsqrt(var64 + lead.eps).to(x.dtype)
+        if lead.track_running_stats:
+            m = momentum or 0.0
+            lead.running_mean.mul_(1 - m).add_(mean64.to(lead.running_mean.dtype), alpha=m)
+            unbiased = var64 * (n / max(n - 1, 1))
+            lead.running_var.mul_(1 - m).add_(unbiased.to(lead.running_var.dtype), alpha=m)
     for bn in bns[1:]:
         if bn.track_running_stats:
             bn.running_mean.copy_(lead.running_mean)
