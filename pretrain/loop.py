@@ -170,7 +170,7 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
                         _average_gradients(params, world)
                     if scaler is not None:
                         scaler.unscale_(optimizer)
-                    norm = float(torch.nn.utils.clip_grad_norm_(params, float(clip) if clip else math.inf))
+                    norm = _gradient_norm(params, clip)
                     if not math.isfinite(norm):
                         reason = f"gradient norm {norm}"
                         # fp16: an overflow while the scale is still being found is the scaler's
@@ -231,6 +231,16 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
             "data_wait_fraction": wait, "device": str(device), "precision": precision, "processes": world,
             "num_workers": int(config.get("num_workers") or 0), **peak_memory(device),
             "final_loss": finite[-1] if finite else float("nan")}
+
+
+def _gradient_norm(params: list, clip) -> float:
+    """The gradients' total norm (the NaN check reads it), clipping them to `clip` when set. Without
+    clipping, only the norm is taken: clip_grad_norm_ with an infinite limit would also multiply
+    every gradient by 1."""
+    if clip:
+        return float(torch.nn.utils.clip_grad_norm_(params, float(clip)))
+    grads = [p.grad for p in params if p.grad is not None]
+    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
 
 
 def _all_mean(value: float, device) -> float:
