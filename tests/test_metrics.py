@@ -75,3 +75,19 @@ def test_worked_example_where_the_three_conventions_disagree():
     per_image = [segmentation_metrics(p, t, num_classes=4)["miou"] for p, t in ((a_p, a_t), (b_p, b_t))]
     assert sum(per_image) / 2 == pytest.approx((1.0 + 0.25) / 2)  # 0.625
     assert len({round(m["miou"], 4), round(float(per_class.mean()), 4), round(sum(per_image) / 2, 4)}) == 3
+
+
+def test_batched_confusion_matrices_equal_one_matrix_per_prediction_and_image():
+    import torch
+
+    from bench.core.metrics import ConfusionMatrix, confusion_matrices
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (3, 5, 7), generator=g)
+    target[0, 0, :3] = 255
+    preds = torch.randint(0, 4, (2, 3, 5, 7), generator=g)
+    mats = confusion_matrices(preds, target, 4, 255)
+    for k in range(2):
+        for n in range(3):
+            cm = ConfusionMatrix(4, 255)
+            assert torch.equal(mats[k, n], cm.update(preds[k, n], target[n]))

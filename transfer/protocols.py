@@ -218,10 +218,12 @@ def _no_decay(module: torch.nn.Module) -> set[str]:
     return out
 
 
-def build_optimizer(groups: list[dict], preset: OptimizerPreset) -> torch.optim.Optimizer:
+def build_optimizer(groups: list[dict], preset: OptimizerPreset, foreach: bool | None = None) -> torch.optim.Optimizer:
+    """`foreach=True`: the multi-tensor update (one kernel per step for all tensors); the CPU
+    default is a loop over tensors, whose fixed cost dominates a linear head's few small tensors."""
     if preset.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=preset.momentum, weight_decay=preset.weight_decay)
-    return torch.optim.AdamW(groups, weight_decay=preset.weight_decay)
+        return torch.optim.SGD(groups, momentum=preset.momentum, weight_decay=preset.weight_decay, foreach=foreach)
+    return torch.optim.AdamW(groups, weight_decay=preset.weight_decay, foreach=foreach)
 
 
 def lr_factor(step: int, steps: int, warmup: int, power: float) -> float:

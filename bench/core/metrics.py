@@ -48,6 +48,23 @@ class ConfusionMatrix:
         }
 
 
+def confusion_matrices(preds: torch.Tensor, target: torch.Tensor, num_classes: int,
+                       ignore_index: int = 255) -> torch.Tensor:
+    """K×N×classes×classes confusion matrices (rows: truth) of K predictions (K×N×H×W) of the same
+    N×H×W labels, per prediction and image, in one count; pixels labelled `ignore_index` dropped."""
+    k, n = preds.shape[:2]
+    target = target.to(torch.int64)
+    valid = target != ignore_index
+    truth = torch.where(valid, target, 0)
+    if truth.numel() and (int(truth.min()) < 0 or int(truth.max()) >= num_classes):
+        raise ValueError(f"label values outside 0..{num_classes - 1} (and not {ignore_index})")
+    c, size = num_classes, k * n * num_classes * num_classes
+    which = torch.arange(k * n).view(k, n, *[1] * (preds.dim() - 2))
+    index = ((which * c + truth) * c + preds.to(torch.int64))
+    index = torch.where(valid.expand_as(index), index, size)  # unlabelled pixels: one bin past the end
+    return torch.bincount(index.flatten(), minlength=size + 1)[:size].view(k, n, c, c)
+
+
 class PerImageCounts:
     """Intersection and union pixel counts per evaluation image and class (images x classes x 2
     integers). Summed over any set of images they give that set's dataset-level IoUs exactly

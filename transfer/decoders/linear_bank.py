@@ -58,24 +58,27 @@ class LinearHeadBank:
         for slot, level in enumerate(heads[0].parts_levels()):
             x = features[level]
             bns = [h.parts()[slot][0] for h in heads]
-            if training:
+            classifiers = [h.parts()[slot][1] for h in heads]
+            if training:  # one batch, so one mean and variance for every head
                 sums = None if keys is None else self._channel_sums(x, slot, keys)
-                stats = [_batch_statistics(x, bns, sums)] * len(heads)
+                mean, inv_std = _batch_statistics(x, bns, sums)
+                mean, inv_std = mean[None], inv_std[None]
             else:
-                stats = [(bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)) for bn in bns]
-            weights, biases = [], []
-            for h, bn, (mean, inv_std) in zip(heads, bns, stats):
-                classifier = h.parts()[slot][1]
-                w = classifier.weight.flatten(1)  # classes × channels
-                scale = bn.weight * inv_std
-                weights.append(w * scale)
-                b = w @ (bn.bias - scale * mean)
-                biases.append(b if classifier.bias is None else b + classifier.bias)
+                mean = torch.stack([bn.running_mean for bn in bns])
+                inv_std = torch.rsqrt(torch.stack([bn.running_var for bn in bns]) + bns[0].eps)
+            # All heads folded at once (K × classes × channels): a handful of tensor operations
+            # whatever K is, where a loop over the heads would be K times as many.
+            w = torch.stack([c.weight.flatten(1) for c in classifiers])
+            scale = torch.stack([bn.weight for bn in bns]) * inv_std  # K × channels
+            shift = torch.stack([bn.bias for bn in bns]) - scale * mean
+            folded = (w * scale[:, None, :]).flatten(0, 1)  # (K·classes) × channels
+            bias = torch.bmm(w, shift[:, :, None])[..., 0]  # K × classes
+            if classifiers[0].bias is not None:
+                bias = bias + torch.stack([c.bias for c in classifiers])
             # The 1×1 convolution as a batched matrix product over each sample's pixels (no transposed
             # copy of the features, which torch.matmul would make); its backward is one too.
             n, c, h, w = x.shape
-            stacked = torch.cat(weights)
-            s = torch.bmm(stacked.expand(n, *stacked.shape), x.reshape(n, c, h * w)) + torch.cat(biases)[:, None]
+            s = torch.bmm(folded.expand(n, *folded.shape), x.reshape(n, c, h * w)) + bias.reshape(-1, 1)
             s = s.view(n, -1, h, w)
             total = s if total is None else total + resize_bilinear(s, total.shape[-2:])
         n, _, gh, gw = total.shape
@@ -122,7 +125,9 @@ class LinearHeadBank:
     def predict(self, features: list[torch.Tensor], size: tuple[int, int], active: list[int]) -> list[torch.Tensor]:
         """Each active head's scores at `size`, as its `forward` in evaluation mode places them."""
         scores = self.grid_scores(features, active, training=False)
-        return [self.heads[k].place(scores[:, j], size) for j, k in enumerate(active)]
+        n, k, c = scores.shape[:3]
+        placed = self.heads[0].place(scores.flatten(1, 2), size)  # every head's scores in one resampling
+        return list(placed.view(n, k, c, *placed.shape[-2:]).unbind(1))
 
 
 @torch.no_grad()
