@@ -241,7 +241,7 @@ def _cell(arch: str, decoder: str, train_size: int, steps: int, batch: int, worl
     settings = TransferSettings(init="encoder", steps=steps, batch_size=batch, eval_every=steps, state_every=0)
     config = resolve_cell_config(cell, settings, dataset=dataset or {"name": "synth"}, dataset_root=world,
                                  data_id="gpu_check", processes=processes, device=device)
-    config["device"] = device  # as transfer/train.py pick_device reads it
+    config["device"] = device  # as transfer/train.py's train_cell reads it
     return config
 
 

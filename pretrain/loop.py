@@ -36,13 +36,12 @@ import torch
 import torch.distributed as dist
 
 from bench.core.atomic import write_bytes_atomic
-from bench.core.devices import MIN_LOSS_SCALE, autocast, grad_scaler, peak_memory, resolve_precision
+from bench.core.devices import (MIN_LOSS_SCALE, autocast, data_wait_warning, grad_scaler, peak_memory,
+                                resolve_precision)
 from bench.core.distributed import rank_and_world
 from bench.core.progress import bar as progress_bar
 from bench.core.seeding import step_generator
 from pretrain.loader import attach_loader, detach_loader
-
-DATA_WAIT_WARNING = 0.30  # of the run's time: the GPU (or CPU) is starved
 
 
 class Diverged(RuntimeError):
@@ -222,9 +221,8 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
     elapsed = time.perf_counter() - t0
     finite = [r["loss"] for r in history if math.isfinite(r.get("loss", math.nan))]
     wait = task.batches.wait_s / max(elapsed, 1e-9)
-    if wait > DATA_WAIT_WARNING:
-        log(f"warning: {100 * wait:.0f}% of the run's time went to waiting for data "
-            f"({int(config.get('num_workers') or 0)} loader workers); raise num_workers")
+    if warning := data_wait_warning(wait, int(config.get("num_workers") or 0), of="the run's time"):
+        log(warning)
     return {"steps": steps, "resumed_from": start, "empty_batches": counts["empty_batches"],
             "nonfinite_steps": counts["nonfinite_steps"], "overflow_steps": counts["overflow_steps"],
             "wall_s": elapsed, "images_per_s": batch_size * (steps - start) / max(elapsed, 1e-9),

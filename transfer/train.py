@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.checkpoint import load_checkpoint, save_checkpoint, state_sha256
-from bench.core.devices import MIN_LOSS_SCALE, grad_scaler, resolve_device, resolve_precision
+from bench.core.devices import MIN_LOSS_SCALE, data_wait_warning, grad_scaler, resolve_device, resolve_precision
 from bench.core.devices import autocast as make_autocast
 from bench.core.errors import UserError
 from bench.core.metrics import ConfusionMatrix, PerImageCounts, confusion_matrices
@@ -50,13 +50,8 @@ from transfer.protocols import OptimizerPreset, build_optimizer, lr_factor, para
 from transfer.splits import write_stems
 
 RECORD_SCHEMA = 1
-FINAL_WEIGHTS = "final.safetensors"
+FINAL_WEIGHTS = "final.safetensors"  # written when the config asks to keep weights
 IMAGE_CACHE = "image_cache"  # resized evaluation images beyond the memory budget, while the cell runs
-DATA_WAIT_WARNING = 0.30  # of the training time: the device is starved  # written when the config asks to keep weights
-
-
-def pick_device(requested: str | None) -> torch.device:
-    return resolve_device(requested)
 
 
 def evaluate(model, eval_images, num_classes: int, ignore_index: int, batch_size: int, *,
@@ -148,7 +143,7 @@ def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print,
     t_start = time.perf_counter()
     seed = int(cell["seed"])
     torch.manual_seed(seed)
-    device = device or pick_device(config.get("device"))
+    device = device or resolve_device(config.get("device"))
     rank, world = rank_and_world()
     data = _open_data(config, out_dir, lead=rank == 0)
     presets = candidate_presets(config)
@@ -187,10 +182,8 @@ def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print,
         log(f"selected candidate {selected} ({_overrides(config, selected)}): validation mIoU "
             f"{run.curve[-1]['miou']:.4f}, evaluation mIoU {run.final['miou']:.4f}")
     record = _record(config, data, nets, batches, runs, selected, device, world, t_start, together)
-    wait = record["timings"]["data_wait_fraction"]
-    if wait is not None and wait > DATA_WAIT_WARNING:
-        log(f"warning: {100 * wait:.0f}% of the training time went to waiting for data "
-            f"({batches.num_workers} loader workers); raise num_workers")
+    if warning := data_wait_warning(record["timings"]["data_wait_fraction"], batches.num_workers):
+        log(warning)
     if batches.cache is not None:
         batches.cache.close()
     shutil.rmtree(out_dir / IMAGE_CACHE / f"rank{rank}", ignore_errors=True)

@@ -72,6 +72,18 @@ def use_channels_last(requested: bool | None, device: torch.device) -> bool:
     return bool(requested) if requested is not None else device.type == "cuda"
 
 
+# Of a run's training time: above it, the device is starved and the log says so.
+DATA_WAIT_WARNING = 0.30
+
+
+def data_wait_warning(fraction: float | None, num_workers: int, of: str = "the training time") -> str | None:
+    """The log line of a run that spent more than DATA_WAIT_WARNING of its time waiting for data."""
+    if fraction is None or fraction <= DATA_WAIT_WARNING:
+        return None
+    return (f"warning: {100 * fraction:.0f}% of {of} went to waiting for data ({num_workers} loader workers); "
+            f"raise num_workers")
+
+
 def peak_memory(device: torch.device) -> dict:
     """Peak resident memory of this process (MiB) and, on CUDA, peak allocated GPU memory (MiB)."""
     import resource
