@@ -158,3 +158,25 @@ def test_a_bank_takes_only_heads_of_one_form():
     assert not LinearHeadBank.fits(heads + [token_head]) and not LinearHeadBank.fits([])
     with pytest.raises(ValueError, match="one form"):
         LinearHeadBank(heads + [token_head])
+
+
+def test_a_bank_renders_a_views_labels_only_until_its_histograms_are_remembered():
+    # A cached view's labels never change: the training loop hands the bank a renderer, called
+    # only while some view of the batch has no remembered histograms.
+    heads, features = _cnn_heads(1)
+    reference = LinearHeadBank(copy.deepcopy(heads))
+    y = _labels(4, 64, 96, 6)
+    rendered = []
+
+    def render():
+        rendered.append(1)
+        return y
+
+    bank = LinearHeadBank(heads)
+    first = bank.losses(features, render, IGNORE, active=[0], keys=["a", "b", "c", "d"])
+    torch.testing.assert_close(first, reference.losses(features, y, IGNORE, active=[0]), rtol=1e-6, atol=1e-7)
+    again = bank.losses(features, render, IGNORE, active=[0], keys=["d", "c", "b", "a"])
+    assert len(rendered) == 1  # the second batch's four views were all remembered
+    assert again.shape == first.shape and torch.isfinite(again).all()
+    bank.losses(features, render, IGNORE, active=[0], keys=["a", "b", "c", "new"])
+    assert len(rendered) == 2  # a view not seen before needs its labels

@@ -66,10 +66,11 @@ def test_a_diverged_candidate_is_excluded_and_all_diverged_is_diverged(tiny_worl
     assert statuses == ["ok", "diverged", "ok"] and swept["status"] == "ok" and swept["sweep"]["selected"] != 1
     assert swept["sweep"]["candidates"][1]["validation_miou"] is None
     assert "loss became" in swept["sweep"]["candidates"][1]["error"]
-    # The diverged head leaves the others as they would have trained without it.
+    # The diverged head leaves the others as they would have trained without it (to float rounding:
+    # a bank's products of K and of one head sum in different orders).
     alone = _run(tiny_world, tiny_depth_ckpt, tmp_path / "alone", protocol=protocol, optim={"lr": lrs[2]})
     assert [p["loss"] for p in swept["sweep"]["candidates"][2]["curve"]] == \
-        pytest.approx([p["loss"] for p in alone["curve"]], abs=1e-6)
+        pytest.approx([p["loss"] for p in alone["curve"]], rel=1e-6, abs=1e-6)
 
     dead = _run(tiny_world, tiny_depth_ckpt, tmp_path / "all", protocol=protocol,
                 sweep={protocol: {"lr": [1e35, 1e36]}})

@@ -218,12 +218,14 @@ def _no_decay(module: torch.nn.Module) -> set[str]:
     return out
 
 
-def build_optimizer(groups: list[dict], preset: OptimizerPreset, foreach: bool | None = None) -> torch.optim.Optimizer:
-    """`foreach=True`: the multi-tensor update (one kernel per step for all tensors); the CPU
-    default is a loop over tensors, whose fixed cost dominates a linear head's few small tensors."""
+def build_optimizer(groups: list[dict], preset: OptimizerPreset, update: str | None = None) -> torch.optim.Optimizer:
+    """`update`: "fused" (one kernel for every tensor's whole update), "foreach" (the multi-tensor
+    update, a kernel per operation) or None (the device's default: on a CPU a loop over tensors,
+    whose fixed cost is what a linear head's step of a few small tensors costs)."""
+    kind = {} if update is None else {update: True}
     if preset.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=preset.momentum, weight_decay=preset.weight_decay, foreach=foreach)
-    return torch.optim.AdamW(groups, weight_decay=preset.weight_decay, foreach=foreach)
+        return torch.optim.SGD(groups, momentum=preset.momentum, weight_decay=preset.weight_decay, **kind)
+    return torch.optim.AdamW(groups, weight_decay=preset.weight_decay, **kind)
 
 
 def lr_factor(step: int, steps: int, warmup: int, power: float) -> float:

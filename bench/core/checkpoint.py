@@ -118,7 +118,8 @@ def state_sha256(state: dict[str, torch.Tensor]) -> str:
     for k in sorted(state):
         t = state[k].detach().cpu().contiguous().reshape(-1)  # 0-d tensors (BN counters) too
         h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy())  # the tensor's own buffer, not a copy of it
     return h.hexdigest()
 
 

@@ -20,6 +20,8 @@ grid loss (`LinearHeadBank.fits`); the others train one by one (transfer/train.p
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -54,66 +56,83 @@ class LinearHeadBank:
         batch's statistics normalise (and every active head's running statistics take them in);
         with `keys`, from the samples' remembered channel sums."""
         heads = [self.heads[k] for k in active]
-        total = None
-        for slot, level in enumerate(heads[0].parts_levels()):
+        levels = heads[0].parts_levels()
+        widths = [features[i].shape[1] for i in levels]
+        # Every level of every head at once: the heads' BatchNorm parameters and classifier weights
+        # concatenated along channels (head-major), so that folding them costs a handful of tensor
+        # operations whatever the number of heads and levels -- a loop over either would cost
+        # that many times as many, and their arithmetic is too small to be what a step costs.
+        parts = [part for h in heads for part in h.parts()]
+        bns, classifiers = [bn for bn, _ in parts], [c for _, c in parts]
+        k, width = len(heads), sum(widths)
+        if training:  # one batch, so one mean and variance for every head
+            mean, inv_std = _batch_statistics(features, levels, bns, len(levels),
+                                              None if keys is None else self._channel_sums(features, levels, keys))
+            mean, inv_std = mean[None], inv_std[None]
+        else:
+            mean = torch.cat([bn.running_mean for bn in bns]).view(k, width)
+            inv_std = torch.rsqrt(torch.cat([bn.running_var for bn in bns]).view(k, width) + bns[0].eps)
+        w = torch.cat([c.weight.flatten(1) for c in classifiers], dim=1)  # classes × (K·channels)
+        w = w.view(w.shape[0], k, width).transpose(0, 1)  # K × classes × channels
+        scale = torch.cat([bn.weight for bn in bns]).view(k, width) * inv_std
+        shift = torch.cat([bn.bias for bn in bns]).view(k, width) - scale * mean
+        folded = (w * scale[:, None, :]).flatten(0, 1)  # (K·classes) × channels
+        # One bias per head for the sum of its levels' scores: bilinear resampling keeps constants.
+        bias = torch.bmm(w, shift[:, :, None])[..., 0]  # K × classes
+        if classifiers[0].bias is not None:
+            bias = bias + torch.stack([h.parts()[0][1].bias for h in heads])
+        total, start = None, 0
+        for level, c in zip(levels, widths):
             x = features[level]
-            bns = [h.parts()[slot][0] for h in heads]
-            classifiers = [h.parts()[slot][1] for h in heads]
-            if training:  # one batch, so one mean and variance for every head
-                sums = None if keys is None else self._channel_sums(x, slot, keys)
-                mean, inv_std = _batch_statistics(x, bns, sums)
-                mean, inv_std = mean[None], inv_std[None]
-            else:
-                mean = torch.stack([bn.running_mean for bn in bns])
-                inv_std = torch.rsqrt(torch.stack([bn.running_var for bn in bns]) + bns[0].eps)
-            # All heads folded at once (K × classes × channels): a handful of tensor operations
-            # whatever K is, where a loop over the heads would be K times as many.
-            w = torch.stack([c.weight.flatten(1) for c in classifiers])
-            scale = torch.stack([bn.weight for bn in bns]) * inv_std  # K × channels
-            shift = torch.stack([bn.bias for bn in bns]) - scale * mean
-            folded = (w * scale[:, None, :]).flatten(0, 1)  # (K·classes) × channels
-            bias = torch.bmm(w, shift[:, :, None])[..., 0]  # K × classes
-            if classifiers[0].bias is not None:
-                bias = bias + torch.stack([c.bias for c in classifiers])
+            n, _, h, w_ = x.shape
             # The 1×1 convolution as a batched matrix product over each sample's pixels (no transposed
             # copy of the features, which torch.matmul would make); its backward is one too.
-            n, c, h, w = x.shape
-            s = torch.bmm(folded.expand(n, *folded.shape), x.reshape(n, c, h * w)) + bias.reshape(-1, 1)
-            s = s.view(n, -1, h, w)
+            f = folded[:, start:start + c]
+            s = torch.bmm(f.expand(n, *f.shape), x.reshape(n, c, h * w_)).view(n, -1, h, w_)
             total = s if total is None else total + resize_bilinear(s, total.shape[-2:])
+            start += c
+        total = total + bias.reshape(-1, 1, 1)
         n, _, gh, gw = total.shape
-        return total.view(n, len(heads), -1, gh, gw)
+        return total.view(n, k, -1, gh, gw)
 
-    def losses(self, features: list[torch.Tensor], labels: torch.Tensor, ignore_index: int,
+    def losses(self, features: list[torch.Tensor], labels, ignore_index: int,
                active: list[int], keys: list | None = None) -> torch.Tensor:
         """The grid cross-entropy of each active head (a vector), each the loss of `LinearHead.loss`;
-        `keys` name the samples' views, whose histograms are then remembered."""
+        `keys` name the samples' views, whose histograms are then remembered. `labels` is the N×H×W
+        tensor, or a callable that renders it, called only when a view's histograms are not
+        remembered (a cached view's labels, like its features, never change)."""
         scores = self.grid_scores(features, active, training=True, keys=keys)
         counts, labelled = self._histograms_of(labels, tuple(scores.shape[-2:]), scores.shape[2], ignore_index, keys)
         log_p = F.log_softmax(scores.float(), dim=2)
         return -(counts.unsqueeze(1) * log_p).sum(dim=(0, 2, 3, 4)) / max(int(labelled), 1)
 
-    def _channel_sums(self, x: torch.Tensor, slot: int, keys: list) -> torch.Tensor:
-        """Per sample of `x` (N×C×h×w, the features of the views `keys`), its channel sums and sums of
-        squares in float64 (N×2×C), each view's counted once: a cached view's features never change."""
+    def _channel_sums(self, features: list[torch.Tensor], levels: list[int], keys: list) -> torch.Tensor:
+        """Per sample (the views `keys`), its channel sums and sums of squares of every read level
+        in float64, levels concatenated along channels (N×2×C): each view's counted once, since a
+        cached view's features never change."""
+        width = sum(features[i].shape[1] for i in levels)
         out = []
         for j, key in enumerate(keys):
-            memo = self._sums.get((key, slot))
-            if memo is None or memo.shape[-1] != x.shape[1]:
-                v = x[j].detach().reshape(x.shape[1], -1).double()
-                memo = torch.stack([v.sum(1), (v * v).sum(1)])
-                self._sums[(key, slot)] = memo
+            memo = self._sums.get(key)
+            if memo is None or memo.shape[-1] != width:
+                per_level = []
+                for i in levels:
+                    v = features[i][j].detach().reshape(features[i].shape[1], -1).double()
+                    per_level.append(torch.stack([v.sum(1), (v * v).sum(1)]))
+                memo = self._sums[key] = torch.cat(per_level, dim=1)
             out.append(memo)
         return torch.stack(out)
 
     def _histograms_of(self, labels, grid, num_classes, ignore_index, keys):
         stride = self.heads[0].grid_stride
         if keys is None:
-            return cell_histograms(labels, grid, stride, num_classes, ignore_index)
+            return cell_histograms(labels() if callable(labels) else labels, grid, stride, num_classes, ignore_index)
         per_sample = []
         for j, key in enumerate(keys):
             memo = self._histograms.get(key)
             if memo is None or memo[0].shape[-2:] != grid:
+                if callable(labels):
+                    labels = labels()
                 memo = cell_histograms(labels[j:j + 1], grid, stride, num_classes, ignore_index)
                 size = memo[0].numel() * memo[0].element_size()
                 if self._memo_bytes + size <= HISTOGRAM_MEMO_BYTES:
@@ -131,36 +150,51 @@ class LinearHeadBank:
 
 
 @torch.no_grad()
-def _batch_statistics(x: torch.Tensor, bns: list, sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch mean and 1/sqrt(biased variance + eps) per channel, what training-mode BatchNorm
-    normalises with, folded into each BatchNorm's running statistics as `nn.BatchNorm2d` does:
-    momentum (or the cumulative average when momentum is None) and the unbiased variance. From
-    the samples' float64 channel `sums` (N×2×C) when given, else from BatchNorm's own kernel
-    (which also moves the first BatchNorm's running statistics); every head of a bank sees the
-    same batches, so the others copy the first one's."""
-    lead = bns[0]
+def _batch_statistics(features: list[torch.Tensor], levels: list[int], bns: list, per_head: int,
+                      sums: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch mean and 1/sqrt(biased variance + eps) per channel of every read level (levels
+    concatenated), what training-mode BatchNorm normalises with, folded into the BatchNorms'
+    running statistics as `nn.BatchNorm2d` does: momentum (or the cumulative average when
+    momentum is None) and the unbiased variance. `bns` are the heads' BatchNorms, `per_head` (one
+    per level) after another. From the samples' float64 channel `sums` (N×2×C) when given, else
+    from BatchNorm's own kernel (which also moves the first head's running statistics); every
+    head of a bank sees the same batches, so the others copy the first one's."""
+    lead, first = bns[0], bns[:per_head]
     momentum = lead.momentum
     if lead.track_running_stats:
-        for bn in bns:
-            bn.num_batches_tracked.add_(1)
+        torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
         if momentum is None:  # a cumulative average
             momentum = 1.0 / float(lead.num_batches_tracked)
+    dtype = features[levels[0]].dtype
     if sums is None:
-        _, mean, inv_std = torch.native_batch_norm(x, None, None, lead.running_mean, lead.running_var, True,
-                                                   momentum or 0.0, lead.eps)
+        stats = [torch.native_batch_norm(features[i], None, None, bn.running_mean, bn.running_var, True,
+                                         momentum or 0.0, bn.eps)[1:] for i, bn in zip(levels, first)]
+        mean, inv_std = torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])
     else:
-        n = x.shape[0] * x.shape[2] * x.shape[3]
+        # The levels differ in resolution: each channel's count of pixels is its own level's.
+        counts = _pixel_counts(tuple(tuple(features[i].shape) for i in levels))
         total = sums.sum(0)
-        mean64 = total[0] / n
-        var64 = (total[1] / n - mean64 * mean64).clamp(min=0)
-        mean, inv_std = mean64.to(x.dtype), torch.rsqrt(var64 + lead.eps).to(x.dtype)
+        mean64 = total[0] / counts
+        var64 = (total[1] / counts - mean64 * mean64).clamp(min=0)
+        mean, inv_std = mean64.to(dtype), torch.rsqrt(var64 + lead.eps).to(dtype)
         if lead.track_running_stats:
             m = momentum or 0.0
-            lead.running_mean.mul_(1 - m).add_(mean64.to(lead.running_mean.dtype), alpha=m)
-            unbiased = var64 * (n / max(n - 1, 1))
-            lead.running_var.mul_(1 - m).add_(unbiased.to(lead.running_var.dtype), alpha=m)
-    for bn in bns[1:]:
-        if bn.track_running_stats:
-            bn.running_mean.copy_(lead.running_mean)
-            bn.running_var.copy_(lead.running_var)
+            widths = [bn.num_features for bn in first]
+            unbiased = var64 * (counts / (counts - 1).clamp(min=1))
+            running_means = [bn.running_mean for bn in first]
+            running_vars = [bn.running_var for bn in first]
+            torch._foreach_mul_(running_means, 1 - m)
+            torch._foreach_add_(running_means, list(mean64.to(lead.running_mean.dtype).split(widths)), alpha=m)
+            torch._foreach_mul_(running_vars, 1 - m)
+            torch._foreach_add_(running_vars, list(unbiased.to(lead.running_var.dtype).split(widths)), alpha=m)
+    if len(bns) > per_head and lead.track_running_stats:
+        others = bns[per_head:]
+        torch._foreach_copy_([bn.running_mean for bn in others], [first[j % per_head].running_mean for j in range(len(others))])
+        torch._foreach_copy_([bn.running_var for bn in others], [first[j % per_head].running_var for j in range(len(others))])
     return mean, inv_std
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_counts(shapes: tuple) -> torch.Tensor:
+    """Per channel of the concatenated levels of N×C×h×w `shapes`, its number of values N·h·w."""
+    return torch.cat([torch.full((c,), float(n * h * w), dtype=torch.float64) for n, c, h, w in shapes])
