@@ -84,6 +84,7 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
     # Buffers change in the forward pass (BatchNorm statistics, a MoCo queue): a skipped step must
     # restore them too, or one NaN batch would poison the running statistics for good.
     buffers = [b for m in task.modules.values() for b in m.buffers()]
+    saved = [torch.empty_like(b) for b in buffers]  # their values before the step's forward pass
     optimizer = torch.optim.AdamW(params, lr=float(config["lr"]), weight_decay=float(config.get("weight_decay", 1e-4)))
     scaler = grad_scaler(precision, device)
     state_path, history_path = out_dir / "state.pt", out_dir / "history.csv"
@@ -147,7 +148,8 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
             lr = float(config["lr"]) * lr_factor(step, steps, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            saved = [b.detach().clone() for b in buffers]
+            if buffers:
+                torch._foreach_copy_(saved, buffers)  # one kernel for every buffer, into tensors kept for it
             with autocast(precision, device):
                 loss, terms = task.loss(step_generator(seed, step), batch_size)
             row = {"step": step + 1, "lr": lr}
@@ -238,7 +240,24 @@ def _gradient_norm(params: list, clip) -> float:
     if clip:
         return float(torch.nn.utils.clip_grad_norm_(params, float(clip)))
     grads = [p.grad for p in params if p.grad is not None]
-    return float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    if not grads:
+        return 0.0
+    if grads[0].device.type != "cpu":
+        return float(torch.nn.utils.get_total_norm(grads))  # one multi-tensor kernel on an accelerator
+    # On a CPU, each gradient's squared norm as one BLAS dot product (a single read of it): torch's
+    # norm kernels take 2-4x as long, which made the check a few per cent of a step. The square of
+    # a finite gradient past ~1e19 overflows float32 where torch's norm may not (a lone element's
+    # norm is its absolute value), so a non-finite total is decided by torch's norm; a NaN or
+    # infinite element is non-finite in both.
+    norm = float(torch.stack([_squared_norm(g) for g in grads]).sum().sqrt())
+    return norm if math.isfinite(norm) else float(torch.nn.utils.get_total_norm(grads))
+
+
+def _squared_norm(g: torch.Tensor) -> torch.Tensor:
+    if g.dtype in (torch.float32, torch.float64) and g.is_contiguous():
+        v = g.view(-1)
+        return torch.dot(v, v).float()
+    return torch.linalg.vector_norm(g, dtype=torch.float32).square()
 
 
 def _all_mean(value: float, device) -> float:

@@ -3,6 +3,7 @@ workers change nothing but the clock, fp16's scaler overflows are not divergence
 warns, and a 2-process gloo run writes one checkpoint and resumes from its snapshot."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -209,3 +210,19 @@ def test_two_gloo_processes_write_one_checkpoint_and_resume_from_a_kill(tiny_wor
     b = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     for k, v in a.encoder.items():
         torch.testing.assert_close(b.encoder[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_the_gradient_norm_is_torchs_and_finite_exactly_when_torchs_is():
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.zeros(s)) for s in [(64, 3, 7, 7), (64,), (10, 512), (3, 5)]]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=g)
+    params[3].grad = params[3].grad.t().contiguous().t()  # a non-contiguous gradient
+    want = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+    assert loop._gradient_norm(params, None) == pytest.approx(want, rel=1e-6)
+    lone = torch.nn.Parameter(torch.zeros(()))
+    lone.grad = torch.tensor(1e35)  # finite, its square is not: torch's norm of it is finite
+    assert loop._gradient_norm([lone], None) == pytest.approx(1e35)
+    for bad in (float("nan"), float("inf")):
+        params[1].grad[3] = bad
+        assert not math.isfinite(loop._gradient_norm(params, None))
