@@ -281,6 +281,31 @@ class ExecutorSpec(_Strict):
     slurm: SlurmSpec = SlurmSpec()
 
 
+class TensorBoardSpec(_Strict):
+    """TensorBoard event files, one log dir per job under DIR/<matrix name>/."""
+
+    dir: Path | None = None  # default: RESULTS/tensorboard; relative to the manifest's folder
+
+
+class MlflowSpec(_Strict):
+    """One MLflow run per job, in an experiment named after the matrix."""
+
+    # Default: MLFLOW_TRACKING_URI when set, else sqlite:///RESULTS/mlflow.db (artifacts beside it).
+    tracking_uri: str | None = None
+    experiment: str | None = None  # default: the manifest's name
+
+
+class TrackingSpec(_Strict):
+    """Experiment-tracking sinks (bench/tracking, the `track` extra): what a finished job wrote,
+    logged after it finished. Runtime only: no fingerprint sees it."""
+
+    tensorboard: TensorBoardSpec | None = None
+    mlflow: MlflowSpec | None = None
+    # The most one job's logging may take in one sink; past it (or at any error) that sink is
+    # turned off for the rest of the run with one warning, and a later run logs what it missed.
+    timeout_s: float = Field(60, gt=0)
+
+
 class Manifest(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     out: Path | None = None  # relative to the manifest's folder; default: results/<name> under the cwd
@@ -290,6 +315,7 @@ class Manifest(_Strict):
     datasets: list[DatasetSpec] = Field(min_length=1)
     transfer: TransferSection = TransferSection()
     executor: ExecutorSpec = ExecutorSpec()
+    tracking: TrackingSpec | None = None  # absent: no tracking
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -357,6 +383,8 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
 
     m.out = resolve(m.out)
     m.executor.slurm.folder = resolve(m.executor.slurm.folder)  # written, not read: need not exist
+    if m.tracking is not None and m.tracking.tensorboard is not None:  # written too
+        m.tracking.tensorboard.dir = resolve(m.tracking.tensorboard.dir)
     for i, b in enumerate(m.backbones):
         if b.checkpoint is not None:
             b.checkpoint = resolve(b.checkpoint)

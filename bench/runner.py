@@ -21,6 +21,7 @@ from bench.core.errors import UserError, one_line
 from bench.executors import Job, make_executor
 from bench.manifest import Manifest, SynthWorld, load_manifest
 from bench.matrix import expand
+from bench.tracking import open_tracking
 from bench.core.records import fingerprint, is_finished, write_json_atomic
 from bench.importers.cache import import_backbone
 from pretrain.loop import Diverged
@@ -153,6 +154,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "manifest.resolved.json", m.model_dump(mode="json", by_alias=True))
     executor = make_executor(m.executor, workers=workers or m.workers, out_dir=out_dir, **(executor_overrides or {}))
+    tracker = open_tracking(m.tracking, out_dir, m.name, say=_say)  # logs finished jobs' files; never fails one
     try:
         world_id = world_fingerprint(m.data.synth)
         world_root = ensure_world(m.data.synth, world_id, out_dir)
@@ -191,6 +193,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
             else:
                 checkpoints[names[i]] = Path(result)
                 _say(f"pre-trained {names[i]}: {result}")
+                tracker.log(jobs[i].out_dir)
         hashes = {n: file_sha256(p) for n, p in checkpoints.items()
                   if p is not None and n not in broken and n not in waiting}
 
@@ -232,9 +235,11 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
             for i, status, exc in _with_retries(executor, todo, retries, failed=lambda s: s == "failed"):
                 cell = todo[i].kwargs["config"]["cell"]
                 statuses.append("failed" if exc else status)
+                tracker.log(todo[i].out_dir)
                 if exc is not None or status != "ok":
                     _say(f"cell {Cell(**cell).id}: {status if exc is None else one_line(exc)}")
                 bar.update(1)
+        tracker.catch_up()  # jobs finished earlier or elsewhere, and what a sink missed
         pending = [s for s in statuses if s == SUBMITTED]
         if pending or waiting:  # a Slurm driver that does not wait: the records will say when they are done
             print(f"{len(pending)} cells and {len(waiting)} pre-trainings submitted; `bench status {out_dir}` "
