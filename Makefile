@@ -1,6 +1,6 @@
 # The two commands a fresh clone needs: `make quickstart` and `make test`.
 # Both create the virtual environment on first use (pip install -e ".[$(EXTRAS)]").
-# CI adds the optional extras: `make test EXTRAS=dev,mmseg,ray,slurm` (.ci/run).
+# CI adds the optional extras: `make test EXTRAS=dev,mmseg,ray,slurm,track` (.ci/run).
 
 PYTHON ?= python3
 VENV   ?= .venv
