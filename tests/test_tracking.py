@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import sys
 import textwrap
@@ -78,12 +79,12 @@ def tracked(tmp_path_factory):
     cls = "  - name: cls\n    arch: resnet10t\n    pretrain: {method: classification, steps: 4, batch_size: 4}\n"
     assert cls in manifest.read_text()
     manifest.write_text(manifest.read_text().replace(cls, ""))  # one pre-training and two cells are enough
-    manifest = _with_tracking(manifest, "{tensorboard: {}, mlflow: {}}")
+    plain, manifest = manifest, _with_tracking(manifest, "{tensorboard: {}, mlflow: {}}")
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_TRACKING_URI"):
         os.environ.pop(name, None)
     t0 = time.perf_counter()
     assert main(["run", str(manifest), "--no-progress"]) == 0
-    return {"manifest": manifest, "results": tmp / "results", "wall_s": time.perf_counter() - t0}
+    return {"manifest": manifest, "plain": plain, "results": tmp / "results", "wall_s": time.perf_counter() - t0}
 
 
 @needs_track
@@ -158,7 +159,12 @@ def test_mlflow_store_has_one_run_per_job_with_config_curves_and_record(tracked,
 def test_a_rerun_logs_nothing_twice_and_a_changed_record_once(tracked, capsys):
     results, manifest = tracked["results"], tracked["manifest"]
     assert main(["run", str(manifest), "--no-progress"]) == 0
-    assert "0 to run" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "0 to run" in err and not re.search(r"^tracked \d+ job record", err, re.M)  # nothing new to log
+    # Tracking is in no fingerprint: the same matrix without it finds every job up to date.
+    assert main(["run", str(tracked["plain"]), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "0 to run" in err and "pre-trained" not in err
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
     experiment_id = client.get_experiment_by_name(MATRIX).experiment_id
     assert len(client.search_runs([experiment_id])) == 3
@@ -171,6 +177,7 @@ def test_a_rerun_logs_nothing_twice_and_a_changed_record_once(tracked, capsys):
     record["curve"] = record["curve"][:1]
     path.write_text(json.dumps(record))
     assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert "tracked 2 job records in" in capsys.readouterr().err  # one job, two sinks
     runs = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{cell_id}'")
     assert len(runs) == 2 and len(client.search_runs([experiment_id])) == 4
     acc = EventAccumulator(str(results / "tensorboard" / MATRIX / cell_id))

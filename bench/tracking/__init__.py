@@ -16,6 +16,7 @@ daemon thread it waits for at most `timeout_s`, so a hung server cannot hold the
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,7 @@ class Tracker:
         self.spec, self.out_dir, self.matrix, self.say = spec, Path(out_dir), matrix, say
         self._sinks: list[Sink] | None = None  # opened on first use: an up-to-date folder imports nothing
         self.timeout_s = spec.timeout_s if spec is not None else 0.0
+        self.logged, self.spent_s = 0, 0.0  # records logged (one per job and sink), time in the sinks
 
     @property
     def enabled(self) -> bool:
@@ -63,6 +65,7 @@ class Tracker:
         return sink
 
     def _open(self, label: str, package: str, make: Callable[[], Sink]) -> None:
+        t0 = time.perf_counter()
         try:
             sink = _bounded(make, self.timeout_s, f"opening {label}")
         except ImportError as exc:
@@ -72,6 +75,8 @@ class Tracker:
         except Exception as exc:  # noqa: BLE001 -- any failure of a sink is a warning, never the run's
             self.say(f"tracking: {label} is off for this run: {one_line(exc)}")
             return
+        finally:
+            self.spent_s += time.perf_counter() - t0
         self._sinks.append(sink)
 
     def log(self, job_dir) -> None:
@@ -94,18 +99,25 @@ class Tracker:
         for job_dir in sorted(p for p in [*self.out_dir.glob("pretrain/*"), *self.out_dir.glob("runs/*")]
                               if p.is_dir()):
             if not self.sinks():
-                return
+                break
             self.log(job_dir)
+        if self.logged:  # what tracking cost this run, opening the sinks included
+            self.say(f"tracked {self.logged} job record{'s' if self.logged > 1 else ''} "
+                     f"in {self.spent_s:.1f}s")
 
     def _log_one(self, sink: Sink, job: JobLog) -> bool:
+        t0 = time.perf_counter()
         try:
             _bounded(lambda: sink.log(job), self.timeout_s, f"logging {job.name}")
-            return True
         except Exception as exc:  # noqa: BLE001
             self._sinks.remove(sink)
             self.say(f"tracking: {sink.key} is off for this run ({job.name}: {one_line(exc)}); "
                      f"the next `bench run` logs what it missed")
             return False
+        finally:
+            self.spent_s += time.perf_counter() - t0
+        self.logged += 1
+        return True
 
 
 def _bounded(fn: Callable, timeout_s: float, what: str):
