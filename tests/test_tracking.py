@@ -261,3 +261,17 @@ def test_a_missing_library_is_one_warning_per_sink_naming_the_extra(tmp_path, ca
     assert any("TensorBoard" in w and "torch.utils.tensorboard" in w for w in warnings)
     assert any("MLflow" in w and "mlflow" in w for w in warnings)
     assert not list(results.rglob("tracked.json")) and not (results / "tensorboard").exists()
+
+
+def test_a_record_the_sinks_cannot_read_is_a_warning_not_a_crash(tmp_path):
+    """A finished record without the fields a sink reads (an older schema, a hand edit): one
+    warning naming the folder, nothing raised."""
+    from bench.manifest import TrackingSpec
+    from bench.tracking import Tracker
+
+    odd = tmp_path / "runs" / "odd"
+    odd.mkdir(parents=True)
+    (odd / "record.json").write_text(json.dumps({"status": "ok", "curve": [{"step": 1, "miou": 0.5}]}))
+    said = []
+    Tracker(TrackingSpec(tensorboard={}), tmp_path, "m", said.append).catch_up()
+    assert len(said) == 1 and str(odd) in said[0] and "not logged" in said[0], said

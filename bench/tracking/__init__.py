@@ -83,7 +83,13 @@ class Tracker:
         """Log the finished job in `job_dir` to every sink that has not logged its record."""
         if not self.enabled:
             return
-        job = read_job(Path(job_dir))
+        try:
+            self._log(Path(job_dir))
+        except Exception as exc:  # noqa: BLE001 -- e.g. a record of an older schema: the job stands, untracked
+            self.say(f"tracking: {job_dir}: not logged ({type(exc).__name__}: {one_line(exc)})")
+
+    def _log(self, job_dir: Path) -> None:
+        job = read_job(job_dir)
         if job is None:
             return
         marker_path = Path(job_dir) / MARKER_NAME
