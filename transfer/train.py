@@ -11,7 +11,8 @@ in the order a cell runs them:
 - `StepBatches`: the batch of each step, from the (seed, step) generator, through the feature
   cache when the encoder is frozen;
 - `_train_loop`: the steps, evaluations, resumable states and the divergence check;
-- `_record` and `_finish`: the record, the kept weights, and the end of the in-cell state.
+- `_record` and `_finish`: the record, the CKA matrix of a full cell, the weights when kept, and
+  the end of the in-cell state.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ from transfer.loader import view_loader
 from transfer.feature_cache import DEFAULT_BUDGET_BYTES, DEFAULT_VIEWS_PER_IMAGE, FeatureCache
 from transfer.model import build_model
 from transfer.protocols import OptimizerPreset, build_optimizer, lr_factor, param_groups
+from transfer.similarity import pretrained_vs_finetuned, write_cka
 from transfer.splits import write_stems
 
 RECORD_SCHEMA = 1
-FINAL_WEIGHTS = "final.safetensors"  # written when the config asks to keep weights
+FINAL_WEIGHTS = "final.safetensors"  # a full cell's fine-tuned encoder, written only with keep_weights
 IMAGE_CACHE = "image_cache"  # resized evaluation images beyond the memory budget, while the cell runs
 
 
@@ -618,11 +620,16 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
 
 def _finish(config: dict, out_dir: Path, nets: list[CellNet], runs: list[LoopResult], selected: int | None,
             record: dict, log) -> None:
-    """The lead rank's last writes: kept weights, then the record, which supersedes the state."""
+    """The lead rank's last writes: the CKA matrix and the kept weights of a full cell, then the
+    record, which supersedes the state."""
     cell = config["cell"]
-    if config.get("keep_weights") and selected is not None and cell["protocol"] == "full":
-        # For CKA (pre-trained vs fine-tuned), the fine-tuned encoder in the harness format. Frozen
-        # and linear cells keep nothing: their encoder is bit-identical to the checkpoint's.
+    full = selected is not None and cell["protocol"] == "full"  # frozen and linear encoders are the checkpoint's
+    if full and config.get("checkpoint"):
+        _store_cka(config, out_dir, nets[selected], record, log)
+    if config.get("keep_weights") and full:
+        # Only when asked (45 MB for a ResNet-18): the fine-tuned encoder in the harness format, for
+        # `bench cka` or any later analysis. Frozen and linear cells keep nothing: their encoder is
+        # bit-identical to the checkpoint's.
         net = nets[selected]
         save_checkpoint(out_dir / FINAL_WEIGHTS, net.model.encoder.state_dict(), {
             "arch": cell["arch"], "method": f"{cell['method']}+{cell['protocol']}", "data": cell["dataset"],
@@ -631,6 +638,17 @@ def _finish(config: dict, out_dir: Path, nets: list[CellNet], runs: list[LoopRes
     write_json_atomic(out_dir / "record.json", record)
     (out_dir / STATE_NAME).unlink(missing_ok=True)
     log(f"status {record['status']}; record written")
+
+
+def _store_cka(config: dict, out_dir: Path, net, record: dict, log) -> None:
+    """`OUT/cka.json`: pre-trained vs fine-tuned CKA while the fine-tuned encoder is in memory
+    (transfer/similarity.py). An analysis, not the result: a failure is logged, the cell stands."""
+    try:
+        document = pretrained_vs_finetuned(config, net.model.encoder, encoder_sha256=record["encoder_sha256_after"])
+    except Exception as exc:  # noqa: BLE001 -- e.g. under 4 evaluation images; the heatmap is left out
+        log(f"CKA not stored: {type(exc).__name__}: {exc}")
+        return
+    write_cka(out_dir, document)
 
 
 def _timm_version() -> str:
