@@ -55,24 +55,31 @@ def _files(folder):
 def test_a_full_cell_stores_its_cka_and_keeps_weights_only_when_asked(tiny_world, tiny_depth_ckpt, tmp_path):
     results, plain = tmp_path / "results", tmp_path / "plain"
     kept = results / "runs" / "depth__full"
-    _cell(tiny_world, tiny_depth_ckpt, "full", kept, keep_weights=True)
-    record = _cell(tiny_world, tiny_depth_ckpt, "full", plain, keep_weights=False)
+    record = _cell(tiny_world, tiny_depth_ckpt, "full", plain)
     # By default a cell leaves its record, split, log and CKA matrix: no encoder, no cache or state.
     assert _files(plain) == ["cka.json", "log.txt", "record.json", "train_split.txt"]
-    assert _files(kept) == ["cka.json", "final.safetensors", "log.txt", "record.json", "train_split.txt"]
-    stored, names_a, names_b = read_cka(plain, record["fingerprint"])
-    assert names_a == names_b == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    assert read_cka(plain, record["fingerprint"]) is not None
     assert read_cka(plain, "another fingerprint") is None  # a matrix of another version of the cell
-    probe = json.loads((plain / "cka.json").read_text())["probe"]
+    assert main(["transfer", "--checkpoint", str(tiny_depth_ckpt), "--root", str(tiny_world), "--protocol", "full",
+                 "--train-size", "2", "--steps", "3", "--batch-size", "2", "--eval-every", "3", "--lr", "1e-2",
+                 "--keep-weights", "--out", str(kept), "--no-progress"]) == 0
+    assert _files(kept) == ["cka.json", "final.safetensors", "log.txt", "record.json", "train_split.txt"]
+    record = json.loads((kept / "record.json").read_text())
+    stored, names_a, names_b = read_cka(kept, record["fingerprint"])
+    assert names_a == names_b == ["act1", "layer1", "layer2", "layer3", "layer4"]
+    probe = json.loads((kept / "cka.json").read_text())["probe"]
     assert probe["images"] >= 4 and probe["encoder_sha256"] == record["encoder_sha256_after"]
     # The old way, from the saved weights on the same probe, gives the same matrix.
-    settings = record["config"]["dataset"]
     recomputed, _, _ = layer_cka(load_encoder(tiny_depth_ckpt), load_encoder(kept),
-                                 dataset_batches(settings, tiny_world, probe["images"], probe["batch_size"]))
+                                 dataset_batches(record["config"]["dataset"], tiny_world, probe["images"],
+                                                 probe["batch_size"]))
     assert np.allclose(stored, recomputed, rtol=0, atol=1e-9)
-    assert np.allclose(read_cka(kept, record["fingerprint"])[0], stored, rtol=0, atol=1e-9)  # the same training
     # Fine-tuning moved the encoder, so the pre-trained/fine-tuned diagonal is not all exactly 1.
     assert not np.allclose(np.diag(stored), 1.0, atol=1e-9)
+    # `bench cka` reads the kept weights (its default probe is the cells' one).
+    assert main(["cka", "--a", str(tiny_depth_ckpt), "--b", str(kept), "--root", str(tiny_world),
+                 "--out", str(tmp_path / "cli")]) == 0
+    assert np.allclose(pd.read_csv(tmp_path / "cli" / "cka.csv", index_col=0).to_numpy(), stored, atol=1e-6)
     # A cell from before cells stored their matrix: the aggregator computes it from the kept weights.
     (kept / "cka.json").unlink()
     pretrained_vs_finetuned(results, records_frame(results))
