@@ -10,7 +10,7 @@ import bench.layer_cka as layer_cka_module
 from bench.aggregate import records_frame
 from bench.cli import main
 from bench.layer_cka import dataset_batches, layer_cka, load_encoder, pretrained_vs_finetuned
-from transfer.similarity import read_cka
+from transfer.similarity import probe_batches, probe_images, read_cka
 from tests.conftest import cell_config
 from transfer.api import Cell, run_cell
 
@@ -76,6 +76,13 @@ def test_a_full_cell_stores_its_cka_and_keeps_weights_only_when_asked(tiny_world
     assert np.allclose(stored, recomputed, rtol=0, atol=1e-9)
     # Fine-tuning moved the encoder, so the pre-trained/fine-tuned diagonal is not all exactly 1.
     assert not np.allclose(np.diag(stored), 1.0, atol=1e-9)
+    # A cell cuts its probe from its whole evaluation set: the same batches as the first images alone.
+    settings = record["config"]["dataset"]
+    whole = probe_images(settings, tiny_world, 10**6)
+    for n in (5, 9):
+        cut = [x.numpy() for x in probe_batches(whole, 4, n)]
+        alone = [x.numpy() for x in probe_batches(probe_images(settings, tiny_world, n), 4)]
+        assert len(cut) == len(alone) >= 1 and all(np.array_equal(a, b) for a, b in zip(cut, alone))
     # `bench cka` reads the kept weights (its default probe is the cells' one).
     assert main(["cka", "--a", str(tiny_depth_ckpt), "--b", str(kept), "--root", str(tiny_world),
                  "--out", str(tmp_path / "cli")]) == 0

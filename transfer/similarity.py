@@ -8,8 +8,9 @@ cell no longer has to keep a 45 MB copy of its encoder for `bench aggregate` to 
 
 The probe is what `bench aggregate` used when it loaded kept weights, so a stored matrix equals
 the one computed from the saved encoder: the first `PROBE_IMAGES` evaluation images of the
-cell's dataset at its evaluation geometry, in batches of `PROBE_BATCH_SIZE` (a last batch under
-4 images is dropped: the unbiased HSIC needs 4 rows), the "stages" layers, global average pooling.
+cell's dataset at its evaluation geometry, in batches of `PROBE_BATCH_SIZE` (a batch under 4
+images is dropped: the unbiased HSIC needs 4 rows), the "stages" layers, global average pooling.
+A cell takes them from its own evaluation images, already prepared (nothing is decoded twice).
 
 `cka.json` holds `schema`, `kind`, the cell's `fingerprint` (a matrix of another version of the
 cell is not taken for this one), `layers_a` / `layers_b` (rows: pre-trained; columns:
@@ -46,32 +47,41 @@ def probe_images(settings: dict, root, images: int) -> EvalImages:
     return EvalImages(dataset, evaluation[:images], as_size(settings["eval_resize"]))
 
 
-def probe_batches(subset: EvalImages, batch_size: int):
-    """uint8 image batches of `subset`; a last batch under 4 images is left out (unbiased HSIC)."""
-    for x, _ in subset.batches(batch_size):
+def probe_batches(eval_images: EvalImages, batch_size: int, images: int | None = None):
+    """uint8 image batches of the first `images` (default: all) of `eval_images`, batched as
+    `EvalImages` batches them; a batch under 4 images is left out (unbiased HSIC). Cut from the
+    whole evaluation set, the batches are those of its first `images` alone, so a cell probes
+    its own (already prepared) evaluation images exactly as `probe_images` would."""
+    limit = len(eval_images.samples) if images is None else images
+    for index, x, _ in eval_images.indexed_batches(batch_size):
+        if index[0] >= limit:
+            return
+        x = x[: sum(1 for i in index if i < limit)]  # indices ascend: the kept ones are a prefix
         if x.shape[0] >= 4:
             yield x
 
 
-def pretrained_vs_finetuned(config: dict, fine_tuned, *, encoder_sha256: str, images: int = PROBE_IMAGES,
-                            batch_size: int = PROBE_BATCH_SIZE) -> dict:
+def pretrained_vs_finetuned(config: dict, fine_tuned, eval_images: EvalImages, *, encoder_sha256: str,
+                            images: int = PROBE_IMAGES, batch_size: int = PROBE_BATCH_SIZE) -> dict:
     """The `cka.json` document of a full cell: its checkpoint's encoder (rows) against
-    `fine_tuned` (columns, the in-memory encoder, put in eval mode here) on the probe images, on
-    the device the fine-tuned encoder is on."""
+    `fine_tuned` (columns, the in-memory encoder, put in eval mode here) on the first `images` of
+    the cell's evaluation images, on the device the fine-tuned encoder is on."""
+    if len(eval_images.samples) < 4:
+        raise UserError(f"CKA needs at least 4 evaluation images, found {len(eval_images.samples)}")
     device = next(fine_tuned.parameters()).device
     pre_trained = encoder_from_checkpoint(config["checkpoint"], device=device)
     fine_tuned.eval()
     settings = config["dataset"]
-    subset = probe_images(settings, config["dataset_root"], images)
-    matrix, names_a, names_b = layer_cka(pre_trained, fine_tuned, probe_batches(subset, batch_size),
+    matrix, names_a, names_b = layer_cka(pre_trained, fine_tuned, probe_batches(eval_images, batch_size, images),
                                          PROBE_LAYERS, reduce=PROBE_REDUCE)
+    probed = eval_images.samples[:images]
     return {
         "schema": CKA_SCHEMA, "kind": "pretrained_vs_finetuned", "fingerprint": config["fingerprint"],
         "layers_a": names_a, "layers_b": names_b,
         "matrix": [[None if math.isnan(v) else float(v) for v in row] for row in matrix.tolist()],
-        "probe": {"dataset": settings["name"], "eval_resize": settings["eval_resize"], "images": len(subset.samples),
+        "probe": {"dataset": settings["name"], "eval_resize": settings["eval_resize"], "images": len(probed),
                   "batch_size": int(batch_size), "layers": PROBE_LAYERS, "reduce": PROBE_REDUCE,
-                  "stems": [s.stem for s in subset.samples], "checkpoint_sha256": config.get("checkpoint_sha256"),
+                  "stems": [s.stem for s in probed], "checkpoint_sha256": config.get("checkpoint_sha256"),
                   "encoder_sha256": encoder_sha256, "device": str(device)},
     }
 

@@ -186,13 +186,15 @@ def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print,
     record = _record(config, data, nets, batches, runs, selected, device, world, t_start, together)
     if warning := data_wait_warning(record["timings"]["data_wait_fraction"], batches.num_workers):
         log(warning)
+    # While the fine-tuned encoder and the prepared evaluation images are still here.
+    cka = _cell_cka(config, data, nets, selected, record, log) if rank == 0 else None
     if batches.cache is not None:
         batches.cache.close()
     shutil.rmtree(out_dir / IMAGE_CACHE / f"rank{rank}", ignore_errors=True)
     with contextlib.suppress(OSError):  # the last rank out removes the folder
         (out_dir / IMAGE_CACHE).rmdir()
     if rank == 0:
-        _finish(config, out_dir, nets, runs, selected, record, log)
+        _finish(config, out_dir, nets, runs, selected, record, log, cka)
     return record
 
 
@@ -619,14 +621,13 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
 
 
 def _finish(config: dict, out_dir: Path, nets: list[CellNet], runs: list[LoopResult], selected: int | None,
-            record: dict, log) -> None:
+            record: dict, log, cka: dict | None) -> None:
     """The lead rank's last writes: the CKA matrix and the kept weights of a full cell, then the
     record, which supersedes the state."""
     cell = config["cell"]
-    full = selected is not None and cell["protocol"] == "full"  # frozen and linear encoders are the checkpoint's
-    if full and config.get("checkpoint"):
-        _store_cka(config, out_dir, nets[selected], record, log)
-    if config.get("keep_weights") and full:
+    if cka is not None:
+        write_cka(out_dir, cka)
+    if config.get("keep_weights") and selected is not None and cell["protocol"] == "full":
         # Only when asked (45 MB for a ResNet-18): the fine-tuned encoder in the harness format, for
         # `bench cka` or any later analysis. Frozen and linear cells keep nothing: their encoder is
         # bit-identical to the checkpoint's.
@@ -640,15 +641,20 @@ def _finish(config: dict, out_dir: Path, nets: list[CellNet], runs: list[LoopRes
     log(f"status {record['status']}; record written")
 
 
-def _store_cka(config: dict, out_dir: Path, net, record: dict, log) -> None:
-    """`OUT/cka.json`: pre-trained vs fine-tuned CKA while the fine-tuned encoder is in memory
-    (transfer/similarity.py). An analysis, not the result: a failure is logged, the cell stands."""
+def _cell_cka(config: dict, data: CellData, nets: list[CellNet], selected: int | None, record: dict,
+              log) -> dict | None:
+    """The `cka.json` document of a full cell with a checkpoint (transfer/similarity.py): its
+    pre-trained encoder against the fine-tuned one in memory, on its prepared evaluation images.
+    Frozen and linear encoders are the checkpoint's. An analysis, not the result: a failure is
+    logged and the cell stands."""
+    if selected is None or config["cell"]["protocol"] != "full" or not config.get("checkpoint"):
+        return None
     try:
-        document = pretrained_vs_finetuned(config, net.model.encoder, encoder_sha256=record["encoder_sha256_after"])
+        return pretrained_vs_finetuned(config, nets[selected].model.encoder, data.eval_images,
+                                       encoder_sha256=record["encoder_sha256_after"])
     except Exception as exc:  # noqa: BLE001 -- e.g. under 4 evaluation images; the heatmap is left out
         log(f"CKA not stored: {type(exc).__name__}: {exc}")
-        return
-    write_cka(out_dir, document)
+        return None
 
 
 def _timm_version() -> str:
