@@ -5,12 +5,14 @@
 - within one model (`b` omitted): every layer against every other; its first row is MeSa's
   "layer 0 versus all".
 Features are taken with forward hooks at the preset's layers and reduced by global average
-pooling by default (`reduce`: mean | flatten | subsample, see `bench.cka.reduce_spatial`).
+pooling by default (`reduce`: mean | flatten | subsample, see `bench.core.cka.reduce_spatial`).
+The maths (`layer_cka`) lives in `bench.core.cka`, shared with the transfer stage, which stores
+each full cell's pre-trained vs fine-tuned matrix as `cka.json` (transfer/similarity.py): the
+report's heatmaps come from those, and from kept weights only for cells run before them.
 """
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,10 @@ import pandas as pd
 import torch
 
 from bench.core.atomic import write_text_atomic
-from bench.core.checkpoint import load_checkpoint, load_encoder_weights
-from bench.cka import CKAAccumulator, layer_hooks, layer_presets
+from bench.core.cka import encoder_from_checkpoint, layer_cka
 from bench.core.errors import UserError
-from bench.core.models.backbones import create_encoder, normalize
+
+__all__ = ["resolve_weights", "load_encoder", "layer_cka", "dataset_batches", "write_cka", "pretrained_vs_finetuned"]
 
 WEIGHT_FILES = ("final.safetensors", "checkpoint.safetensors")  # a transfer cell, a pre-training
 
@@ -41,51 +43,15 @@ def resolve_weights(path) -> Path:
 
 
 def load_encoder(path) -> torch.nn.Module:
-    ckpt = load_checkpoint(resolve_weights(path))
-    encoder = create_encoder(ckpt.meta["arch"])
-    load_encoder_weights(encoder, ckpt.encoder, source=str(ckpt.path))
-    encoder.normalization = ckpt.meta["normalization"]
-    return encoder.eval()
-
-
-@torch.no_grad()
-def layer_cka(encoder_a, encoder_b, batches, layers: str | list[str] = "stages",
-              reduce: str = "mean") -> tuple[np.ndarray, list[str], list[str]]:
-    """CKA matrix (layers of a × layers of b) over uint8 image batches; `encoder_b=None`: a
-    against itself."""
-    def names(encoder):
-        return layer_presets(encoder, layers) if isinstance(layers, str) else list(layers)
-
-    def run(encoder, images):
-        encoder(normalize(images.float() / 255.0, encoder.normalization))
-
-    same = encoder_b is None
-    names_a = names(encoder_a)
-    names_b = names_a if same else names(encoder_b)
-    # The accumulator reduces the feature maps itself (`reduce_spatial`).
-    acc = CKAAccumulator(len(names_a), len(names_b), same=same, reduction=reduce)
-    with contextlib.ExitStack() as stack:
-        feats_a = stack.enter_context(layer_hooks(encoder_a, names_a))
-        feats_b = None if same else stack.enter_context(layer_hooks(encoder_b, names_b))
-        for images in batches:
-            run(encoder_a, images)
-            if not same:
-                run(encoder_b, images)
-            acc.update(list(feats_a.values()), None if same else list(feats_b.values()))
-    return acc.compute(), names_a, names_b
+    return encoder_from_checkpoint(resolve_weights(path))
 
 
 def dataset_batches(settings: dict, root, images: int, batch_size: int):
-    """The first `images` evaluation images of a dataset at its eval geometry, in batches."""
-    from transfer.data import EvalImages, as_size, open_pools
+    """The first `images` evaluation images of a dataset at its eval geometry, in batches (the
+    probe of transfer/similarity.py)."""
+    from transfer.similarity import probe_batches, probe_images
 
-    dataset, _, _, evaluation = open_pools(settings, root)
-    if len(evaluation) < 4:
-        raise UserError(f"dataset {dataset.name}: CKA needs at least 4 evaluation images, found {len(evaluation)}")
-    subset = EvalImages(dataset, evaluation[:images], as_size(settings["eval_resize"]))
-    for x, _ in subset.batches(batch_size):
-        if x.shape[0] >= 4:  # the unbiased HSIC needs at least 4 rows per batch
-            yield x
+    return probe_batches(probe_images(settings, root, images), batch_size)
 
 
 def write_cka(matrix: np.ndarray, names_a: list[str], names_b: list[str], out_stem: Path, title: str,
@@ -100,29 +66,38 @@ def write_cka(matrix: np.ndarray, names_a: list[str], names_b: list[str], out_st
                                    ylabel=f"{label_a} layer")]
 
 
-def pretrained_vs_finetuned(results_dir: Path, df: pd.DataFrame, images: int = 64, batch_size: int = 16) -> list[Path]:
-    """For each backbone of a matrix with full fine-tuning and kept weights, the CKA heatmap of
-    its pre-trained encoder against the fine-tuned one (first seed of each comparison), written
-    to `RESULTS/cka/<cell-id>.*`. Up-to-date heatmaps are not recomputed."""
+def pretrained_vs_finetuned(results_dir: Path, df: pd.DataFrame, images: int | None = None,
+                            batch_size: int | None = None) -> list[Path]:
+    """For each backbone of a matrix with full fine-tuning, the CKA heatmap of its pre-trained
+    encoder against the fine-tuned one (first seed of each comparison), written to
+    `RESULTS/cka/<cell-id>.*`: from the matrix the cell stored (`cka.json`), or, for a cell run
+    before cells stored one, from its kept weights (`images`/`batch_size`: the probe, by default
+    the one cells use). Up-to-date heatmaps are not redrawn."""
+    from transfer.similarity import CKA_NAME, PROBE_BATCH_SIZE, PROBE_IMAGES, read_cka
+
     paths: list[Path] = []
     full = df[(df["protocol"] == "full") & (df["status"] == "ok")].sort_values("seed")
     for _, group in full.groupby(["backbone", "dataset", "decoder", "init", "train_size"], sort=False):
         row = group.iloc[0]
         run_dir = Path(row["record"]).parent
+        stored, final = run_dir / CKA_NAME, run_dir / WEIGHT_FILES[0]
         # pandas holds a missing checkpoint (random init) as NaN, not None.
-        final, ckpt = run_dir / WEIGHT_FILES[0], row["checkpoint"]
-        if not final.is_file() or not isinstance(ckpt, str) or not Path(ckpt).is_file():
-            continue  # weights not kept, or a random-init backbone: nothing pre-trained to compare
+        ckpt = row["checkpoint"] if isinstance(row["checkpoint"], str) else None
+        matrix = read_cka(run_dir, row["config"].get("fingerprint"))
+        source = stored if matrix is not None else final
+        if matrix is None and not (final.is_file() and ckpt and Path(ckpt).is_file()):
+            continue  # nothing stored nor kept, or a random-init backbone: nothing pre-trained to compare
         stem = results_dir / "cka" / run_dir.name
         csv = stem.with_name(stem.name + ".csv")
-        if csv.is_file() and csv.stat().st_mtime >= final.stat().st_mtime:
+        if csv.is_file() and csv.stat().st_mtime >= source.stat().st_mtime:
             paths += [stem.with_name(stem.name + s) for s in (".csv", ".png", ".svg")]
             continue
-        config = row["config"]
-        matrix, names_a, names_b = layer_cka(
-            load_encoder(ckpt), load_encoder(final),
-            dataset_batches(config["dataset"], config["dataset_root"], images, batch_size))
-        paths += write_cka(matrix, names_a, names_b, stem,
+        if matrix is None:
+            config = row["config"]
+            matrix = layer_cka(load_encoder(ckpt), load_encoder(final),
+                               dataset_batches(config["dataset"], config["dataset_root"], images or PROBE_IMAGES,
+                                               batch_size or PROBE_BATCH_SIZE))
+        paths += write_cka(*matrix, stem,
                            f"CKA, {row['backbone']}: pre-trained vs fine-tuned ({row['dataset']}, "
                            f"{row['train_size']} images)", "pre-trained", "fine-tuned")
     return paths

@@ -1,4 +1,4 @@
-"""Layer x layer CKA of two harness encoders: bench.cka vs the `pytorch-cka` package, in one run.
+"""Layer x layer CKA of two harness encoders: bench.core.cka vs the `pytorch-cka` package, in one run.
 
 Both compute Nguyen et al.'s minibatch (unbiased-HSIC) linear CKA over the same seeded random
 images, the same layers (`layer_presets(model, "blocks")`) and the same batches, so their
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from bench.cka import CKAAccumulator, layer_hooks, layer_presets
+from bench.core.cka import CKAAccumulator, layer_hooks, layer_presets
 from bench.core.models.backbones import create_encoder
 
 

@@ -132,7 +132,7 @@ def test_vit_output_stride_caps_the_deepest_levels(tiny_vit):
 
 
 def test_vit_cka_presets_see_plain_block_names(tiny_vit):
-    from bench.cka import layer_hooks, layer_presets
+    from bench.core.cka import layer_hooks, layer_presets
 
     enc = tiny_vit
     names = layer_presets(enc, "blocks")

@@ -1,4 +1,4 @@
-"""bench.cka against the published formulas, written out literally here in numpy float64.
+"""bench.core.cka against the published formulas, written out literally here in numpy float64.
 
 The references below deliberately take the most direct route -- an explicit centring matrix
 H = I - 11^T/n and the unbiased HSIC formula of Song et al. 2012 term by term -- so they share no
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench.cka import (
+from bench.core.cka import (
     CKAAccumulator,
     cka,
     layer_hooks,

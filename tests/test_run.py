@@ -40,6 +40,13 @@ def test_end_to_end_and_rerun_skips_everything(tmp_path, capsys):
     assert abs(row["miou_mean"] - 100 * rec["metrics"]["miou"]) < 1e-3
     assert (results / "leaderboard.md").read_text().startswith("# Leaderboard")
     assert (results / "manifest.resolved.json").is_file()
+    # What a finished job leaves: no encoder weights (keep_weights is off), no state or cache spill,
+    # and the CKA heatmap of the pre-trained backbone from the matrix its full cell stored.
+    assert not [p for p in results.rglob("*") if p.name in ("final.safetensors", "state.pt", "image_cache",
+                                                             "feature_cache", "last_good.safetensors")]
+    assert sorted(p.parent.name for p in results.glob("runs/*/cka.json")) == sorted(
+        name for name, r in records.items() if r["cell"]["protocol"] == "full" and r["checkpoint"])
+    assert (results / "cka" / "depth__synth__full__monodepth2__n4__s0.png").is_file()
     for r in records.values():
         frozen = r["cell"]["protocol"] in ("frozen", "linear")
         assert (r["encoder_sha256_before"] == r["encoder_sha256_after"]) == frozen

@@ -57,3 +57,20 @@ def test_evaluation_images_beyond_the_memory_budget_are_read_back_from_disk(tiny
     assert len(decoded) == len(set(decoded))  # no image decoded twice
     assert spilled["metrics"] == in_memory["metrics"] and spilled["curve"] == in_memory["curve"]
     assert not (tmp_path / "disk" / "image_cache").exists()  # removed when the cell ends
+
+
+def test_a_failed_cell_removes_its_spilled_images_and_keeps_its_state(tiny_world, tiny_depth_ckpt, tmp_path,
+                                                                      monkeypatch):
+    import transfer.train as train_mod
+
+    def fail(*_args, **_kw):
+        raise RuntimeError("injected failure after training")
+
+    monkeypatch.setattr(train_mod, "_record", fail)
+    cell = Cell("b", "m", "resnet10t", "synth", "full", "monodepth2", 4, 0)
+    config = cell_config(tiny_world, cell, checkpoint=tiny_depth_ckpt, steps=2, batch_size=2, eval_every=1,
+                         state_every=1)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_cell({**config, "image_cache_bytes": 0}, tmp_path / "cell", progress=False)
+    assert not (tmp_path / "cell" / "image_cache").exists()  # spilled evaluation images: a cache, not a result
+    assert (tmp_path / "cell" / "state.pt").is_file()  # what a re-run resumes from stays

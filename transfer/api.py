@@ -37,7 +37,7 @@ from transfer.distributed import join_process_group, launched_by_torchrun, rank_
 from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
 from transfer.protocols import (LINEAR_DECODER, SWEEPABLE, PresetOverride, decoder_geometry, preset_key_problem, resolve_preset,
                                 sweep_candidates)
-from transfer.train import train_cell
+from transfer.train import IMAGE_CACHE, train_cell
 
 RECORD_NAME = "record.json"
 
@@ -71,7 +71,10 @@ class TransferSettings(BaseModel):
     steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     eval_every: int = Field(50, ge=1)
-    keep_weights: bool = False  # full cells save their fine-tuned encoder (for pre-trained vs fine-tuned CKA)
+    # Full cells also save their fine-tuned encoder (final.safetensors, 45 MB for a ResNet-18) for
+    # later analyses such as `bench cka`; the report's CKA is stored at the end of every full cell
+    # without it. Outside the fingerprint: it changes what a cell leaves, not what it computes.
+    keep_weights: bool = False
     # Layers over the built-in presets, keyed PROTOCOL or PROTOCOL/DECODER (docs/protocols.md).
     optimizer: dict[str, PresetOverride] = Field(default_factory=dict)
     feature_cache: bool = True  # frozen and linear cells train on cached encoder features
@@ -132,8 +135,8 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     The fingerprint covers everything that decides the result -- the cell, the hyper-parameters,
     the decoder's options and the contents of files they name, the data identity and settings
     (splits, resize, crop) and the checkpoint's sha256 -- but no path: a moved results folder stays
-    up to date. Paths, `state_every`, `device`, `precision` and `num_workers` are added after
-    fingerprinting: they say where, how and how often, not what.
+    up to date. Paths, `state_every`, `keep_weights`, `device`, `precision` and `num_workers` are
+    added after fingerprinting: they say where, how and how often, and what is kept, not what.
     """
     if checkpoint is not None and checkpoint_sha256 is None:
         checkpoint_sha256 = file_sha256(checkpoint)
@@ -168,8 +171,6 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     content = decoder_class(cell.decoder).content_ids(options)
     if content:
         config["decoder_content"] = content
-    if settings.keep_weights:
-        config["keep_weights"] = True
     if cell.protocol != "full":
         config["feature_cache"] = bool(settings.feature_cache)
         if settings.feature_cache and config["dataset"].get("crop") is not None and settings.feature_cache_views:
@@ -186,6 +187,8 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     if getattr(options, "spec", None):
         config["decoder_spec"] = options.spec  # e.g. the resolved MMSeg config file
     config["state_every"] = settings.state_every
+    if settings.keep_weights:  # what a cell leaves on disk, not what it computes
+        config["keep_weights"] = True
     device = device if device not in (None, "auto") else settings.device
     if device != "auto":
         config["device"] = device
@@ -224,9 +227,10 @@ def run_cell(config: dict, out_dir, *, progress: bool = True) -> dict:
         except Exception as exc:
             log(f"error: {type(exc).__name__}: {exc}")
             raise
-        finally:  # a feature cache spilled to disk never outlives its cell, failed or not
-            shutil.rmtree(out_dir / "feature_cache" / f"rank{rank}", ignore_errors=True)
-            with contextlib.suppress(OSError):  # the last rank out removes the folder
-                (out_dir / "feature_cache").rmdir()
+        finally:  # spilled feature and image caches never outlive their cell, failed or not
+            for spill in ("feature_cache", IMAGE_CACHE):
+                shutil.rmtree(out_dir / spill / f"rank{rank}", ignore_errors=True)
+                with contextlib.suppress(OSError):  # the last rank out removes the folder
+                    (out_dir / spill).rmdir()
             if device is not None:
                 torch.distributed.destroy_process_group()

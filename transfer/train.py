@@ -11,7 +11,8 @@ in the order a cell runs them:
 - `StepBatches`: the batch of each step, from the (seed, step) generator, through the feature
   cache when the encoder is frozen;
 - `_train_loop`: the steps, evaluations, resumable states and the divergence check;
-- `_record` and `_finish`: the record, the kept weights, and the end of the in-cell state.
+- `_record` and `_finish`: the record, the CKA matrix of a full cell, the weights when kept, and
+  the end of the in-cell state.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ from transfer.loader import view_loader
 from transfer.feature_cache import DEFAULT_BUDGET_BYTES, DEFAULT_VIEWS_PER_IMAGE, FeatureCache
 from transfer.model import build_model
 from transfer.protocols import OptimizerPreset, build_optimizer, lr_factor, param_groups
+from transfer.similarity import pretrained_vs_finetuned, write_cka
 from transfer.splits import write_stems
 
 RECORD_SCHEMA = 1
-FINAL_WEIGHTS = "final.safetensors"  # written when the config asks to keep weights
+FINAL_WEIGHTS = "final.safetensors"  # a full cell's fine-tuned encoder, written only with keep_weights
 IMAGE_CACHE = "image_cache"  # resized evaluation images beyond the memory budget, while the cell runs
 
 
@@ -184,13 +186,15 @@ def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print,
     record = _record(config, data, nets, batches, runs, selected, device, world, t_start, together)
     if warning := data_wait_warning(record["timings"]["data_wait_fraction"], batches.num_workers):
         log(warning)
+    # While the fine-tuned encoder and the prepared evaluation images are still here.
+    cka = _cell_cka(config, data, nets, selected, record, log) if rank == 0 else None
     if batches.cache is not None:
         batches.cache.close()
     shutil.rmtree(out_dir / IMAGE_CACHE / f"rank{rank}", ignore_errors=True)
     with contextlib.suppress(OSError):  # the last rank out removes the folder
         (out_dir / IMAGE_CACHE).rmdir()
     if rank == 0:
-        _finish(config, out_dir, nets, runs, selected, record, log)
+        _finish(config, out_dir, nets, runs, selected, record, log, cka)
     return record
 
 
@@ -617,12 +621,16 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
 
 
 def _finish(config: dict, out_dir: Path, nets: list[CellNet], runs: list[LoopResult], selected: int | None,
-            record: dict, log) -> None:
-    """The lead rank's last writes: kept weights, then the record, which supersedes the state."""
+            record: dict, log, cka: dict | None) -> None:
+    """The lead rank's last writes: the CKA matrix and the kept weights of a full cell, then the
+    record, which supersedes the state."""
     cell = config["cell"]
+    if cka is not None:
+        write_cka(out_dir, cka)
     if config.get("keep_weights") and selected is not None and cell["protocol"] == "full":
-        # For CKA (pre-trained vs fine-tuned), the fine-tuned encoder in the harness format. Frozen
-        # and linear cells keep nothing: their encoder is bit-identical to the checkpoint's.
+        # Only when asked (45 MB for a ResNet-18): the fine-tuned encoder in the harness format, for
+        # `bench cka` or any later analysis. Frozen and linear cells keep nothing: their encoder is
+        # bit-identical to the checkpoint's.
         net = nets[selected]
         save_checkpoint(out_dir / FINAL_WEIGHTS, net.model.encoder.state_dict(), {
             "arch": cell["arch"], "method": f"{cell['method']}+{cell['protocol']}", "data": cell["dataset"],
@@ -631,6 +639,22 @@ def _finish(config: dict, out_dir: Path, nets: list[CellNet], runs: list[LoopRes
     write_json_atomic(out_dir / "record.json", record)
     (out_dir / STATE_NAME).unlink(missing_ok=True)
     log(f"status {record['status']}; record written")
+
+
+def _cell_cka(config: dict, data: CellData, nets: list[CellNet], selected: int | None, record: dict,
+              log) -> dict | None:
+    """The `cka.json` document of a full cell with a checkpoint (transfer/similarity.py): its
+    pre-trained encoder against the fine-tuned one in memory, on its prepared evaluation images.
+    Frozen and linear encoders are the checkpoint's. An analysis, not the result: a failure is
+    logged and the cell stands."""
+    if selected is None or config["cell"]["protocol"] != "full" or not config.get("checkpoint"):
+        return None
+    try:
+        return pretrained_vs_finetuned(config, nets[selected].model.encoder, data.eval_images,
+                                       encoder_sha256=record["encoder_sha256_after"])
+    except Exception as exc:  # noqa: BLE001 -- e.g. under 4 evaluation images; the heatmap is left out
+        log(f"CKA not stored: {type(exc).__name__}: {exc}")
+        return None
 
 
 def _timm_version() -> str:

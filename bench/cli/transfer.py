@@ -78,6 +78,8 @@ def add_parser(sub) -> None:
                    "with the same options resumes from it (0: never; default: 100)")
     t.add_argument("--eval-every", type=int, help="evaluate every K steps for the learning curve (default: only at the end)")
     t.add_argument("--seed", type=int, default=0, help="seed for the few-shot split, initialisation and batches")
+    t.add_argument("--keep-weights", action="store_true", help="full protocol: also save the fine-tuned encoder "
+                   "(OUT/final.safetensors, for `bench cka`); its CKA against the checkpoint is stored either way")
     t.set_defaults(fn=main)
 
 
@@ -102,7 +104,8 @@ def settings_from_flags(args, decoder: str):
             eval_every=args.eval_every or args.steps,
             optimizer={args.protocol: {k: getattr(args, k) for k in OPTIMIZER_FLAGS}},
             feature_cache=not args.no_feature_cache, feature_cache_views=args.feature_cache_views,
-            augment=not args.no_augment, state_every=args.state_every, precision=args.precision,
+            augment=not args.no_augment, keep_weights=args.keep_weights, state_every=args.state_every,
+            precision=args.precision,
             num_workers=args.num_workers, sweep={args.protocol: grid} if (grid := _sweep_grid(args)) else {})
     except ValidationError as exc:
         err = exc.errors()[0]

@@ -36,6 +36,13 @@ Public API
     Forward hooks collecting named submodules' outputs of any torch model, and the usual layer
     lists ("stages", "blocks") of timm ResNets and ViTs (the harness's ``create_encoder``).
 
+``layer_cka(encoder_a, encoder_b, batches, layers="stages", reduce="mean")``
+    The layer x layer matrix of two harness encoders (or one with itself) over uint8 image
+    batches. Here, on the ground floor, because both the transfer stage (the pre-trained vs
+    fine-tuned matrix at the end of a full cell, while its weights are in memory) and `bench cka`
+    / `bench aggregate` (from checkpoint files) compute it, and must compute it the same way.
+    ``encoder_from_checkpoint(path)`` loads a harness checkpoint's encoder for it.
+
 Numerical note
 --------------
 ReLU feature maps (and mean-pooled ones above all) are large positive numbers that vary little
@@ -74,7 +81,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.core.checkpoint import load_checkpoint, load_encoder_weights
 from bench.core.errors import UserError
+from bench.core.models.backbones import create_encoder, normalize
 
 __all__ = [
     "CKAInputError",
@@ -84,6 +93,8 @@ __all__ = [
     "reduce_spatial",
     "layer_hooks",
     "layer_presets",
+    "layer_cka",
+    "encoder_from_checkpoint",
 ]
 
 REDUCTIONS = ("mean", "flatten", "subsample")
@@ -107,7 +118,7 @@ def _as_matrix(x, name: str) -> torch.Tensor:
     if t.ndim != 2:
         raise CKAInputError(
             f"{name} must be an examples x features matrix, got shape {tuple(t.shape)}; "
-            "reduce feature maps first, e.g. with bench.cka.reduce_spatial"
+            "reduce feature maps first, e.g. with bench.core.cka.reduce_spatial"
         )
     return t.to(torch.float64)
 
@@ -454,3 +465,46 @@ def layer_presets(model: nn.Module, preset: str) -> list[str]:
     if preset == "stages":
         return stem + stages
     return stem + [block for stage in stages for block in _numbered_children(names, stage)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Two harness encoders
+# ---------------------------------------------------------------------------------------------
+
+def encoder_from_checkpoint(path, device=None) -> nn.Module:
+    """The encoder of a harness checkpoint file, with its input normalisation, in eval mode."""
+    ckpt = load_checkpoint(path)
+    encoder = create_encoder(ckpt.meta["arch"])
+    load_encoder_weights(encoder, ckpt.encoder, source=str(ckpt.path))
+    encoder.normalization = ckpt.meta["normalization"]
+    return encoder.to(device).eval() if device is not None else encoder.eval()
+
+
+@torch.no_grad()
+def layer_cka(encoder_a: nn.Module, encoder_b: nn.Module | None, batches, layers: str | list[str] = "stages",
+              reduce: str = "mean") -> tuple[np.ndarray, list[str], list[str]]:
+    """CKA matrix (layers of a x layers of b) over uint8 image batches (B x 3 x H x W, B >= 4);
+    `encoder_b=None`: a against itself. Each encoder sees the images on its own device, scaled to
+    0..1 and normalised its way; callers put encoders in eval mode (BatchNorm's running stats)."""
+    def names(encoder):
+        return layer_presets(encoder, layers) if isinstance(layers, str) else list(layers)
+
+    def run(encoder, images):
+        device = next(encoder.parameters()).device
+        encoder(normalize(images.to(device).float() / 255.0, encoder.normalization))
+
+    same = encoder_b is None
+    names_a = names(encoder_a)
+    names_b = names_a if same else names(encoder_b)
+    # The accumulator reduces the feature maps itself (`reduce_spatial`).
+    acc = CKAAccumulator(len(names_a), len(names_b), same=same, reduction=reduce)
+    with contextlib.ExitStack() as stack:
+        feats_a = stack.enter_context(layer_hooks(encoder_a, names_a))
+        feats_b = None if same else stack.enter_context(layer_hooks(encoder_b, names_b))
+        for images in batches:
+            run(encoder_a, images)
+            if not same:
+                run(encoder_b, images)
+            acc.update(list(feats_a.values()), None if same else [f.to(feats_a[names_a[0]].device)
+                                                                   for f in feats_b.values()])
+    return acc.compute(), names_a, names_b
