@@ -11,10 +11,7 @@ History, each change made by an issue that changed what cells compute:
   each config still fingerprints to its v0.1.0 value: nothing else moved;
 - issue 15, the sweep's cost: the per-level linear probe sums its levels on the stride-4 grid and
   trains with the grid loss, named `decoder_options: {loss_at: grid}` in CNN linear cells, so their
-  fingerprints changed; without that key the linear cell fingerprints as before;
-- issue 17: `keep_weights` left the fingerprint (it decides what a cell leaves on disk, never what
-  it computes), so configs that set it fingerprint as if they had not; with the key put back they
-  still fingerprint to their earlier value.
+  fingerprints changed; without that key the linear cell fingerprints as before.
 """
 
 from bench.core.records import fingerprint
@@ -22,22 +19,16 @@ from transfer.api import Cell, TransferSettings, resolve_cell_config
 
 SHA = "ab" * 32  # a checkpoint's content hash stands for the file
 AFTER_FINGERPRINT = ("fingerprint", "dataset_root", "checkpoint", "state_every", "device", "decoder_spec", "precision",
-                     "num_workers", "keep_weights")
+                     "num_workers")
 
 
 def _resolve(cell, settings, dataset, **kw) -> dict:
     return resolve_cell_config(cell, TransferSettings(**settings), dataset=dataset, **kw)
 
 
-def _before_issue17(config: dict) -> dict:
-    """The fingerprinted part of `config` as it was before issue 17: with `keep_weights`."""
-    kept = {k: v for k, v in config.items() if k not in AFTER_FINGERPRINT}
-    return {**kept, "keep_weights": True} if config.get("keep_weights") else kept
-
-
 def _v010(config: dict) -> str:
     """The fingerprint of `config` without the keys issue 15 added."""
-    kept = {k: v for k, v in _before_issue17(config).items() if k != "random_init"}
+    kept = {k: v for k, v in config.items() if k not in AFTER_FINGERPRINT and k != "random_init"}
     kept["dataset"] = {k: v for k, v in kept["dataset"].items() if k != "validation"}
     return fingerprint(_without_loss_at(kept))
 
@@ -68,8 +59,7 @@ def test_a_frozen_deeplab_cell_with_every_optional_setting():
                       processes=2)
     assert config["random_init"] == "torchvision"
     assert _v010(config) == "d72690933ba13343b51a0ae1da53ca082ac0979a4c76727f1196a2bf057eb434"
-    assert fingerprint(_before_issue17(config)) == "5f2088b47c49adc1dc002ba247ef2028aac82be5bb2da18adb034654b0e95431"
-    assert config["fingerprint"] == "86b36f94e44047b7daaa1225796150b9d45acb38c2355848c7ea460bf68e128a"
+    assert config["fingerprint"] == "5f2088b47c49adc1dc002ba247ef2028aac82be5bb2da18adb034654b0e95431"
 
 
 def test_a_full_cell_with_dataset_geometry_and_an_optimizer_layer():
@@ -79,8 +69,7 @@ def test_a_full_cell_with_dataset_geometry_and_an_optimizer_layer():
     config = _resolve(cell, settings, {"name": "nyuv2", "classes": 13, "resize": "240x320"}, dataset_root="/data/nyu",
                       data_id="/data/nyu", checkpoint="/y.safetensors", checkpoint_sha256=SHA)
     assert _v010(config) == "50c8b0ec086c786803579da863641a72fbba99ee0c1543cfc236622b5730dec5"
-    assert fingerprint(_before_issue17(config)) == "fda46c46a05b3ab3d017ce006b1974c2ceac610a841ee3d8f4f57f318d543964"
-    assert config["fingerprint"] == "ae3538635e1e6bcb82f9309bab7270f193803a105b2e143eda051891e0a3df77"
+    assert config["fingerprint"] == "fda46c46a05b3ab3d017ce006b1974c2ceac610a841ee3d8f4f57f318d543964"
 
 
 def test_a_sweep_is_in_the_fingerprint_and_absent_without_one():
@@ -101,12 +90,3 @@ def test_paths_and_how_often_are_outside_the_fingerprint():
                             data_id="w", checkpoint="/b/c.safetensors", checkpoint_sha256=SHA)
     assert a["fingerprint"] == b["fingerprint"]
     assert (a["state_every"], a["device"], a["dataset_root"]) == (5, "cpu", "/a") and "device" not in b
-
-
-def test_keeping_weights_is_outside_the_fingerprint():
-    cell = Cell("depth", "depth_supervised", "resnet18", "synth", "full", "monodepth2", 16, 0)
-    kw = {"dataset": {"name": "synth"}, "dataset_root": "/x", "data_id": "w", "checkpoint": "/c", "checkpoint_sha256": SHA}
-    kept = resolve_cell_config(cell, TransferSettings(keep_weights=True), **kw)
-    plain = resolve_cell_config(cell, TransferSettings(), **kw)
-    assert kept["fingerprint"] == plain["fingerprint"]
-    assert kept["keep_weights"] is True and "keep_weights" not in plain

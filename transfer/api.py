@@ -73,7 +73,8 @@ class TransferSettings(BaseModel):
     eval_every: int = Field(50, ge=1)
     # Full cells also save their fine-tuned encoder (final.safetensors, 45 MB for a ResNet-18) for
     # later analyses such as `bench cka`; the report's CKA is stored at the end of every full cell
-    # without it. Outside the fingerprint: it changes what a cell leaves, not what it computes.
+    # without it. Set, it stays in the fingerprint as it always was (so no existing cell's
+    # fingerprint moves), although it changes only what a cell leaves, not what it computes.
     keep_weights: bool = False
     # Layers over the built-in presets, keyed PROTOCOL or PROTOCOL/DECODER (docs/protocols.md).
     optimizer: dict[str, PresetOverride] = Field(default_factory=dict)
@@ -135,8 +136,8 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     The fingerprint covers everything that decides the result -- the cell, the hyper-parameters,
     the decoder's options and the contents of files they name, the data identity and settings
     (splits, resize, crop) and the checkpoint's sha256 -- but no path: a moved results folder stays
-    up to date. Paths, `state_every`, `keep_weights`, `device`, `precision` and `num_workers` are
-    added after fingerprinting: they say where, how and how often, and what is kept, not what.
+    up to date. Paths, `state_every`, `device`, `precision` and `num_workers` are added after
+    fingerprinting: they say where, how and how often, not what.
     """
     if checkpoint is not None and checkpoint_sha256 is None:
         checkpoint_sha256 = file_sha256(checkpoint)
@@ -171,6 +172,8 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     content = decoder_class(cell.decoder).content_ids(options)
     if content:
         config["decoder_content"] = content
+    if settings.keep_weights:
+        config["keep_weights"] = True
     if cell.protocol != "full":
         config["feature_cache"] = bool(settings.feature_cache)
         if settings.feature_cache and config["dataset"].get("crop") is not None and settings.feature_cache_views:
@@ -187,8 +190,6 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     if getattr(options, "spec", None):
         config["decoder_spec"] = options.spec  # e.g. the resolved MMSeg config file
     config["state_every"] = settings.state_every
-    if settings.keep_weights:  # what a cell leaves on disk, not what it computes
-        config["keep_weights"] = True
     device = device if device not in (None, "auto") else settings.device
     if device != "auto":
         config["device"] = device
