@@ -59,13 +59,19 @@ def atomic_path(path) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    mode = ordinary_file_mode()
     try:
-        os.fchmod(fd, ordinary_file_mode())
+        os.fchmod(fd, mode)
+        inode = os.fstat(fd).st_ino
     finally:
         os.close(fd)
     try:
         yield Path(tmp)
         with open(tmp, "rb+") as f:
+            # A writer that replaced the file instead of writing into it (safetensors' save_file
+            # writes its own temp file and renames it over ours, 0600 again) gets the mode too.
+            if os.fstat(f.fileno()).st_ino != inode:
+                os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
