@@ -145,3 +145,15 @@ def test_claim_files_get_the_umask_mode(tmp_path):
         claim.release()
     finally:
         os.umask(old)
+
+
+def test_a_requeued_slurm_job_takes_over_its_own_earlier_claim(tmp_path, monkeypatch):
+    info = _fake_claim(tmp_path / "job", age_s=5)  # another node, heartbeat fresh
+    info["slurm_job"] = "777"
+    (tmp_path / "job" / CLAIM_NAME).write_text(json.dumps(info))
+    monkeypatch.setenv("SLURM_JOB_ID", "778")  # another job: a live claim
+    assert not acquire(tmp_path / "job", "cell a", heartbeat=False).acquired
+    monkeypatch.setenv("SLURM_JOB_ID", "777")  # the same job, requeued after a preemption
+    claim = acquire(tmp_path / "job", "cell a", heartbeat=False)
+    assert claim.acquired and "Slurm job 777 (requeued)" in claim.took_over
+    assert read_claim(tmp_path / "job")["slurm_job"] == "777"

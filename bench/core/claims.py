@@ -7,7 +7,9 @@ takes it over:
 
 - same host: the holder's pid is gone (a `kill -9`, an OOM kill, a reboot), or its heartbeat is
   older than `stale_after_s` (a pid reused by an unrelated process stops beating);
-- another host: its heartbeat is older than `stale_after_s` (a pid means nothing there).
+- another host: its heartbeat is older than `stale_after_s` (a pid means nothing there);
+- it was taken by an earlier run of this same Slurm job (a preempted job requeued, maybe on
+  another node, keeps its job id).
 
 Exclusivity. Every check-and-set on a claim (create, take over, beat, release) runs under an
 exclusive `flock` of the folder's `.claim.lock`, held for milliseconds, so two drivers taking over
@@ -65,6 +67,11 @@ def identity() -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "user": user}
 
 
+def _slurm_job() -> str | None:
+    """This process's Slurm job id: kept when Slurm requeues a preempted job, on any node."""
+    return os.environ.get("SLURM_JOB_ID")
+
+
 def _now_iso(t: float) -> str:
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -90,6 +97,10 @@ def staleness(info: dict, stale_after_s: float, now: float | None = None) -> str
         return "its claim file is unreadable"
     if info.get("host") == socket.gethostname() and not pid_alive(info.get("pid")):
         return f"pid {info.get('pid')} on {info.get('host')} is gone"
+    if info.get("slurm_job") and info.get("slurm_job") == _slurm_job() and info.get("pid") != os.getpid():
+        # A preempted job killed before it could release, now requeued (maybe on another node):
+        # the same Slurm job, so the claim is this job's own and waiting out its heartbeat is pointless.
+        return f"it is an earlier run of this Slurm job {info['slurm_job']} (requeued)"
     if age > stale_after_s:
         return f"its heartbeat is {age:.0f}s old (stale after {stale_after_s:.0f}s)"
     return None
@@ -227,6 +238,8 @@ def acquire(folder, job: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     now = time.time()
     info = {"schema": 1, **identity(), "job": job, "started": _now_iso(now), "heartbeat": _now_iso(now),
             "heartbeat_unix": now, "token": uuid.uuid4().hex}
+    if _slurm_job():
+        info["slurm_job"] = _slurm_job()
     claim = Claim(folder, job, acquired=False, info=info, heartbeat_s=heartbeat_s)
     with exclusive_lock(folder / MUTEX_NAME):
         current = read_claim(folder)
