@@ -95,6 +95,7 @@ def _race(folder, barrier, results):
     barrier.wait()
     claim = acquire(folder, "cell a", stale_after_s=60, heartbeat=False)
     results.put(claim.acquired)
+    barrier.wait()  # the winner stays alive until all have tried: a dead winner's claim is fair game
 
 
 def test_two_drivers_taking_over_one_stale_claim_only_one_wins(tmp_path):
