@@ -58,8 +58,8 @@ def atomic_path(path) -> Iterator[Path]:
     a writer that wants another mode chmods the yielded path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mode = ordinary_file_mode()  # first: the temp file's lifetime (what a kill -9 can leave) stays short
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    mode = ordinary_file_mode()
     try:
         os.fchmod(fd, mode)
         inode = os.fstat(fd).st_ino
