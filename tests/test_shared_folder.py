@@ -112,7 +112,7 @@ def test_a_driver_killed_while_holding_claims_does_not_block_the_next_run(tmp_pa
     records = _records(results)
     assert len(records) == 2 and all(r["status"] == "ok" for r in records.values())
     log = (left[0].parent / "log.txt").read_text()
-    assert f"took over the claim of" in log and f"pid {proc.pid}" in log and "is gone" in log
+    assert "took over the claim of" in log and f"pid {proc.pid}" in log and "is gone" in log
     assert not list(results.rglob(CLAIM_NAME))
 
 
