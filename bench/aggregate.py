@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core.atomic import write_text_atomic
+from bench.core.claims import exclusive_lock
 from bench.core.errors import UserError
 from bench.core.records import iter_records
 from bench.statistics import paired_difference, t_interval
@@ -155,11 +156,24 @@ def manifest_backbones(results_dir: Path) -> list[str]:
         return []
 
 
+AGGREGATE_LOCK = ".aggregate.lock"
+
+
 def write_reports(results_dir, baseline: str | None = None, plots: bool = True) -> dict:
-    """Write leaderboard.csv/.md, per_class.csv, failures.csv, plots/ and report.html."""
+    """Write leaderboard.csv/.md, per_class.csv, failures.csv, plots/ and report.html.
+
+    Serialised per results folder (an exclusive flock of `.aggregate.lock`, see bench.core.claims):
+    drivers sharing the folder write their reports one after another, each from the records it
+    reads once it holds the lock, so the reports written last cover every record present then
+    (never an older driver's smaller set landing over a newer one's)."""
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: results folder not found")
+    with exclusive_lock(results_dir / AGGREGATE_LOCK):
+        return _write_reports(results_dir, baseline, plots)
+
+
+def _write_reports(results_dir: Path, baseline: str | None, plots: bool) -> dict:
     df = records_frame(results_dir)
     if df.empty:
         raise UserError(f"{results_dir}: no run records under runs/*/record.json")

@@ -273,12 +273,30 @@ class SlurmSpec(_Strict):
     sbatch: dict = Field(default_factory=dict)  # extra sbatch parameters, e.g. {constraint: a100}
 
 
+class ClaimsSpec(_Strict):
+    """How drivers sharing a results folder claim jobs (bench.core.claims): a running job's claim
+    is refreshed every `heartbeat_s`; one on another host whose heartbeat is older than
+    `stale_after_s` is taken over (on the same host, a claim whose process is gone is at once)."""
+
+    heartbeat_s: float = Field(30.0, gt=0)
+    stale_after_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _several_beats(self):
+        if self.stale_after_s < 3 * self.heartbeat_s:
+            raise ValueError(f"claims.stale_after_s ({self.stale_after_s:g}) must be at least 3 heartbeats "
+                             f"(3 x heartbeat_s = {3 * self.heartbeat_s:g}): a slow filesystem would "
+                             f"otherwise get live jobs taken over")
+        return self
+
+
 class ExecutorSpec(_Strict):
     kind: Literal["local", "ray", "slurm"] = "local"
     retries: int = Field(1, ge=0)  # re-runs of a failed job within one `bench run`
     resources: Resources = Resources()
     ray: RaySpec = RaySpec()
     slurm: SlurmSpec = SlurmSpec()
+    claims: ClaimsSpec = ClaimsSpec()
 
 
 class TensorBoardSpec(_Strict):

@@ -8,6 +8,7 @@ skipped when its checkpoint is current, and a cell whose record matches is skipp
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -17,6 +18,7 @@ from tqdm import tqdm
 
 from bench.aggregate import where, write_reports
 from bench.core.checkpoint import file_sha256, read_checkpoint_meta
+from bench.core.claims import CLAIMED, Claim, claimed, exclusive_lock, holder, identity, read_claim
 from bench.core.errors import UserError, one_line
 from bench.executors import Job, make_executor
 from bench.manifest import Manifest, SynthWorld, load_manifest
@@ -29,6 +31,7 @@ from transfer.api import RECORD_NAME, Cell, resolve_cell_config
 from transfer.data import publish_splits
 
 SUBMITTED = "submitted"  # what a non-waiting cluster executor returns for a job it queued
+DONE_ELSEWHERE = "done elsewhere"  # a cell another driver finished while this one waited for it
 
 
 def _say(msg: str) -> None:
@@ -44,10 +47,15 @@ def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
     from bench.core.synth import render_world
 
     path = out_dir / "data" / f"synth-{world_id[:12]}"
-    if not (path / "meta.json").is_file():
-        t0 = time.perf_counter()
-        render_world(path, **world.model_dump())
-        _say(f"rendered world {path} in {time.perf_counter() - t0:.1f}s")
+    if (path / "meta.json").is_file():
+        return path
+    # Two drivers starting together would both render it and the second publish would fail: the
+    # first renders, the other waits on the lock and then finds it there.
+    with exclusive_lock(out_dir / "data" / f".synth-{world_id[:12]}.lock"):
+        if not (path / "meta.json").is_file():
+            t0 = time.perf_counter()
+            render_world(path, **world.model_dump())
+            _say(f"rendered world {path} in {time.perf_counter() - t0:.1f}s")
     return path
 
 
@@ -71,38 +79,75 @@ def pretrain_resources(backbone, executor_resources: dict) -> dict:
     return out
 
 
-def _pretrain_job(config: dict, out_dir: str, progress: bool) -> str:
+def _pretrain_job(config: dict, out_dir: str, progress: bool, claims: dict | None = None) -> str:
+    """One pre-training, under its folder's claim (`claims`: the manifest's executor.claims; None:
+    the caller holds the claim, as the Ray executor's driver does without a shared filesystem).
+    Returns the checkpoint's path, or CLAIMED when another live driver holds the folder."""
     from pretrain.api import run_pretrain
 
     # Messages go to the job's own log: text written from a worker would tear the progress bars.
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(out_dir) / "log.txt", "a") as log_file:
-        def log(msg: str) -> None:
-            log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
-            log_file.flush()
+    with _claim(out_dir, f"pretrain {config['name']}", claims) as claim:
+        if not claim:
+            return CLAIMED
+        with open(Path(out_dir) / "log.txt", "a") as log_file:
+            def log(msg: str) -> None:
+                log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
+                log_file.flush()
 
-        return str(run_pretrain(config, Path(out_dir), progress=progress, log=log))
+            if isinstance(claim, Claim) and claim.took_over:
+                log(claim.took_over)
+            # Re-checked under the claim: run_pretrain skips a checkpoint another driver finished
+            # while this one waited ("up to date, skipped"), so each pre-training runs once.
+            return str(run_pretrain(config, Path(out_dir), progress=progress, log=log))
 
 
-def _transfer_job(config: dict, out_dir: str, progress: bool) -> str:
+def _transfer_job(config: dict, out_dir: str, progress: bool, claims: dict | None = None) -> str:
+    """One cell, under its folder's claim (see `_pretrain_job`): its status, DONE_ELSEWHERE when
+    another driver finished it since this driver looked, or CLAIMED when one is running it."""
     import traceback
 
     from bench.status import running_marker
     from transfer.api import run_cell
 
-    with running_marker(Path(out_dir)):  # `bench status` shows the cell as running meanwhile
-        try:
-            return run_cell(config, Path(out_dir), progress=progress)["status"]
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # noqa: BLE001 -- recorded, then retried on the next run
-            with open(Path(out_dir) / "log.txt", "a") as log:  # the traceback for whoever debugs it
-                log.write(traceback.format_exc())
-            write_json_atomic(Path(out_dir) / RECORD_NAME, {
-                "schema": 1, "cell": config["cell"], "fingerprint": config["fingerprint"], "status": "failed",
-                "error": f"{type(exc).__name__}: {one_line(exc)}", "config": config,
-            })
-            return "failed"
+    with _claim(out_dir, f"cell {Cell(**config['cell']).id}", claims) as claim:
+        if not claim:
+            return CLAIMED
+        if is_finished(Path(out_dir) / RECORD_NAME, config["fingerprint"]):
+            return DONE_ELSEWHERE  # finished by another driver between our look and our claim
+        if isinstance(claim, Claim) and claim.took_over:
+            with open(Path(out_dir) / "log.txt", "a") as log:
+                log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {claim.took_over}\n")
+        with running_marker(Path(out_dir)):  # `bench status` shows the cell as running meanwhile
+            try:
+                return run_cell(config, Path(out_dir), progress=progress)["status"]
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # noqa: BLE001 -- recorded, then retried on the next run
+                with open(Path(out_dir) / "log.txt", "a") as log:  # the traceback for whoever debugs it
+                    log.write(traceback.format_exc())
+                write_json_atomic(Path(out_dir) / RECORD_NAME, {
+                    "schema": 1, "cell": config["cell"], "fingerprint": config["fingerprint"], "status": "failed",
+                    "error": f"{type(exc).__name__}: {one_line(exc)}", "config": config, "ran_by": identity(),
+                })
+                return "failed"
+
+
+@contextlib.contextmanager
+def _claim(out_dir: str, job: str, claims: dict | None):
+    """The job folder's claim for the block (falsy when a live other driver holds it); with
+    `claims` None, True: the caller claimed the folder on the job's behalf."""
+    if claims is None:
+        yield True
+        return
+    with claimed(out_dir, job, **claims) as claim:
+        yield claim if claim.acquired else None
+
+
+def _claimed_message(name: str, out_dir: Path) -> str:
+    info = read_claim(out_dir)
+    who = f" by {holder(info)} since {info.get('started', '?')}" if info else ""
+    return f"{name}: claimed elsewhere{who}; skipped by this driver"
 
 
 def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None) -> dict[str, str]:
@@ -159,6 +204,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         world_id = world_fingerprint(m.data.synth)
         world_root = ensure_world(m.data.synth, world_id, out_dir)
         retries = m.executor.retries
+        claims = m.executor.claims.model_dump()  # taken by each job where it runs (a worker, a node)
 
         # Stage 1: pre-training, one job per backbone that asks for it and has no current checkpoint
         # (checked here: a cluster job only to find it up to date would cost a queue slot).
@@ -176,15 +222,20 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                 if current:
                     checkpoints[b.name] = pre_dir / CHECKPOINT_NAME
                     continue
-                jobs.append(Job(_pretrain_job, {"config": cfg, "out_dir": str(pre_dir), "progress": progress},
+                jobs.append(Job(_pretrain_job, {"config": cfg, "out_dir": str(pre_dir), "progress": progress,
+                                                "claims": claims},
                                 name=f"pretrain/{b.name}", out_dir=pre_dir,
                                 needs=[world_root] if b.pretrain.root is None else [],
                                 resources=pretrain_resources(b, m.executor.resources.model_dump())))
                 names.append(b.name)
         broken: dict[str, str] = {}
         waiting: set[str] = set()  # submitted to a cluster and not waited for: their cells come later
+        claimed_pre: set[str] = set()  # another live driver pre-trains them: their cells are its too
         for i, result, exc in _with_retries(executor, jobs, retries):
-            if exc is not None:
+            if exc is None and result == CLAIMED:
+                claimed_pre.add(names[i])
+                _say(_claimed_message(f"pre-training {names[i]}", jobs[i].out_dir) + " (and its cells)")
+            elif exc is not None:
                 broken[names[i]] = one_line(exc)
                 _say(f"pre-training {names[i]} failed: {one_line(exc)}; its cells are skipped")
             elif result == SUBMITTED:
@@ -195,7 +246,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                 _say(f"pre-trained {names[i]}: {result}")
                 tracker.log(jobs[i].out_dir)
         hashes = {n: file_sha256(p) for n, p in checkpoints.items()
-                  if p is not None and n not in broken and n not in waiting}
+                  if p is not None and n not in broken and n not in waiting and n not in claimed_pre}
 
         # Stage 2: transfer cells whose record is missing, stale or failed. The few-shot subsets are
         # published first: identical for every backbone, and a size that does not fit fails here.
@@ -206,7 +257,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         todo, current = [], 0
         for cell in cells:
             cell_dir = out_dir / "runs" / cell.id
-            if cell.backbone in waiting:
+            if cell.backbone in waiting or cell.backbone in claimed_pre:
                 continue
             if cell.backbone in broken:  # a record says why, so a gap in the table is never silent
                 write_json_atomic(cell_dir / RECORD_NAME, {
@@ -225,10 +276,13 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                 current += 1
                 continue
             needs = [p for p in (checkpoints[cell.backbone], None if spec.root else world_root) if p is not None]
-            todo.append(Job(_transfer_job, {"config": config, "out_dir": str(cell_dir), "progress": progress},
+            todo.append(Job(_transfer_job, {"config": config, "out_dir": str(cell_dir), "progress": progress,
+                                            "claims": claims},
                             name=cell.id, out_dir=cell_dir, needs=needs, resources=m.executor.resources.model_dump()))
+        behind_claims = sum(c.backbone in claimed_pre for c in cells)
         _say(f"{len(cells)} cells: {current} up to date, {len(todo)} to run, "
-             f"{sum(c.backbone in broken for c in cells)} skipped (failed pre-training)")
+             f"{sum(c.backbone in broken for c in cells)} skipped (failed pre-training)"
+             + (f", {behind_claims} left to the driver pre-training their backbone" if behind_claims else ""))
         statuses = []
         with tqdm(total=len(todo), desc="matrix", unit="cell", position=0, disable=not progress,
                   dynamic_ncols=True) as bar:
@@ -236,7 +290,9 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                 cell = todo[i].kwargs["config"]["cell"]
                 statuses.append("failed" if exc else status)
                 tracker.log(todo[i].out_dir)
-                if exc is not None or status != "ok":
+                if exc is None and status == CLAIMED:
+                    _say(_claimed_message(f"cell {Cell(**cell).id}", todo[i].out_dir))
+                elif exc is not None or status not in ("ok", DONE_ELSEWHERE):
                     _say(f"cell {Cell(**cell).id}: {status if exc is None else one_line(exc)}")
                 bar.update(1)
         tracker.catch_up()  # jobs finished earlier or elsewhere, and what a sink missed
@@ -250,11 +306,26 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         print(table["markdown"])
         print(f"\n{where(table)}\nrecords:     {out_dir / 'runs'}/*/record.json"
               f"\nelapsed:     {time.perf_counter() - t0:.1f}s")
-        return 0 if not broken and all(s == "ok" for s in statuses) else 1
+        shared = _shared_folder_summary(statuses, claimed_pre, behind_claims)
+        if shared:
+            print(shared)
+        return 0 if not broken and all(s in ("ok", CLAIMED, DONE_ELSEWHERE) for s in statuses) else 1
 
     finally:  # a Ray instance this run started stops with it
         if hasattr(executor, "close"):
             executor.close()
+
+
+def _shared_folder_summary(statuses: list[str], claimed_pre: set[str], behind_claims: int) -> str | None:
+    """What other drivers of the same results folder did instead of this one (None: nothing)."""
+    elsewhere = statuses.count(CLAIMED)
+    done = statuses.count(DONE_ELSEWHERE)
+    if not (elsewhere or done or claimed_pre):
+        return None
+    ran = len(statuses) - elsewhere - done
+    return (f"shared:      {ran} cells run by this driver, {elsewhere} claimed elsewhere, {done} finished "
+            f"elsewhere meanwhile; {len(claimed_pre)} pre-trainings claimed elsewhere "
+            f"(with {behind_claims} cells)")
 
 
 def _with_retries(executor, jobs: list[Job], retries: int, failed=lambda result: False):

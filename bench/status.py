@@ -112,3 +112,41 @@ def format_status(summary: dict, verbose: bool = False) -> str:
         if verbose or c["status"] in ("failed", "skipped", "interrupted", "running"):
             lines.append(f"{c['status']:<12}{c['cell']}" + (f"  ({c['reason']})" if c["reason"] else ""))
     return "\n".join(lines)
+
+
+# -- claims held (bench.core.claims): who works on which job of a shared results folder ------------
+
+def claims_held(results_dir) -> list[dict]:
+    """Every claim of the folder's pre-trainings and cells: job, who (user@host pid), since when,
+    heartbeat age, and whether it looks stale (a `bench run` would take it over)."""
+    import time
+
+    from bench.core.claims import DEFAULT_STALE_AFTER_S, claims_under, holder, staleness
+
+    results_dir = Path(results_dir)
+    resolved = read_json(results_dir / "manifest.resolved.json") or {}
+    stale_after = (((resolved.get("executor") or {}).get("claims") or {}).get("stale_after_s")
+                   or DEFAULT_STALE_AFTER_S)
+    now = time.time()
+    rows = []
+    for folder, info in claims_under(results_dir):
+        try:
+            age = now - float(info["heartbeat_unix"])
+        except (KeyError, TypeError, ValueError):
+            age = None
+        why = staleness(info, stale_after, now)
+        rows.append({"job": str(folder.relative_to(results_dir)), "by": holder(info), "since": info.get("started"),
+                     "heartbeat_age_s": None if age is None else round(age, 1), "stale": why is not None,
+                     "stale_reason": why})
+    return rows
+
+
+def format_claims(rows: list[dict]) -> str:
+    if not rows:
+        return "claims: none held"
+    lines = [f"claims: {len(rows)} held"]
+    for r in rows:
+        age = "?" if r["heartbeat_age_s"] is None else f"{r['heartbeat_age_s']:.0f}s"
+        lines.append(f"  {r['job']:<40} {r['by']}  since {r['since']}  heartbeat {age} ago"
+                     + (f"  STALE ({r['stale_reason']}; the next bench run takes it over)" if r["stale"] else ""))
+    return "\n".join(lines)

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.checkpoint import load_checkpoint, save_checkpoint, state_sha256
+from bench.core.claims import identity
 from bench.core.devices import MIN_LOSS_SCALE, data_wait_warning, grad_scaler, resolve_device, resolve_precision
 from bench.core.devices import autocast as make_autocast
 from bench.core.errors import UserError
@@ -617,6 +618,8 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
                      "timm": _timm_version()},
         "config": config,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        # Which driver's process trained it (a shared results folder has several); not fingerprinted.
+        "ran_by": identity(),
     }
 
 

@@ -50,6 +50,7 @@ from pathlib import Path, PurePath
 from typing import Iterator
 
 from bench.core.atomic import atomic_path
+from bench.core.claims import CLAIM_NAME, CLAIMED, MUTEX_NAME, acquire
 from bench.core.errors import UserError
 from bench.executors.job import Job
 
@@ -140,6 +141,7 @@ class RayExecutor:
         gpu_task = ray.remote(max_calls=1)(_run_task)
         pending: dict = {}  # object ref -> (job index, path map or None)
         shipped: dict[Path, object] = {}  # a need shared by many jobs (the world) is put once
+        held: dict[int, object] = {}  # job index -> the claim this driver holds for it (no shared fs)
         try:
             for i, job in enumerate(jobs):
                 res = job.resources or {}
@@ -154,12 +156,24 @@ class RayExecutor:
                     ref = remote_fn.options(**options).remote(job.fn, job.kwargs, threads, None)
                     pending[ref] = (i, None)
                     continue
+                # The worker sees only a temp copy of out_dir, where a claim would guard nothing:
+                # the driver claims the real folder for it (before shipping, so that what is
+                # shipped is what the claim protects) and the job runs with `claims` None.
+                kwargs = job.kwargs
+                if kwargs.get("claims") is not None:
+                    claim = acquire(job.out_dir, job.name, **kwargs["claims"])
+                    if not claim.acquired:
+                        yield i, CLAIMED, None
+                        continue
+                    held[i] = claim
+                    kwargs = {**kwargs, "claims": None}
                 try:
                     plan, refs = self._ship(ray, job, shipped)
                 except OSError as exc:  # an input missing on the driver: this job fails, the rest run
+                    _release_claim(held, i)
                     yield i, None, exc
                     continue
-                ref = remote_fn.options(**options).remote(job.fn, job.kwargs, threads, plan, *refs)
+                ref = remote_fn.options(**options).remote(job.fn, kwargs, threads, plan, *refs)
                 pending[ref] = (i, plan)
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
@@ -167,9 +181,11 @@ class RayExecutor:
                 try:
                     out = ray.get(done[0])
                 except ray.exceptions.RayTaskError as exc:  # the job raised: its own exception
+                    _release_claim(held, i)
                     yield i, None, _cause(exc)
                     continue
                 except ray.exceptions.RayError as exc:  # worker died beyond max_retries, cancelled...
+                    _release_claim(held, i)
                     yield i, None, exc
                     continue
                 if plan is None:
@@ -179,8 +195,11 @@ class RayExecutor:
                     result, exc = self._land(jobs[i], plan, out)
                 except OSError as land_exc:
                     result, exc = None, land_exc
+                _release_claim(held, i)  # after landing: the record is in place before the claim goes
                 yield i, result, exc
         finally:  # closed early (Ctrl-C in the driver, an error): stop what is still running
+            for i in list(held):
+                _release_claim(held, i)
             for ref in pending:
                 try:
                     ray.cancel(ref)
@@ -254,6 +273,12 @@ class RayExecutor:
         return _rewrite(out["result"], back), out["error"]
 
 
+def _release_claim(held: dict, i: int) -> None:
+    claim = held.pop(i, None)
+    if claim is not None:
+        claim.release()
+
+
 def _cause(exc):
     """The job's own exception (UserError, Diverged...) rather than Ray's wrapper, so that the
     runner's checks and one-line messages see what the local executor would give them."""
@@ -272,7 +297,9 @@ def _is_text(data: bytes) -> bool:
 
 
 def _read_tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    # A claim and its lock file belong to the real folder (the driver holds them), not a copy.
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in (CLAIM_NAME, MUTEX_NAME)}
 
 
 def _write_tree(folder: Path, files: dict[str, bytes]) -> None:

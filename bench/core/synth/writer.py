@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.core.atomic import current_umask
 from bench.core.errors import UserError
 
 from .classes import BASELINE, CLASSES, IGNORE_INDEX, MAX_DEPTH, PALETTE
@@ -130,7 +131,8 @@ def render_world(out_dir, sequences: int = 4, frames: int = 10, height: int = 64
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; a published world should be readable like any dir
+        # mkdtemp makes it 0700; a published world should be readable like any folder mkdir makes
+        tmp.chmod(0o777 & ~current_umask())
         K = intrinsics(height, width)
         pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
                 if workers > 1 else _Serial())
