@@ -97,3 +97,31 @@ def test_a_bad_optimiser_flag_of_transfer_is_one_line(tiny_world, tmp_path, caps
                  "--protocol", "linear", "--lr", "-1", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --lr:") and "\n" not in err and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("argv", [["list"], ["status", "{results}", "--all"]])
+def test_a_reader_that_stops_early_ends_the_verb_quietly(argv, tmp_path):
+    """`bench list | head -1`: the reader's end is closed before the verb writes, so every write
+    meets a broken pipe; the verb ends with 141 and no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.cli import BROKEN_PIPE_STATUS
+
+    from bench.manifest import load_manifest
+    from tests.conftest import tiny_manifest
+
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    manifest = load_manifest(tiny_manifest(tmp_path))
+    (results / "manifest.resolved.json").write_text(manifest.model_dump_json(by_alias=True))
+    argv = [a.format(results=results) for a in argv]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader has gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == BROKEN_PIPE_STATUS, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
