@@ -18,6 +18,7 @@ import os
 import sys
 
 from bench.cli import aggregate, cka, convert, data, listing, pretrain, pseudo_label, run, status, submit, transfer
+from bench.cli.common import BenchParser
 from bench.core.errors import UserError
 from bench.core.version import __version__
 
@@ -26,10 +27,10 @@ VERBS = (run, status, submit, convert, pretrain, pseudo_label, transfer, aggrega
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="depth2seg-bench: pre-train encoders, transfer them to "
+    p = BenchParser(prog="bench", description="depth2seg-bench: pre-train encoders, transfer them to "
                                 "semantic segmentation, and compare the results.")
     p.add_argument("--version", action="version", version=f"depth2seg-bench {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="a verb (`bench COMMAND --help`)")
     for verb in VERBS:
         verb.add_parser(sub)
     return p
