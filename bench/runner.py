@@ -18,10 +18,11 @@ from tqdm import tqdm
 from bench.aggregate import where, write_reports
 from bench.core.checkpoint import file_sha256, read_checkpoint_meta
 from bench.core.errors import UserError, one_line
+from bench.core.progress import bar as progress_bar
 from bench.executors import Job, make_executor
 from bench.manifest import Manifest, SynthWorld, load_manifest
 from bench.matrix import expand
-from bench.core.records import fingerprint, is_finished, write_json_atomic
+from bench.core.records import fingerprint, is_finished, read_json, write_json_atomic
 from bench.importers.cache import import_backbone
 from pretrain.loop import Diverged
 from transfer.api import RECORD_NAME, Cell, resolve_cell_config
@@ -190,7 +191,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                 _say(f"pre-training {names[i]} submitted; its cells follow on a later `bench run`")
             else:
                 checkpoints[names[i]] = Path(result)
-                _say(f"pre-trained {names[i]}: {result}")
+                _say(pretrain_line(names[i], Path(result)))
         hashes = {n: file_sha256(p) for n, p in checkpoints.items()
                   if p is not None and n not in broken and n not in waiting}
 
@@ -227,13 +228,11 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         _say(f"{len(cells)} cells: {current} up to date, {len(todo)} to run, "
              f"{sum(c.backbone in broken for c in cells)} skipped (failed pre-training)")
         statuses = []
-        with tqdm(total=len(todo), desc="matrix", unit="cell", position=0, disable=not progress,
-                  dynamic_ncols=True) as bar:
+        with progress_bar(enabled=progress, total=len(todo), desc="matrix", unit="cell", position=0) as bar:
             for i, status, exc in _with_retries(executor, todo, retries, failed=lambda s: s == "failed"):
-                cell = todo[i].kwargs["config"]["cell"]
                 statuses.append("failed" if exc else status)
-                if exc is not None or status != "ok":
-                    _say(f"cell {Cell(**cell).id}: {status if exc is None else one_line(exc)}")
+                if status != SUBMITTED:  # one line per finished cell, terminal or not
+                    _say(cell_line(todo[i].name, todo[i].out_dir, status if exc is None else one_line(exc)))
                 bar.update(1)
         pending = [s for s in statuses if s == SUBMITTED]
         if pending or waiting:  # a Slurm driver that does not wait: the records will say when they are done
@@ -250,6 +249,26 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     finally:  # a Ray instance this run started stops with it
         if hasattr(executor, "close"):
             executor.close()
+
+
+def cell_line(cell_id: str, cell_dir: Path, outcome: str) -> str:
+    """`cell ID: ok mIoU 41.23 (12s)`, or the outcome and its reason, from the cell's record."""
+    record = read_json(Path(cell_dir) / RECORD_NAME) or {}
+    metrics, wall = record.get("metrics"), (record.get("timings") or {}).get("wall_s")
+    took = f" ({wall:.0f}s)" if isinstance(wall, (int, float)) else ""
+    if outcome == "ok" and metrics:
+        return f"cell {cell_id}: ok mIoU {100 * metrics['miou']:.2f}{took}"
+    reason = record.get("error") if outcome in ("failed", "diverged") else None
+    return f"cell {cell_id}: {outcome}" + (f" ({reason})" if reason else "")
+
+
+def pretrain_line(name: str, checkpoint: Path) -> str:
+    """`pre-trained NAME: final loss 0.4123 (52s) -> CHECKPOINT`, from its summary.json."""
+    summary = read_json(checkpoint.parent / "summary.json") or {}
+    loss, wall = summary.get("final_loss"), summary.get("wall_s")
+    facts = [f"final loss {loss:.4f}" if isinstance(loss, (int, float)) else None,
+             f"({wall:.0f}s)" if isinstance(wall, (int, float)) else None, f"-> {checkpoint}"]
+    return f"pre-trained {name}: " + " ".join(f for f in facts if f)
 
 
 def _with_retries(executor, jobs: list[Job], retries: int, failed=lambda result: False):
