@@ -72,11 +72,12 @@ def pretrain_resources(backbone, executor_resources: dict) -> dict:
 
 
 def _pretrain_job(config: dict, out_dir: str, progress: bool) -> str:
+    from bench.status import running_marker
     from pretrain.api import run_pretrain
 
     # Messages go to the job's own log: text written from a worker would tear the progress bars.
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(out_dir) / "log.txt", "a") as log_file:
+    with running_marker(Path(out_dir)), open(Path(out_dir) / "log.txt", "a") as log_file:
         def log(msg: str) -> None:
             log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
             log_file.flush()
