@@ -311,18 +311,35 @@ def _loc(loc: tuple) -> str:
     return out
 
 
-def _format_error(path: Path, exc: ValidationError) -> str:
-    errors = exc.errors()
-    first = errors[0]
+MAX_LISTED_PROBLEMS = 20  # beyond this, "and N more": the first ones are usually the cause of the rest
+
+
+def _problem(error: dict) -> str:
+    """One pydantic error as `loc: message (got VALUE)`, in the manifest's own key names."""
     # pydantic adds the union/literal branch to the location; keep only the user's keys.
-    loc = _loc(tuple(p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function")))))
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+    loc = _loc(tuple(p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function")))))
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling against docs/manifest.md)"
-    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], (dict, list)):
-        msg += f" (got {first['input']!r})"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{path}: {loc or '<top level>'}: {msg}{more}"
+    elif "input" in error and error["type"] not in ("missing",) and not isinstance(error["input"], (dict, list)):
+        msg += f" (got {error['input']!r})"
+    return f"{loc or '<top level>'}: {msg}"
+
+
+def format_problems(path, problems: list[str]) -> str:
+    """One problem on one line (`PATH: PROBLEM`); several as a count and one line each."""
+    problems = list(dict.fromkeys(problems))  # a union's branches can report the same problem twice
+    if len(problems) == 1:
+        return f"{path}: {problems[0]}"
+    listed = problems[:MAX_LISTED_PROBLEMS]
+    lines = [f"{path}: {len(problems)} problems:", *(f"  {p}" for p in listed)]
+    if len(problems) > len(listed):
+        lines.append(f"  and {len(problems) - len(listed)} more")
+    return "\n".join(lines)
+
+
+def _format_error(path: Path, exc: ValidationError) -> str:
+    return format_problems(path, [_problem(e) for e in exc.errors()])
 
 
 def load_manifest(path) -> Manifest:
@@ -352,6 +369,8 @@ def load_manifest(path) -> Manifest:
 
 def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
     """Make relative paths absolute (against the manifest's folder) and check they exist."""
+    problems: list[str] = []  # every missing file, not only the first
+
     def resolve(p: Path | None) -> Path | None:
         return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
 
@@ -361,33 +380,38 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
         if b.checkpoint is not None:
             b.checkpoint = resolve(b.checkpoint)
             if not b.checkpoint.is_file():
-                raise UserError(f"{path}: backbones[{i}].checkpoint: file not found: {b.checkpoint}")
+                problems.append(f"backbones[{i}].checkpoint: file not found: {b.checkpoint}")
         if b.import_ is not None:
             b.import_.file = resolve(b.import_.file)
             if not b.import_.file.exists():
-                raise UserError(f"{path}: backbones[{i}].import.file: not found: {b.import_.file}")
+                problems.append(f"backbones[{i}].import.file: not found: {b.import_.file}")
             if b.import_.key_map is not None:
                 b.import_.key_map = resolve(b.import_.key_map)
                 if not b.import_.key_map.is_file():
-                    raise UserError(f"{path}: backbones[{i}].import.key_map: file not found: {b.import_.key_map}")
+                    problems.append(f"backbones[{i}].import.key_map: file not found: {b.import_.key_map}")
         if b.pretrain is not None and b.pretrain.root is not None:
             b.pretrain.root = resolve(b.pretrain.root)
             if not b.pretrain.root.is_dir():
-                raise UserError(f"{path}: backbones[{i}].pretrain.root: folder not found: {b.pretrain.root}")
+                problems.append(f"backbones[{i}].pretrain.root: folder not found: {b.pretrain.root}")
         if b.pretrain is not None and b.pretrain.init is not None:
             b.pretrain.init = resolve(b.pretrain.init)
             if not b.pretrain.init.is_file():
-                raise UserError(f"{path}: backbones[{i}].pretrain.init: file not found: {b.pretrain.init}")
+                problems.append(f"backbones[{i}].pretrain.init: file not found: {b.pretrain.init}")
         if b.pretrain is not None:
             for key in PATH_OPTIONS:  # folder options of a method, relative to the manifest like every path
                 if isinstance(b.pretrain.options.get(key), str):
                     b.pretrain.options[key] = str(resolve(Path(b.pretrain.options[key])))
-    _resolve_decoders(m, resolve, path)
+    try:
+        _resolve_decoders(m, resolve, path)
+    except UserError as exc:
+        problems.append(str(exc).removeprefix(f"{path}: "))
     for i, d in enumerate(m.datasets):
         if d.root is not None:
             d.root = resolve(d.root)
             if not d.root.is_dir():
-                raise UserError(f"{path}: datasets[{i}].root: folder not found: {d.root}")
+                problems.append(f"datasets[{i}].root: folder not found: {d.root}")
+    if problems:
+        raise UserError(format_problems(path, problems))
 
 
 def _resolve_decoders(m: Manifest, resolve, path: Path) -> None:
