@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bench.core.errors import UserError
 from bench.core.models.backbones import is_known_arch, list_backbones
@@ -290,6 +290,17 @@ class Manifest(_Strict):
     datasets: list[DatasetSpec] = Field(min_length=1)
     transfer: TransferSection = TransferSection()
     executor: ExecutorSpec = ExecutorSpec()
+    # The command line's `--set` overrides, applied over the file: not a key of the file, so
+    # private; `resolved_dump` records them in manifest.resolved.json.
+    _overrides: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def overrides(self) -> list[str]:
+        return list(self._overrides)
+
+    def resolved_dump(self) -> dict:
+        """What manifest.resolved.json holds: the validated manifest and the `--set`s applied."""
+        return {**self.model_dump(mode="json", by_alias=True), RESOLVED_OVERRIDES: self.overrides}
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -304,6 +315,9 @@ class Manifest(_Strict):
         return self
 
 
+RESOLVED_OVERRIDES = "overrides"  # manifest.resolved.json's key for the `--set`s (not a manifest key)
+
+
 def _loc(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -314,16 +328,25 @@ def _loc(loc: tuple) -> str:
 MAX_LISTED_PROBLEMS = 20  # beyond this, "and N more": the first ones are usually the cause of the rest
 
 
-def _problem(error: dict) -> str:
-    """One pydantic error as `loc: message (got VALUE)`, in the manifest's own key names."""
+def _user_loc(loc: tuple) -> tuple:
     # pydantic adds the union/literal branch to the location; keep only the user's keys.
-    loc = _loc(tuple(p for p in error["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function")))))
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+
+
+def _problem(error: dict, sets: dict[str, tuple] | None = None) -> str:
+    """One pydantic error as `loc: message (got VALUE)`, in the manifest's own key names, led by
+    the `--set` whose location it is in (when one is)."""
+    user_loc = _user_loc(error["loc"])
+    loc = _loc(user_loc)
+    by = [text for text, where in (sets or {}).items() if user_loc[:len(where)] == where
+          or user_loc and where[:len(user_loc)] == user_loc and error["type"] != "missing"]
+    lead = f"--set {by[-1]}: " if by else ""
     msg = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling against docs/manifest.md)"
     elif "input" in error and error["type"] not in ("missing",) and not isinstance(error["input"], (dict, list)):
         msg += f" (got {error['input']!r})"
-    return f"{loc or '<top level>'}: {msg}"
+    return f"{lead}{loc or '<top level>'}: {msg}"
 
 
 def format_problems(path, problems: list[str]) -> str:
@@ -338,11 +361,13 @@ def format_problems(path, problems: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _format_error(path: Path, exc: ValidationError) -> str:
-    return format_problems(path, [_problem(e) for e in exc.errors()])
+def _format_error(path: Path, exc: ValidationError, sets: dict[str, tuple] | None = None) -> str:
+    return format_problems(path, [_problem(e, sets) for e in exc.errors()])
 
 
-def load_manifest(path) -> Manifest:
+def load_manifest(path, sets: list[str] | None = None) -> Manifest:
+    """The manifest of `path`, with the command line's `--set KEY.PATH=VALUE` overrides applied
+    over it (bench/overrides.py) before it is validated."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -359,11 +384,17 @@ def load_manifest(path) -> Manifest:
         raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a manifest is a YAML mapping with keys name, backbones, datasets, ...")
+    where = {}
+    if sets:
+        from bench.overrides import apply_sets
+
+        raw, where = apply_sets(raw, list(sets))
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(_format_error(path, exc)) from None
+        raise UserError(_format_error(path, exc, where)) from None
     _resolve_paths(manifest, path.parent, path)
+    manifest._overrides = list(sets or [])
     return manifest
 
 

@@ -121,10 +121,12 @@ def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None) ->
 
 
 def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, progress=True,
-                 extra_backbones=(), only: set[str] | None = None, executor_overrides: dict | None = None) -> int:
+                 extra_backbones=(), only: set[str] | None = None, executor_overrides: dict | None = None,
+                 sets: list[str] | None = None) -> int:
     """Run a manifest's matrix. `extra_backbones` join the manifest's (`bench submit`); `only`
-    restricts the work to those backbones' pre-trainings and cells (the reports cover all records)."""
-    m = load_manifest(path)
+    restricts the work to those backbones' pre-trainings and cells (the reports cover all records);
+    `sets` are `--set KEY.PATH=VALUE` overrides over the file."""
+    m = load_manifest(path, sets)
     if extra_backbones:
         m.backbones = [*m.backbones, *extra_backbones]
     selected = [b for b in m.backbones if only is None or b.name in only]
@@ -153,7 +155,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         cells = [Cell(**{**c.as_dict(), "method": methods.get(c.backbone, c.method)}) for c in cells]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "manifest.resolved.json", m.model_dump(mode="json", by_alias=True))
+    write_json_atomic(out_dir / "manifest.resolved.json", m.resolved_dump())
     executor = make_executor(m.executor, workers=workers or m.workers, out_dir=out_dir, **(executor_overrides or {}))
     try:
         world_id = world_fingerprint(m.data.synth)

@@ -96,11 +96,13 @@ def matrix_status(results_dir) -> dict:
     resolved = results_dir / "manifest.resolved.json"
     if not resolved.is_file():
         raise UserError(f"{results_dir}: no manifest.resolved.json; is this the results folder of a `bench run`?")
-    from bench.manifest import Manifest
+    from bench.manifest import RESOLVED_OVERRIDES, Manifest
     from bench.matrix import expand
 
     try:
-        manifest = Manifest.model_validate(json.loads(resolved.read_text()))
+        raw = json.loads(resolved.read_text())
+        raw.pop(RESOLVED_OVERRIDES, None)  # how the manifest was made, not a manifest key
+        manifest = Manifest.model_validate(raw)
     except Exception as exc:  # noqa: BLE001 -- a corrupt or foreign file
         raise UserError(f"{resolved}: unreadable ({type(exc).__name__}); re-run bench run to rewrite it") from None
     ids = [c.id for c in expand(manifest)]

@@ -13,6 +13,10 @@ def add_parser(sub) -> None:
     r.add_argument("manifest", help="manifest YAML file (docs/manifest.md)")
     r.add_argument("--out", help="results folder (default: the manifest's `out`, else results/<name>)")
     r.add_argument("--workers", type=positive_int, help="cells run in this many parallel processes (default: manifest's `workers`)")
+    r.add_argument("--set", action="append", metavar="KEY.PATH=VALUE", dest="sets",
+                   help="override a manifest value without editing the file, e.g. transfer.steps=500 or "
+                   "backbones.depth.pretrain.steps=2000 (a list entry by its name); the value is YAML; repeatable; "
+                   "recorded in manifest.resolved.json")
     r.add_argument("--dry-run", action="store_true", help="list the cells and exit; nothing is written")
     r.add_argument("--json", action="store_true", help="with --dry-run: print the cells as a JSON list")
     ex = r.add_argument_group("executor (default: the manifest's `executor:` section; docs/scaling-out.md)")
@@ -36,4 +40,4 @@ def main(args) -> int:
              "wait": False if args.no_wait else None}
     overrides = {"kind": args.executor, "ray_address": args.ray_address, "slurm": slurm}
     return run_manifest(args.manifest, out=args.out, workers=args.workers, dry_run=args.dry_run,
-                        as_json=args.json, progress=args.progress, executor_overrides=overrides)
+                        as_json=args.json, progress=args.progress, executor_overrides=overrides, sets=args.sets)
