@@ -365,9 +365,11 @@ def _format_error(path: Path, exc: ValidationError, sets: dict[str, tuple] | Non
     return format_problems(path, [_problem(e, sets) for e in exc.errors()])
 
 
-def load_manifest(path, sets: list[str] | None = None) -> Manifest:
+def load_manifest(path, sets: list[str] | None = None, *, check_files: bool = True) -> Manifest:
     """The manifest of `path`, with the command line's `--set KEY.PATH=VALUE` overrides applied
-    over it (bench/overrides.py) before it is validated."""
+    over it (bench/overrides.py) before it is validated. `check_files=False` leaves out the checks
+    that the files and folders it names exist (`bench run --dry-run --manifest-only`: a manifest
+    written before its data is there)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -393,14 +395,15 @@ def load_manifest(path, sets: list[str] | None = None) -> Manifest:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise UserError(_format_error(path, exc, where)) from None
-    _resolve_paths(manifest, path.parent, path)
+    _resolve_paths(manifest, path.parent, path, check_files)
     manifest._overrides = list(sets or [])
     return manifest
 
 
-def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
+def _resolve_paths(m: Manifest, base: Path, path: Path, check_files: bool = True) -> None:
     """Make relative paths absolute (against the manifest's folder) and check they exist."""
-    problems: list[str] = []  # every missing file, not only the first
+    problems: list[str] = []  # every problem, not only the first
+    missing: list[str] = []  # files and folders not (yet) there
 
     def resolve(p: Path | None) -> Path | None:
         return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
@@ -411,23 +414,23 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
         if b.checkpoint is not None:
             b.checkpoint = resolve(b.checkpoint)
             if not b.checkpoint.is_file():
-                problems.append(f"backbones[{i}].checkpoint: file not found: {b.checkpoint}")
+                missing.append(f"backbones[{i}].checkpoint: file not found: {b.checkpoint}")
         if b.import_ is not None:
             b.import_.file = resolve(b.import_.file)
             if not b.import_.file.exists():
-                problems.append(f"backbones[{i}].import.file: not found: {b.import_.file}")
+                missing.append(f"backbones[{i}].import.file: not found: {b.import_.file}")
             if b.import_.key_map is not None:
                 b.import_.key_map = resolve(b.import_.key_map)
                 if not b.import_.key_map.is_file():
-                    problems.append(f"backbones[{i}].import.key_map: file not found: {b.import_.key_map}")
+                    missing.append(f"backbones[{i}].import.key_map: file not found: {b.import_.key_map}")
         if b.pretrain is not None and b.pretrain.root is not None:
             b.pretrain.root = resolve(b.pretrain.root)
             if not b.pretrain.root.is_dir():
-                problems.append(f"backbones[{i}].pretrain.root: folder not found: {b.pretrain.root}")
+                missing.append(f"backbones[{i}].pretrain.root: folder not found: {b.pretrain.root}")
         if b.pretrain is not None and b.pretrain.init is not None:
             b.pretrain.init = resolve(b.pretrain.init)
             if not b.pretrain.init.is_file():
-                problems.append(f"backbones[{i}].pretrain.init: file not found: {b.pretrain.init}")
+                missing.append(f"backbones[{i}].pretrain.init: file not found: {b.pretrain.init}")
         if b.pretrain is not None:
             for key in PATH_OPTIONS:  # folder options of a method, relative to the manifest like every path
                 if isinstance(b.pretrain.options.get(key), str):
@@ -440,7 +443,8 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
         if d.root is not None:
             d.root = resolve(d.root)
             if not d.root.is_dir():
-                problems.append(f"datasets[{i}].root: folder not found: {d.root}")
+                missing.append(f"datasets[{i}].root: folder not found: {d.root}")
+    problems = (missing if check_files else []) + problems
     if problems:
         raise UserError(format_problems(path, problems))
 

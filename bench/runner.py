@@ -51,6 +51,12 @@ def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
     return path
 
 
+def uses_world(m: Manifest, backbones) -> bool:
+    """Whether a dataset of the matrix, or a pre-training of `backbones`, reads the generated world."""
+    return (any(d.root is None for d in m.datasets)
+            or any(b.pretrain is not None and b.pretrain.root is None for b in backbones))
+
+
 def pretrain_config(backbone, world_root: Path, world_id: str) -> dict:
     spec = backbone.pretrain.model_dump(mode="json")
     root = spec.pop("root")
@@ -106,12 +112,14 @@ def _transfer_job(config: dict, out_dir: str, progress: bool) -> str:
             return "failed"
 
 
-def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None) -> dict[str, str]:
-    """Checkpoints (given or imported) carry their own method label."""
+def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None,
+                        only_existing: bool = False) -> dict[str, str]:
+    """Checkpoints (given or imported) carry their own method label (`only_existing`: of those
+    already there; the others keep the manifest's label)."""
     methods = {}
     for b in m.backbones:
         path = b.checkpoint or (imported or {}).get(b.name)
-        if path is not None:
+        if path is not None and not (only_existing and not Path(path).is_file()):
             meta = read_checkpoint_meta(path)
             if meta["arch"] != b.arch:
                 raise UserError(f"{path}: checkpoint arch {meta['arch']!r} but backbone "
@@ -122,15 +130,27 @@ def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None) ->
 
 def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, progress=True,
                  extra_backbones=(), only: set[str] | None = None, executor_overrides: dict | None = None,
-                 sets: list[str] | None = None) -> int:
+                 sets: list[str] | None = None, manifest_only: bool = False) -> int:
     """Run a manifest's matrix. `extra_backbones` join the manifest's (`bench submit`); `only`
     restricts the work to those backbones' pre-trainings and cells (the reports cover all records);
-    `sets` are `--set KEY.PATH=VALUE` overrides over the file."""
-    m = load_manifest(path, sets)
+    `sets` are `--set KEY.PATH=VALUE` overrides over the file. A dry run checks the real data
+    it names (bench/dry_run.py), unless `manifest_only`: then the manifest alone, its files and
+    folders need not exist yet."""
+    if manifest_only and not dry_run:
+        raise UserError("--manifest-only checks a manifest without its data: it needs --dry-run")
+    m = load_manifest(path, sets, check_files=not manifest_only)
     if extra_backbones:
         m.backbones = [*m.backbones, *extra_backbones]
     selected = [b for b in m.backbones if only is None or b.name in only]
-    cells = [c for c in expand(m, _checkpoint_methods(m)) if only is None or c.backbone in only]
+    if dry_run:
+        from bench.dry_run import data_problems
+        from bench.manifest import format_problems
+
+        problems = [] if manifest_only else data_problems(m, selected)
+        if problems:
+            raise UserError(format_problems(path, problems))
+    methods = _checkpoint_methods(m, only_existing=manifest_only)
+    cells = [c for c in expand(m, methods) if only is None or c.backbone in only]
     if dry_run:
         if as_json:
             print(json.dumps([{"id": c.id, **c.as_dict()} for c in cells], indent=2))
@@ -159,7 +179,8 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     executor = make_executor(m.executor, workers=workers or m.workers, out_dir=out_dir, **(executor_overrides or {}))
     try:
         world_id = world_fingerprint(m.data.synth)
-        world_root = ensure_world(m.data.synth, world_id, out_dir)
+        # Rendered only for a manifest that trains or transfers on it.
+        world_root = ensure_world(m.data.synth, world_id, out_dir) if uses_world(m, selected) else None
         retries = m.executor.retries
 
         # Stage 1: pre-training, one job per backbone that asks for it and has no current checkpoint

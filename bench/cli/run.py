@@ -17,7 +17,11 @@ def add_parser(sub) -> None:
                    help="override a manifest value without editing the file, e.g. transfer.steps=500 or "
                    "backbones.depth.pretrain.steps=2000 (a list entry by its name); the value is YAML; repeatable; "
                    "recorded in manifest.resolved.json")
-    r.add_argument("--dry-run", action="store_true", help="list the cells and exit; nothing is written")
+    r.add_argument("--dry-run", action="store_true", help="check the manifest and the data it names (dataset "
+                   "folders list, few-shot sizes fit, pre-training data is there), list the cells and exit; "
+                   "nothing is written or rendered")
+    r.add_argument("--manifest-only", action="store_true", help="with --dry-run: check the manifest alone, not "
+                   "its data (for a manifest written before its data exists)")
     r.add_argument("--json", action="store_true", help="with --dry-run: print the cells as a JSON list")
     ex = r.add_argument_group("executor (default: the manifest's `executor:` section; docs/scaling-out.md)")
     ex.add_argument("--executor", choices=["local", "ray", "slurm"], help="where jobs run")
@@ -40,4 +44,5 @@ def main(args) -> int:
              "wait": False if args.no_wait else None}
     overrides = {"kind": args.executor, "ray_address": args.ray_address, "slurm": slurm}
     return run_manifest(args.manifest, out=args.out, workers=args.workers, dry_run=args.dry_run,
-                        as_json=args.json, progress=args.progress, executor_overrides=overrides, sets=args.sets)
+                        as_json=args.json, progress=args.progress, executor_overrides=overrides, sets=args.sets,
+                        manifest_only=args.manifest_only)
