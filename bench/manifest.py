@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bench.core.errors import UserError
 from bench.core.models.backbones import is_known_arch, list_backbones
@@ -334,6 +334,17 @@ class Manifest(_Strict):
     transfer: TransferSection = TransferSection()
     executor: ExecutorSpec = ExecutorSpec()
     tracking: TrackingSpec | None = None  # absent: no tracking
+    # The command line's `--set` overrides, applied over the file: not a key of the file, so
+    # private; `resolved_dump` records them in manifest.resolved.json.
+    _overrides: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def overrides(self) -> list[str]:
+        return list(self._overrides)
+
+    def resolved_dump(self) -> dict:
+        """What manifest.resolved.json holds: the validated manifest and the `--set`s applied."""
+        return {**self.model_dump(mode="json", by_alias=True), RESOLVED_OVERRIDES: self.overrides}
 
     @model_validator(mode="after")
     def _unique_names(self):
@@ -348,6 +359,9 @@ class Manifest(_Strict):
         return self
 
 
+RESOLVED_OVERRIDES = "overrides"  # manifest.resolved.json's key for the `--set`s (not a manifest key)
+
+
 def _loc(loc: tuple) -> str:
     out = ""
     for part in loc:
@@ -355,21 +369,51 @@ def _loc(loc: tuple) -> str:
     return out
 
 
-def _format_error(path: Path, exc: ValidationError) -> str:
-    errors = exc.errors()
-    first = errors[0]
+MAX_LISTED_PROBLEMS = 20  # beyond this, "and N more": the first ones are usually the cause of the rest
+
+
+def _user_loc(loc: tuple) -> tuple:
     # pydantic adds the union/literal branch to the location; keep only the user's keys.
-    loc = _loc(tuple(p for p in first["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function")))))
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
+    return tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+
+
+def _problem(error: dict, sets: dict[str, tuple] | None = None) -> str:
+    """One pydantic error as `loc: message (got VALUE)`, in the manifest's own key names, led by
+    the `--set` whose location it is in (when one is)."""
+    user_loc = _user_loc(error["loc"])
+    loc = _loc(user_loc)
+    by = [text for text, where in (sets or {}).items() if user_loc[:len(where)] == where
+          or user_loc and where[:len(user_loc)] == user_loc and error["type"] != "missing"]
+    lead = f"--set {by[-1]}: " if by else ""
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
         msg = "unknown key (check the spelling against docs/manifest.md)"
-    elif "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], (dict, list)):
-        msg += f" (got {first['input']!r})"
-    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return f"{path}: {loc or '<top level>'}: {msg}{more}"
+    elif "input" in error and error["type"] not in ("missing",) and not isinstance(error["input"], (dict, list)):
+        msg += f" (got {error['input']!r})"
+    return f"{lead}{loc or '<top level>'}: {msg}"
 
 
-def load_manifest(path) -> Manifest:
+def format_problems(path, problems: list[str]) -> str:
+    """One problem on one line (`PATH: PROBLEM`); several as a count and one line each."""
+    problems = list(dict.fromkeys(problems))  # a union's branches can report the same problem twice
+    if len(problems) == 1:
+        return f"{path}: {problems[0]}"
+    listed = problems[:MAX_LISTED_PROBLEMS]
+    lines = [f"{path}: {len(problems)} problems:", *(f"  {p}" for p in listed)]
+    if len(problems) > len(listed):
+        lines.append(f"  and {len(problems) - len(listed)} more")
+    return "\n".join(lines)
+
+
+def _format_error(path: Path, exc: ValidationError, sets: dict[str, tuple] | None = None) -> str:
+    return format_problems(path, [_problem(e, sets) for e in exc.errors()])
+
+
+def load_manifest(path, sets: list[str] | None = None, *, check_files: bool = True) -> Manifest:
+    """The manifest of `path`, with the command line's `--set KEY.PATH=VALUE` overrides applied
+    over it (bench/overrides.py) before it is validated. `check_files=False` leaves out the checks
+    that the files and folders it names exist (`bench run --dry-run --manifest-only`: a manifest
+    written before its data is there)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -386,16 +430,25 @@ def load_manifest(path) -> Manifest:
         raise UserError(f"{path}: invalid YAML{where}: {problem}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{path}: a manifest is a YAML mapping with keys name, backbones, datasets, ...")
+    where = {}
+    if sets:
+        from bench.overrides import apply_sets
+
+        raw, where = apply_sets(raw, list(sets))
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
-        raise UserError(_format_error(path, exc)) from None
-    _resolve_paths(manifest, path.parent, path)
+        raise UserError(_format_error(path, exc, where)) from None
+    _resolve_paths(manifest, path.parent, path, check_files)
+    manifest._overrides = list(sets or [])
     return manifest
 
 
-def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
+def _resolve_paths(m: Manifest, base: Path, path: Path, check_files: bool = True) -> None:
     """Make relative paths absolute (against the manifest's folder) and check they exist."""
+    problems: list[str] = []  # every problem, not only the first
+    missing: list[str] = []  # files and folders not (yet) there
+
     def resolve(p: Path | None) -> Path | None:
         return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
 
@@ -407,33 +460,39 @@ def _resolve_paths(m: Manifest, base: Path, path: Path) -> None:
         if b.checkpoint is not None:
             b.checkpoint = resolve(b.checkpoint)
             if not b.checkpoint.is_file():
-                raise UserError(f"{path}: backbones[{i}].checkpoint: file not found: {b.checkpoint}")
+                missing.append(f"backbones[{i}].checkpoint: file not found: {b.checkpoint}")
         if b.import_ is not None:
             b.import_.file = resolve(b.import_.file)
             if not b.import_.file.exists():
-                raise UserError(f"{path}: backbones[{i}].import.file: not found: {b.import_.file}")
+                missing.append(f"backbones[{i}].import.file: not found: {b.import_.file}")
             if b.import_.key_map is not None:
                 b.import_.key_map = resolve(b.import_.key_map)
                 if not b.import_.key_map.is_file():
-                    raise UserError(f"{path}: backbones[{i}].import.key_map: file not found: {b.import_.key_map}")
+                    missing.append(f"backbones[{i}].import.key_map: file not found: {b.import_.key_map}")
         if b.pretrain is not None and b.pretrain.root is not None:
             b.pretrain.root = resolve(b.pretrain.root)
             if not b.pretrain.root.is_dir():
-                raise UserError(f"{path}: backbones[{i}].pretrain.root: folder not found: {b.pretrain.root}")
+                missing.append(f"backbones[{i}].pretrain.root: folder not found: {b.pretrain.root}")
         if b.pretrain is not None and b.pretrain.init is not None:
             b.pretrain.init = resolve(b.pretrain.init)
             if not b.pretrain.init.is_file():
-                raise UserError(f"{path}: backbones[{i}].pretrain.init: file not found: {b.pretrain.init}")
+                missing.append(f"backbones[{i}].pretrain.init: file not found: {b.pretrain.init}")
         if b.pretrain is not None:
             for key in PATH_OPTIONS:  # folder options of a method, relative to the manifest like every path
                 if isinstance(b.pretrain.options.get(key), str):
                     b.pretrain.options[key] = str(resolve(Path(b.pretrain.options[key])))
-    _resolve_decoders(m, resolve, path)
+    try:
+        _resolve_decoders(m, resolve, path)
+    except UserError as exc:
+        problems.append(str(exc).removeprefix(f"{path}: "))
     for i, d in enumerate(m.datasets):
         if d.root is not None:
             d.root = resolve(d.root)
             if not d.root.is_dir():
-                raise UserError(f"{path}: datasets[{i}].root: folder not found: {d.root}")
+                missing.append(f"datasets[{i}].root: folder not found: {d.root}")
+    problems = (missing if check_files else []) + problems
+    if problems:
+        raise UserError(format_problems(path, problems))
 
 
 def _resolve_decoders(m: Manifest, resolve, path: Path) -> None:

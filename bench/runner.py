@@ -20,11 +20,12 @@ from bench.aggregate import where, write_reports
 from bench.core.checkpoint import file_sha256, read_checkpoint_meta
 from bench.core.claims import CLAIMED, Claim, claimed, exclusive_lock, holder, identity, read_claim
 from bench.core.errors import UserError, one_line
+from bench.core.progress import bar as progress_bar
 from bench.executors import Job, make_executor
 from bench.manifest import Manifest, SynthWorld, load_manifest
 from bench.matrix import expand
 from bench.tracking import open_tracking
-from bench.core.records import fingerprint, is_finished, write_json_atomic
+from bench.core.records import fingerprint, is_finished, read_json, write_json_atomic
 from bench.importers.cache import import_backbone
 from pretrain.loop import Diverged
 from transfer.api import RECORD_NAME, Cell, resolve_cell_config
@@ -59,6 +60,12 @@ def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
     return path
 
 
+def uses_world(m: Manifest, backbones) -> bool:
+    """Whether a dataset of the matrix, or a pre-training of `backbones`, reads the generated world."""
+    return (any(d.root is None for d in m.datasets)
+            or any(b.pretrain is not None and b.pretrain.root is None for b in backbones))
+
+
 def pretrain_config(backbone, world_root: Path, world_id: str) -> dict:
     spec = backbone.pretrain.model_dump(mode="json")
     root = spec.pop("root")
@@ -83,6 +90,7 @@ def _pretrain_job(config: dict, out_dir: str, progress: bool, claims: dict | Non
     """One pre-training, under its folder's claim (`claims`: the manifest's executor.claims; None:
     the caller holds the claim, as the Ray executor's driver does without a shared filesystem).
     Returns the checkpoint's path, or CLAIMED when another live driver holds the folder."""
+    from bench.status import running_marker
     from pretrain.api import run_pretrain
 
     # Messages go to the job's own log: text written from a worker would tear the progress bars.
@@ -90,7 +98,8 @@ def _pretrain_job(config: dict, out_dir: str, progress: bool, claims: dict | Non
     with _claim(out_dir, f"pretrain {config['name']}", claims) as claim:
         if not claim:
             return CLAIMED
-        with open(Path(out_dir) / "log.txt", "a") as log_file:
+        # `bench status` shows the pre-training as running meanwhile
+        with running_marker(Path(out_dir)), open(Path(out_dir) / "log.txt", "a") as log_file:
             def log(msg: str) -> None:
                 log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
                 log_file.flush()
@@ -150,12 +159,14 @@ def _claimed_message(name: str, out_dir: Path) -> str:
     return f"{name}: claimed elsewhere{who}; skipped by this driver"
 
 
-def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None) -> dict[str, str]:
-    """Checkpoints (given or imported) carry their own method label."""
+def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None,
+                        only_existing: bool = False) -> dict[str, str]:
+    """Checkpoints (given or imported) carry their own method label (`only_existing`: of those
+    already there; the others keep the manifest's label)."""
     methods = {}
     for b in m.backbones:
         path = b.checkpoint or (imported or {}).get(b.name)
-        if path is not None:
+        if path is not None and not (only_existing and not Path(path).is_file()):
             meta = read_checkpoint_meta(path)
             if meta["arch"] != b.arch:
                 raise UserError(f"{path}: checkpoint arch {meta['arch']!r} but backbone "
@@ -165,14 +176,28 @@ def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None) ->
 
 
 def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, progress=True,
-                 extra_backbones=(), only: set[str] | None = None, executor_overrides: dict | None = None) -> int:
+                 extra_backbones=(), only: set[str] | None = None, executor_overrides: dict | None = None,
+                 sets: list[str] | None = None, manifest_only: bool = False) -> int:
     """Run a manifest's matrix. `extra_backbones` join the manifest's (`bench submit`); `only`
-    restricts the work to those backbones' pre-trainings and cells (the reports cover all records)."""
-    m = load_manifest(path)
+    restricts the work to those backbones' pre-trainings and cells (the reports cover all records);
+    `sets` are `--set KEY.PATH=VALUE` overrides over the file. A dry run checks the real data
+    it names (bench/dry_run.py), unless `manifest_only`: then the manifest alone, its files and
+    folders need not exist yet."""
+    if manifest_only and not dry_run:
+        raise UserError("--manifest-only checks a manifest without its data: it needs --dry-run")
+    m = load_manifest(path, sets, check_files=not manifest_only)
     if extra_backbones:
         m.backbones = [*m.backbones, *extra_backbones]
     selected = [b for b in m.backbones if only is None or b.name in only]
-    cells = [c for c in expand(m, _checkpoint_methods(m)) if only is None or c.backbone in only]
+    if dry_run:
+        from bench.dry_run import data_problems
+        from bench.manifest import format_problems
+
+        problems = [] if manifest_only else data_problems(m, selected)
+        if problems:
+            raise UserError(format_problems(path, problems))
+    methods = _checkpoint_methods(m, only_existing=manifest_only)
+    cells = [c for c in expand(m, methods) if only is None or c.backbone in only]
     if dry_run:
         if as_json:
             print(json.dumps([{"id": c.id, **c.as_dict()} for c in cells], indent=2))
@@ -197,12 +222,13 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         cells = [Cell(**{**c.as_dict(), "method": methods.get(c.backbone, c.method)}) for c in cells]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "manifest.resolved.json", m.model_dump(mode="json", by_alias=True))
+    write_json_atomic(out_dir / "manifest.resolved.json", m.resolved_dump())
     executor = make_executor(m.executor, workers=workers or m.workers, out_dir=out_dir, **(executor_overrides or {}))
     tracker = open_tracking(m.tracking, out_dir, m.name, say=_say)  # logs finished jobs' files; never fails one
     try:
         world_id = world_fingerprint(m.data.synth)
-        world_root = ensure_world(m.data.synth, world_id, out_dir)
+        # Rendered only for a manifest that trains or transfers on it.
+        world_root = ensure_world(m.data.synth, world_id, out_dir) if uses_world(m, selected) else None
         retries = m.executor.retries
         claims = m.executor.claims.model_dump()  # taken by each job where it runs (a worker, a node)
 
@@ -243,7 +269,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                 _say(f"pre-training {names[i]} submitted; its cells follow on a later `bench run`")
             else:
                 checkpoints[names[i]] = Path(result)
-                _say(f"pre-trained {names[i]}: {result}")
+                _say(pretrain_line(names[i], Path(result)))
                 tracker.log(jobs[i].out_dir)
         hashes = {n: file_sha256(p) for n, p in checkpoints.items()
                   if p is not None and n not in broken and n not in waiting and n not in claimed_pre}
@@ -284,16 +310,16 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
              f"{sum(c.backbone in broken for c in cells)} skipped (failed pre-training)"
              + (f", {behind_claims} left to the driver pre-training their backbone" if behind_claims else ""))
         statuses = []
-        with tqdm(total=len(todo), desc="matrix", unit="cell", position=0, disable=not progress,
-                  dynamic_ncols=True) as bar:
+        with progress_bar(enabled=progress, total=len(todo), desc="matrix", unit="cell", position=0) as bar:
             for i, status, exc in _with_retries(executor, todo, retries, failed=lambda s: s == "failed"):
-                cell = todo[i].kwargs["config"]["cell"]
                 statuses.append("failed" if exc else status)
                 tracker.log(todo[i].out_dir)
                 if exc is None and status == CLAIMED:
                     _say(_claimed_message(f"cell {Cell(**cell).id}", todo[i].out_dir))
-                elif exc is not None or status not in ("ok", DONE_ELSEWHERE):
-                    _say(f"cell {Cell(**cell).id}: {status if exc is None else one_line(exc)}")
+                elif exc is None and status == DONE_ELSEWHERE:
+                    _say(f"cell {Cell(**cell).id}: finished by another driver meanwhile")
+                elif status != SUBMITTED:  # one line per finished cell, terminal or not
+                    _say(cell_line(todo[i].name, todo[i].out_dir, status if exc is None else one_line(exc)))
                 bar.update(1)
         tracker.catch_up()  # jobs finished earlier or elsewhere, and what a sink missed
         pending = [s for s in statuses if s == SUBMITTED]
@@ -326,6 +352,26 @@ def _shared_folder_summary(statuses: list[str], claimed_pre: set[str], behind_cl
     return (f"shared:      {ran} cells run by this driver, {elsewhere} claimed elsewhere, {done} finished "
             f"elsewhere meanwhile; {len(claimed_pre)} pre-trainings claimed elsewhere "
             f"(with {behind_claims} cells)")
+
+
+def cell_line(cell_id: str, cell_dir: Path, outcome: str) -> str:
+    """`cell ID: ok mIoU 41.23 (12s)`, or the outcome and its reason, from the cell's record."""
+    record = read_json(Path(cell_dir) / RECORD_NAME) or {}
+    metrics, wall = record.get("metrics"), (record.get("timings") or {}).get("wall_s")
+    took = f" ({wall:.0f}s)" if isinstance(wall, (int, float)) else ""
+    if outcome == "ok" and metrics:
+        return f"cell {cell_id}: ok mIoU {100 * metrics['miou']:.2f}{took}"
+    reason = record.get("error") if outcome in ("failed", "diverged") else None
+    return f"cell {cell_id}: {outcome}" + (f" ({reason})" if reason else "")
+
+
+def pretrain_line(name: str, checkpoint: Path) -> str:
+    """`pre-trained NAME: final loss 0.4123 (52s) -> CHECKPOINT`, from its summary.json."""
+    summary = read_json(checkpoint.parent / "summary.json") or {}
+    loss, wall = summary.get("final_loss"), summary.get("wall_s")
+    facts = [f"final loss {loss:.4f}" if isinstance(loss, (int, float)) else None,
+             f"({wall:.0f}s)" if isinstance(wall, (int, float)) else None, f"-> {checkpoint}"]
+    return f"pre-trained {name}: " + " ".join(f for f in facts if f)
 
 
 def _with_retries(executor, jobs: list[Job], retries: int, failed=lambda result: False):

@@ -10,6 +10,15 @@ Each cell of the resolved manifest (plus any submitted backbone's records) is on
   resumes it);
 - `pending`: nothing yet.
 
+Pre-trainings (`pretrain/NAME/`) are `done` (a checkpoint), `diverged`, `running` (a live
+marker), `interrupted` (a dead marker or a `state.pt`) or `pending`. Finished cells show their
+mIoU, and each backbone its mean over its finished cells.
+
+The estimated time to finish is, for cells and pre-trainings separately, the mean wall time of
+the finished ones (their records' `timings.wall_s`, `summary.json`'s `wall_s`) times the number
+not finished (running ones counted whole), divided by the manifest's `workers`; it is unknown
+until one of a kind has finished.
+
 Records are the source of truth; a fingerprint check is `bench run`'s business (it needs the
 checkpoints' hashes), so a record of an edited manifest still shows its old status here.
 """
@@ -87,11 +96,13 @@ def matrix_status(results_dir) -> dict:
     resolved = results_dir / "manifest.resolved.json"
     if not resolved.is_file():
         raise UserError(f"{results_dir}: no manifest.resolved.json; is this the results folder of a `bench run`?")
-    from bench.manifest import Manifest
+    from bench.manifest import RESOLVED_OVERRIDES, Manifest
     from bench.matrix import expand
 
     try:
-        manifest = Manifest.model_validate(json.loads(resolved.read_text()))
+        raw = json.loads(resolved.read_text())
+        raw.pop(RESOLVED_OVERRIDES, None)  # how the manifest was made, not a manifest key
+        manifest = Manifest.model_validate(raw)
     except Exception as exc:  # noqa: BLE001 -- a corrupt or foreign file
         raise UserError(f"{resolved}: unreadable ({type(exc).__name__}); re-run bench run to rewrite it") from None
     ids = [c.id for c in expand(manifest)]
@@ -101,17 +112,111 @@ def matrix_status(results_dir) -> dict:
         status, reason = cell_status(results_dir / "runs" / cell_id)
         cells.append({"cell": cell_id, "status": status, "reason": reason})
     counts = Counter(c["status"] for c in cells)
-    return {"results": str(results_dir), "total": len(cells),
-            "counts": {s: counts.get(s, 0) for s in ORDER if counts.get(s)}, "cells": cells}
+    summary = {"results": str(results_dir), "total": len(cells),
+               "counts": {s: counts.get(s, 0) for s in ORDER if counts.get(s)}, "cells": cells}
+    add_cell_metrics(summary, results_dir)
+    summary["pretrainings"] = pretraining_status(results_dir, manifest)
+    summary["estimate"] = estimate_remaining(summary, workers=manifest.workers)
+    return summary
+
+
+def add_cell_metrics(summary: dict, results_dir: Path) -> None:
+    """Each finished cell's mIoU and wall time (from its record), and each backbone's mean mIoU."""
+    by_backbone: dict[str, list[float]] = {}
+    for c in summary["cells"]:
+        record = read_json(results_dir / "runs" / c["cell"] / "record.json") or {}
+        miou = (record.get("metrics") or {}).get("miou")
+        c["miou"] = miou if c["status"] == "done" else None
+        c["wall_s"] = (record.get("timings") or {}).get("wall_s")
+        if c["miou"] is not None:
+            by_backbone.setdefault((record.get("cell") or {}).get("backbone", "?"), []).append(miou)
+    summary["backbones"] = {name: {"done": len(v), "mean_miou": sum(v) / len(v)} for name, v in by_backbone.items()}
+
+
+def pretraining_status(results_dir: Path, manifest) -> list[dict]:
+    """One entry per backbone that pre-trains here: status, final loss and wall time when done."""
+    out = []
+    for b in manifest.backbones:
+        if b.pretrain is None:
+            continue
+        folder = results_dir / "pretrain" / b.name
+        summary = read_json(folder / "summary.json") or {}
+        if (folder / "checkpoint.safetensors").is_file():
+            status, reason = "done", None
+        elif (folder / "diverged.json").is_file():
+            status, reason = "diverged", (read_json(folder / "diverged.json") or {}).get("reason")
+        else:
+            status, reason = cell_status(folder)  # the same marker / state.pt / Slurm reading as a cell's
+        out.append({"name": b.name, "status": status, "reason": reason,
+                    "final_loss": summary.get("final_loss") if status == "done" else None,
+                    "wall_s": summary.get("wall_s") if status == "done" else None})
+    return out
+
+
+def _eta_part(walls: list[float], left: int, workers: int) -> float | None:
+    if left == 0:
+        return 0.0
+    return None if not walls else sum(walls) / len(walls) * left / max(1, workers)
+
+
+def estimate_remaining(summary: dict, workers: int) -> dict:
+    """Seconds left: mean wall time of finished jobs x jobs not finished / workers, per kind."""
+    finished = ("done", "diverged", "failed", "skipped")
+    cells, pre = summary["cells"], summary["pretrainings"]
+    cell_s = _eta_part([c["wall_s"] for c in cells if c["status"] == "done" and c.get("wall_s")],
+                       sum(c["status"] not in finished for c in cells), workers)
+    pre_s = _eta_part([p["wall_s"] for p in pre if p.get("wall_s")],
+                      sum(p["status"] not in ("done", "diverged") for p in pre), workers)
+    total = None if cell_s is None or pre_s is None else cell_s + pre_s
+    return {"cells_s": cell_s, "pretrainings_s": pre_s, "total_s": total, "workers": workers}
 
 
 def format_status(summary: dict, verbose: bool = False) -> str:
-    lines = [f"{summary['results']}: {summary['total']} cells"]
+    lines = format_pretrainings(summary.get("pretrainings") or [], verbose)
+    lines += [f"{summary['results']}: {summary['total']} cells"]
     lines += [f"  {status:<12}{n}" for status, n in summary["counts"].items()]
     for c in summary["cells"]:
         if verbose or c["status"] in ("failed", "skipped", "interrupted", "running"):
-            lines.append(f"{c['status']:<12}{c['cell']}" + (f"  ({c['reason']})" if c["reason"] else ""))
+            miou = f"  mIoU {100 * c['miou']:.2f}" if c.get("miou") is not None else ""
+            lines.append(f"{c['status']:<12}{c['cell']}{miou}" + (f"  ({c['reason']})" if c["reason"] else ""))
+    lines += format_metrics(summary.get("backbones") or {})
+    if "estimate" in summary:
+        lines.append(format_estimate(summary["estimate"]))
     return "\n".join(lines)
+
+
+def format_pretrainings(pre: list[dict], verbose: bool) -> list[str]:
+    if not pre:
+        return []
+    counts = Counter(p["status"] for p in pre)
+    lines = [f"pre-trainings: {len(pre)} (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"]
+    for p in pre:
+        if verbose or p["status"] != "done":
+            loss = f"  final loss {p['final_loss']:.4f}" if p.get("final_loss") is not None else ""
+            lines.append(f"  {p['status']:<12}{p['name']}{loss}" + (f"  ({p['reason']})" if p["reason"] else ""))
+    return lines
+
+
+def format_metrics(backbones: dict) -> list[str]:
+    if not backbones:
+        return []
+    return ["finished cells, mean mIoU per backbone:"] + [
+        f"  {name:<20}{100 * b['mean_miou']:6.2f}  ({b['done']} cells)" for name, b in backbones.items()]
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}h{rest // 60:02d}m" if h else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def format_estimate(est: dict) -> str:
+    if est["total_s"] == 0:
+        return "estimated time to finish: nothing left"
+    if est["total_s"] is None:
+        return "estimated time to finish: unknown until a cell and a pre-training (if any is left) have finished"
+    return (f"estimated time to finish: {_duration(est['total_s'])} (mean wall time of finished jobs x jobs "
+            f"left / {est['workers']} workers)")
 
 
 # -- claims held (bench.core.claims): who works on which job of a shared results folder ------------

@@ -51,6 +51,13 @@ def test_pretrain_then_transfer(tiny_world, tmp_path, capsys):
                  "--out", str(cell), "--no-progress"]) == 0
     record = json.loads((cell / "record.json").read_text())
     assert record["cell"]["backbone"] == "depth" and record["init"]["effective"] == "encoder+decoder"
+    from bench.core.version import harness_checkout
+
+    # The harness's commit (None outside a checkout) in the record and summary.json, not in the
+    # checkpoint, whose hash every cell fingerprint includes.
+    assert record["harness_git"] == harness_checkout()
+    assert json.loads((ck / "summary.json").read_text())["harness_git"] == harness_checkout()
+    assert "harness_git" not in json.dumps(ckpt.meta)
     assert "mIoU" in capsys.readouterr().out
 
 
@@ -97,3 +104,109 @@ def test_a_bad_optimiser_flag_of_transfer_is_one_line(tiny_world, tmp_path, caps
                  "--protocol", "linear", "--lr", "-1", "--out", str(tmp_path / "c"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --lr:") and "\n" not in err and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("argv", [["list"], ["status", "{results}", "--all"]])
+def test_a_reader_that_stops_early_ends_the_verb_quietly(argv, tmp_path):
+    """`bench list | head -1`: the reader's end is closed before the verb writes, so every write
+    meets a broken pipe; the verb ends with 141 and no traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.cli import BROKEN_PIPE_STATUS
+
+    from bench.manifest import load_manifest
+    from tests.conftest import tiny_manifest
+
+    results = tmp_path / "results"
+    (results / "runs").mkdir(parents=True)
+    manifest = load_manifest(tiny_manifest(tmp_path))
+    (results / "manifest.resolved.json").write_text(manifest.model_dump_json(by_alias=True))
+    argv = [a.format(results=results) for a in argv]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env)
+    proc.stdout.close()  # the reader has gone before the first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == BROKEN_PIPE_STATUS, err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+
+
+def _parsers(parser, prog=None):
+    """Every parser of the CLI with its prog: `bench`, each verb, each nested verb (`bench data synth`)."""
+    import argparse
+
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _parsers(sub)
+
+
+def test_every_option_of_every_verb_has_help():
+    missing = [f"{p.prog} {'/'.join(a.option_strings) or a.dest}" for p in _parsers(build_parser())
+               for a in p._actions if not a.help]
+    assert not missing, missing
+
+
+def test_rendered_help_has_no_doubled_percent_signs():
+    import argparse
+
+    rendered = {p.prog: p.format_help() for p in _parsers(build_parser())}
+    assert not [prog for prog, text in rendered.items() if "%%" in text]
+    assert "95% Student-t" in " ".join(rendered["bench aggregate"].split())
+    transfer = " ".join(rendered["bench transfer"].split())
+    assert "5% of the steps" in transfer
+    assert all(isinstance(p, argparse.ArgumentParser) for p in _parsers(build_parser()))
+
+
+@pytest.mark.parametrize("argv, hint", [(["run"], "bench run"), (["transfer", "--protocol", "nope"], "bench transfer"),
+                                        (["data", "synth"], "bench data synth"), (["frobnicate"], "bench"),
+                                        (["run", "m.yaml", "--workers", "0"], "bench run"),
+                                        (["submit", "--workers", "-2"], "bench submit")])
+def test_a_usage_mistake_is_one_line_and_a_hint(argv, hint, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert done.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"{hint}: error: ") and err.endswith(f"(see {hint} --help)")
+
+
+def test_workers_zero_names_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "m.yaml", "--workers", "0"])
+    assert "--workers: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_run_refuses_json_without_dry_run(tmp_path, capsys):
+    from tests.conftest import tiny_manifest
+
+    manifest = tiny_manifest(tmp_path)
+    assert main(["run", str(manifest), "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --json") and "--dry-run" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("prog", ["bench run", "bench pretrain", "bench transfer", "bench pseudo-label",
+                                  "bench submit", "bench data inspect"])
+def test_progress_is_one_boolean_flag_everywhere(prog):
+    import argparse
+
+    parser = next(p for p in _parsers(build_parser()) if p.prog == prog)
+    (action,) = [a for a in parser._actions if "--progress" in a.option_strings]
+    assert isinstance(action, argparse.BooleanOptionalAction) and action.default is True
+    assert action.option_strings == ["--progress", "--no-progress"]
+
+
+def test_convert_takes_checkpoint_as_a_flag_and_the_older_positional(capsys):
+    from bench.cli.convert import _checkpoint
+
+    parser = build_parser()
+    flag = parser.parse_args(["convert", "--checkpoint", "a.pth", "--arch", "resnet18", "--out", "x.safetensors"])
+    old = parser.parse_args(["convert", "a.pth", "--arch", "resnet18", "--out", "x.safetensors"])
+    assert _checkpoint(flag) == _checkpoint(old) == "a.pth"
+    assert main(["convert", "--arch", "resnet18", "--out", "x.safetensors"]) == 2
+    assert "needs --checkpoint" in capsys.readouterr().err

@@ -151,3 +151,43 @@ def test_random_init_is_for_the_random_baseline_only(tmp_path):
     text = BASE.replace("arch: resnet10t}", "arch: resnet10t, random_init: timm, pretrain: {method: flow}}")
     with pytest.raises(UserError, match=r"backbones\[0\]: random_init is for the random baseline"):
         load_manifest(_write(tmp_path, text))
+
+
+def test_every_manifest_problem_is_listed_at_once(tmp_path, capsys):
+    text = """
+    name: t
+    backbones:
+      - {name: a, arch: resnet10t, colour: blue}
+      - {name: b}
+    datasets:
+      - name: synth
+    transfer: {steps: lots, train_sizes: [4]}
+    """
+    path = _write(tmp_path, text)
+    assert main(["run", str(path), "--dry-run"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0] == f"error: {path}: 3 problems:"
+    assert sorted(line.split(":")[0].strip() for line in lines[1:]) == ["backbones[0].colour", "backbones[1].arch",
+                                                                         "transfer.steps"]
+    assert "unknown key" in " ".join(lines) and "(got 'lots')" in " ".join(lines)
+
+
+def test_a_long_list_of_problems_is_cut_after_twenty(tmp_path):
+    extra = "".join(f"  - {{name: b{i}, arch: resnet10t, oops: 1}}\n" for i in range(25))
+    path = _write(tmp_path, BASE.replace("datasets:", extra + "datasets:"))
+    with pytest.raises(UserError) as err:
+        load_manifest(path)
+    lines = str(err.value).splitlines()
+    assert lines[0].endswith("25 problems:") and len(lines) == 1 + 20 + 1 and lines[-1] == "  and 5 more"
+
+
+def test_every_missing_file_is_listed_at_once(tmp_path):
+    text = BASE.replace("  - {name: a, arch: resnet10t}", "  - {name: a, arch: resnet10t, checkpoint: gone.safetensors}\n"
+                        "  - {name: b, arch: resnet10t, checkpoint: lost.safetensors}")
+    text = text.replace("  - name: synth", "  - {name: cityscapes, root: nowhere}")
+    with pytest.raises(UserError) as err:
+        load_manifest(_write(tmp_path, text))
+    lines = str(err.value).splitlines()
+    assert lines[0].endswith("3 problems:")
+    assert [line.split(":")[0].strip() for line in lines[1:]] == ["backbones[0].checkpoint", "backbones[1].checkpoint",
+                                                                  "datasets[0].root"]

@@ -13,7 +13,7 @@ import pytest
 from bench.cli import main
 from bench.manifest import load_manifest
 from bench.matrix import expand
-from bench.status import MARKER, matrix_status
+from bench.status import MARKER, format_status, matrix_status
 from tests.conftest import tiny_manifest
 
 
@@ -96,3 +96,48 @@ def test_the_smoke_manifest_is_the_promised_matrix():
     cells = expand(m, {})
     assert len(m.backbones) == 2 and len(m.datasets) == 1 and len(m.transfer.protocols) == 2
     assert len(m.transfer.seeds) == 2 and len(cells) == 8
+
+
+def test_status_reports_pretrainings_and_the_metrics_of_finished_cells(finished, capsys):
+    summary = matrix_status(finished)
+    assert [(p["name"], p["status"]) for p in summary["pretrainings"]] == [("depth", "done"), ("cls", "done")]
+    losses = {p["name"]: json.loads((finished / "pretrain" / p["name"] / "summary.json").read_text())["final_loss"]
+              for p in summary["pretrainings"]}
+    assert {p["name"]: p["final_loss"] for p in summary["pretrainings"]} == losses
+    for c in summary["cells"]:
+        record = json.loads((finished / "runs" / c["cell"] / "record.json").read_text())
+        assert c["miou"] == record["metrics"]["miou"]
+    assert sorted(summary["backbones"]) == ["cls", "depth", "random"]
+    assert summary["estimate"]["total_s"] == 0
+    assert main(["status", str(finished), "--all"]) == 0
+    out = capsys.readouterr().out
+    assert "pre-trainings: 2 (2 done)" in out and "final loss" in out and "mean mIoU per backbone" in out
+    assert "estimated time to finish: nothing left" in out
+
+
+def test_status_estimates_the_time_to_finish_from_finished_jobs(finished, tmp_path, capsys):
+    import shutil
+
+    results = tmp_path / "r"
+    shutil.copytree(finished, results)
+    runs = sorted((results / "runs").iterdir())
+    walls = [json.loads((r / "record.json").read_text())["timings"]["wall_s"] for r in runs[1:]]
+    (runs[0] / "record.json").unlink()  # one cell left
+    (results / "pretrain" / "cls" / "checkpoint.safetensors").unlink()  # one pre-training left
+    depth_wall = json.loads((results / "pretrain" / "depth" / "summary.json").read_text())["wall_s"]
+    resolved = json.loads((results / "manifest.resolved.json").read_text())
+    resolved["workers"] = 2
+    (results / "manifest.resolved.json").write_text(json.dumps(resolved))
+    summary = matrix_status(results)
+    assert [p["status"] for p in summary["pretrainings"]] == ["done", "pending"]
+    est = summary["estimate"]
+    assert est["cells_s"] == pytest.approx(sum(walls) / len(walls) / 2)
+    assert est["pretrainings_s"] == pytest.approx(depth_wall / 2)
+    assert est["total_s"] == pytest.approx(est["cells_s"] + est["pretrainings_s"])
+    assert main(["status", str(results)]) == 0
+    assert "estimated time to finish: " in capsys.readouterr().out
+
+    for r in runs[1:]:  # nothing finished: no estimate, said so
+        (r / "record.json").unlink()
+    assert matrix_status(results)["estimate"]["cells_s"] is None
+    assert "unknown" in format_status(matrix_status(results))

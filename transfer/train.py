@@ -40,7 +40,7 @@ from bench.core.metrics import ConfusionMatrix, PerImageCounts, confusion_matric
 from bench.core.progress import bar as progress_bar
 from bench.core.records import write_json_atomic
 from bench.core.seeding import step_generator
-from bench.core.version import __version__
+from bench.core.version import __version__, harness_checkout
 from transfer.cell_state import STATE_NAME, load_cell_state, save_cell_state
 from transfer.data import CACHE_BYTES, dataset_settings, open_transfer_data
 from transfer.decoders.linear_bank import LinearHeadBank
@@ -614,6 +614,9 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
         },
+        # The harness's git commit and dirty flag when it runs from a checkout (None otherwise):
+        # a runtime fact, outside the fingerprint like everything here but `config`.
+        "harness_git": harness_checkout(),
         "versions": {"harness": __version__, "torch": torch.__version__, "python": platform.python_version(),
                      "timm": _timm_version()},
         "config": config,

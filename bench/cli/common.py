@@ -1,7 +1,7 @@
 """What several verbs share: option groups as argparse parents, and small readers of flags.
 
 A parent holds flags that mean the same in every verb that takes them (`--root`, `--out`,
-`--no-progress`, `--classes`, `--eval-resize`, the training geometry, the import options), so
+`--progress/--no-progress`, `--classes`, `--eval-resize`, the training geometry, the import options), so
 their spelling and help cannot drift apart between verbs.
 """
 
@@ -11,6 +11,14 @@ import argparse
 from pathlib import Path
 
 from bench.core.errors import UserError
+
+
+class BenchParser(argparse.ArgumentParser):
+    """A usage mistake is one line and a pointer to the help, not the whole usage block:
+    `bench run: error: the following arguments are required: manifest (see bench run --help)`."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parent() -> argparse.ArgumentParser:
@@ -32,7 +40,9 @@ def out_parent() -> argparse.ArgumentParser:
 
 def progress_parent() -> argparse.ArgumentParser:
     p = _parent()
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress on stderr: bars in a terminal, a plain line every 10%% or 30 s otherwise "
+                   "(default: on)")
     return p
 
 
@@ -62,6 +72,17 @@ def import_parent() -> argparse.ArgumentParser:
                    "imagenet, monodepth2 (0.45/0.225), half (0.5/0.5), or MEAN/STD, e.g. 0.45/0.225 or "
                    "0.5,0.4,0.3/0.2,0.2,0.2 (default: the format's; monodepth2-family formats use 0.45/0.225)")
     return p
+
+
+def positive_int(text: str) -> int:
+    """An argparse type for counts that must be at least 1 (`--workers 0` would run nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def existing_dir(path: str, flag: str = "--root") -> Path:

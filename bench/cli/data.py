@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ def add_parser(sub) -> None:
     from transfer.datasets import list_datasets
 
     d = sub.add_parser("data", help="generate or inspect data")
-    dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND", help="synth or inspect")
     s = dsub.add_parser("synth", help="render the procedural driving world", description=
                         "RGB (left/right), metric depth, forward flow, semantic labels, poses and object crops.")
     s.add_argument("--out", required=True, help="new output folder")
@@ -30,7 +31,8 @@ def add_parser(sub) -> None:
                         "dataset, split, num_images, num_classes, class_names, class_pixels, ignore_pixels.")
     i.add_argument("name", choices=list_datasets(), help="dataset")
     i.add_argument("--split", required=True, help="official split name (e.g. cityscapes: train or val)")
-    i.add_argument("--progress", action="store_true", help="show a progress bar on stderr")
+    i.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress on stderr, as every verb's (default: on)")
     i.set_defaults(fn=inspect)
 
 

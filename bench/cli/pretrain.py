@@ -88,7 +88,7 @@ def main(args) -> int:
         "source_options": key_values(args.source_option, "--source-option"),
     }
     try:
-        print(run_pretrain(config, Path(args.out), progress=not args.no_progress))
+        print(run_pretrain(config, Path(args.out), progress=args.progress))
     except Diverged as exc:
         print(f"error: diverged: {exc}; the last good weights are in {Path(args.out) / LAST_GOOD_NAME}",
               file=sys.stderr)

@@ -35,5 +35,5 @@ def main(args) -> int:
     resize = parse_size(args.resize, "--resize", allow_short_side=False) if args.resize else None
     print(run_pseudo_label(args.teacher, args.dataset, root, Path(args.out), batch_size=args.batch_size,
                            resize=resize, source_options=key_values(args.source_option, "--source-option"),
-                           short_side=args.short_side, progress=not args.no_progress))
+                           short_side=args.short_side, progress=args.progress))
     return 0

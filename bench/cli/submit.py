@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cli.common import import_parent, progress_parent
+from bench.cli.common import import_parent, positive_int, progress_parent
 
 
 def add_parser(sub) -> None:
@@ -21,7 +21,7 @@ def add_parser(sub) -> None:
     sb.add_argument("--checkpoint", required=True, help="weights file, or a monodepth2 folder")
     sb.add_argument("--manifest", required=True, help="the manifest whose matrix the backbone joins")
     sb.add_argument("--out", help="results folder (default: the manifest's)")
-    sb.add_argument("--workers", type=int, help="parallel processes (default: the manifest's)")
+    sb.add_argument("--workers", type=positive_int, help="parallel processes (default: the manifest's)")
     sb.set_defaults(fn=main)
 
 
@@ -33,4 +33,4 @@ def main(args) -> int:
                   fmt=args.format, key_map=Path(args.key_map) if args.key_map else None,
                   allow_partial=args.allow_partial, normalization=args.normalization, out=args.out,
                   workers=args.workers,
-                  progress=not args.no_progress)
+                  progress=args.progress)

@@ -51,10 +51,10 @@ def add_parser(sub) -> None:
     t.add_argument("--steps", type=int, default=300, help="optimisation steps (default: 300)")
     t.add_argument("--batch-size", type=int, default=8, help="images per step (default: 8)")
     preset = t.add_argument_group("optimiser (default: the protocol/decoder preset, docs/protocols.md)")
-    preset.add_argument("--optimizer", choices=["adamw", "sgd"])
+    preset.add_argument("--optimizer", choices=["adamw", "sgd"], help="optimiser of decoder and encoder")
     preset.add_argument("--lr", type=float, help="peak learning rate of the decoder")
     preset.add_argument("--encoder-lr-mult", type=float, help="encoder lr = lr x this (protocol full)")
-    preset.add_argument("--weight-decay", type=float)
+    preset.add_argument("--weight-decay", type=float, help="decoupled (AdamW) or L2 (SGD) weight decay")
     preset.add_argument("--momentum", type=float, help="SGD momentum")
     preset.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: 5%% of the steps)")
     preset.add_argument("--poly-power", type=float, help="poly decay exponent (default: 0.9)")
@@ -148,7 +148,7 @@ def main(args) -> int:
     config = resolve_cell_config(cell, settings_from_flags(args, decoder), dataset=geometry, dataset_root=root,
                                  data_id=str(root), checkpoint=ckpt, checkpoint_sha256=sha,
                                  processes=args.processes, device=args.device, random_init=args.random_init)
-    record = run_cell(config, Path(args.out), progress=not args.no_progress)
+    record = run_cell(config, Path(args.out), progress=args.progress)
     m = record["metrics"]
     print(f"{record['status']}: mIoU {100 * m['miou']:.2f} pixel acc {100 * m['pixel_acc']:.2f} -> "
           f"{Path(args.out) / 'record.json'}" if m else f"{record['status']}: {record['error']}")
