@@ -1,6 +1,7 @@
 """configs/kitti_depth_study.yaml, the worked GPU study, loads and expands: its placeholder roots
 are pointed at tiny official-layout trees (tests/fixtures) and `bench run --dry-run` lists its
-cells. A dry run trains nothing and needs no GPU."""
+cells, after opening the datasets and checking that 16-shot subsets fit their pools. A dry run
+trains nothing and needs no GPU."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "kitti_depth_study.ya
 
 
 def _with_fixture_roots(tmp_path: Path) -> Path:
-    """The manifest, copied, with every root pointing at a fixture tree of its dataset."""
-    from fixtures.kitti import build_kitti
+    """The manifest, copied, with every root pointing at a fixture tree of its dataset (KITTI
+    semantics: the benchmark's 200 frames, which a dry run lists and splits like the real set)."""
+    from fixtures.kitti import build_kitti_200
     from fixtures.pretrain_layouts import build_kitti_raw
 
     raw = yaml.safe_load(CONFIG.read_text())
@@ -25,7 +27,7 @@ def _with_fixture_roots(tmp_path: Path) -> Path:
             b["pretrain"]["root"] = str(build_kitti_raw(tmp_path / "kitti_raw"))
     for d in raw["datasets"]:
         assert d["name"] == "kitti", "teach this test the builder of the new dataset"
-        build_kitti(tmp_path / "data_semantics")
+        build_kitti_200(tmp_path / "data_semantics")
         d["root"] = str(tmp_path / "data_semantics")
     raw["out"] = str(tmp_path / "results")
     path = tmp_path / "configs" / CONFIG.name
