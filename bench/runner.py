@@ -315,9 +315,9 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                 statuses.append("failed" if exc else status)
                 tracker.log(todo[i].out_dir)
                 if exc is None and status == CLAIMED:
-                    _say(_claimed_message(f"cell {Cell(**cell).id}", todo[i].out_dir))
+                    _say(_claimed_message(f"cell {todo[i].name}", todo[i].out_dir))
                 elif exc is None and status == DONE_ELSEWHERE:
-                    _say(f"cell {Cell(**cell).id}: finished by another driver meanwhile")
+                    _say(f"cell {todo[i].name}: finished by another driver meanwhile")
                 elif status != SUBMITTED:  # one line per finished cell, terminal or not
                     _say(cell_line(todo[i].name, todo[i].out_dir, status if exc is None else one_line(exc)))
                 bar.update(1)
