@@ -98,17 +98,24 @@ def _race(folder, barrier, results):
     barrier.wait()  # the winner stays alive until all have tried: a dead winner's claim is fair game
 
 
-def test_two_drivers_taking_over_one_stale_claim_only_one_wins(tmp_path):
+def _race_for_a_stale_claim(folder, processes: int) -> list:
+    """A fresh stale claim in `folder`, raced for by `processes` forked processes at once: what
+    each one got (1 for the winner)."""
     ctx = mp.get_context("fork")
+    _fake_claim(folder, age_s=3600)
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_race, args=(folder, barrier, results)) for _ in range(processes)]
+    for p in procs:
+        p.start()
+    outcomes = [results.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join()
+    return outcomes
+
+
+def test_two_drivers_taking_over_one_stale_claim_only_one_wins(tmp_path):
     for _ in range(5):  # each round a fresh stale claim raced for by 6 processes at once
-        _fake_claim(tmp_path / "job", age_s=3600)
-        barrier, results = ctx.Barrier(6), ctx.Queue()
-        procs = [ctx.Process(target=_race, args=(tmp_path / "job", barrier, results)) for _ in range(6)]
-        for p in procs:
-            p.start()
-        outcomes = [results.get(timeout=30) for _ in procs]
-        for p in procs:
-            p.join()
+        outcomes = _race_for_a_stale_claim(tmp_path / "job", 6)
         assert sum(outcomes) == 1, outcomes
 
 
@@ -126,16 +133,7 @@ def test_without_the_takeover_lock_the_race_is_lost(tmp_path, monkeypatch):
         return info
 
     monkeypatch.setattr(claims, "read_claim", read_then_pause)
-    ctx = mp.get_context("fork")
-    _fake_claim(tmp_path / "job", age_s=3600)
-    barrier, results = ctx.Barrier(4), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(tmp_path / "job", barrier, results)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    outcomes = [results.get(timeout=30) for _ in procs]
-    for p in procs:
-        p.join()
-    assert sum(outcomes) > 1
+    assert sum(_race_for_a_stale_claim(tmp_path / "job", 4)) > 1
 
 
 def test_claim_files_get_the_umask_mode(tmp_path):
