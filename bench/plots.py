@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -463,7 +464,7 @@ def _cka_across_figures(cka: pd.DataFrame, colours):
         band = "band: min–max over seeds" if several else "one seed: no band"
         subject = (f"{dataset}, {protocol} fine-tuning, {decoder} decoder, init {init}, "
                    f"{int(n) if _finite(n) else n} training images")
-        fig.suptitle(f"CKA across backbones: {subject}\n(mean over seeds, {band})")
+        fig.suptitle(f"CKA across backbones (mean over seeds, {band})\n" + textwrap.fill(subject, 60))
         fig.set_label(subject)
         name = "cka_across_" + "_".join(_slug(v) for v in (dataset, protocol, decoder, f"init-{init}",
                                                                f"n{int(n) if _finite(n) else n}"))

@@ -42,8 +42,9 @@ CAPTIONS = {  # prefix -> sentence; {subject} is what the figure compares
                         "is full minus frozen in mIoU points, and all panels share one mIoU scale."),
     "cka_across_": ("Layer-wise CKA of every backbone for {subject}: left, each layer of the pre-trained encoder "
                     "against the same layer after fine-tuning (the diagonals of the CKA heatmaps; low means "
-                    "fine-tuning rewrote that layer); then, within the pre-trained and within the fine-tuned "
-                    "network, the first layer against every layer (MeSa's analyses)."),
+                    "fine-tuning rewrote that layer); then, within each network whose rows the cells stored (the "
+                    "panel titles say which: pre-trained, fine-tuned), the first layer against every layer "
+                    "(MeSa's analyses)."),
     "cka_": ("Linear CKA between every layer of the pre-trained encoder (rows) and every layer of the fine-tuned "
              "encoder (columns) of {subject}, on the first evaluation images; a bright diagonal means fine-tuning "
              "left those layers' representations in place."),
@@ -63,11 +64,13 @@ PER_CLASS_KEYS = ["backbone", "protocol", "decoder", "init", "train_size", "n_se
 PER_CLASS_META = {"backbone", "method", "arch", "dataset", "protocol", "decoder", "init", "init_effective",
                   "train_size", "n_seeds", "backbone_variant", "dataset_variant", "pretrain_size", "transfer_size"}
 
+CSS_DPI, DEFAULT_DPI = 96.0, 150.0  # a CSS pixel is 1/96 inch; bench.plots draws at 150 dpi
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:88%;margin:.5em 0 1.2em}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap} th{background:#f3f3f3}
 td:first-child,th:first-child{text-align:left} code{background:#f3f3f3;padding:0 .2em}
-img{max-width:100%;height:auto} figure{margin:1.2em 0 2em} figcaption{max-width:70em;color:#333;font-size:92%}
+.figures{display:flex;flex-wrap:wrap;gap:0 2em;align-items:flex-start}
+figure{margin:1em 0 1.5em;max-width:100%} img{width:100%;height:auto} figcaption{color:#333;font-size:92%}
 pre{background:#f7f7f7;padding:1em;overflow:auto;font-size:85%} details{margin:1em 0} .scroll{overflow-x:auto}"""
 
 
@@ -170,14 +173,28 @@ def _figures_html(pngs: list[Path]) -> str:
         by_kind.setdefault(figure_kind(p), []).append(p)
     parts = []
     for kind in [*FIGURE_ORDER, None]:
-        for i, p in enumerate(by_kind.get(kind, [])):
-            if i == 0:
-                parts.append(f"<h3>{html.escape(SECTION_TITLES[kind])}</h3>")
+        figures = by_kind.get(kind, [])
+        if not figures:
+            continue
+        parts.append(f'<h3>{html.escape(SECTION_TITLES[kind])}</h3>\n<div class="figures">')
+        for p in figures:  # side by side where they fit (the heatmaps), one per row where they do not
             text = caption(p)
-            parts.append(f'<figure><img alt="{html.escape(text)}" src="data:image/png;base64,'
+            parts.append(f'<figure{_display_width(p)}><img alt="{html.escape(text)}" src="data:image/png;base64,'
                          f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(text)}'
                          f'</figcaption></figure>')
+        parts.append("</div>")
     return "\n".join(parts)
+
+
+def _display_width(png: Path) -> str:
+    """The figure at its printed size (its pixels at the figure's dpi, shown at the browser's 96 per inch), so
+    that every figure's text reads the same size; wider than the page, it shrinks to fit (max-width)."""
+    try:
+        with Image.open(png) as im:
+            dpi = float((im.info.get("dpi") or (DEFAULT_DPI,))[0]) or DEFAULT_DPI
+            return f' style="width:{round(im.size[0] * CSS_DPI / dpi)}px"'
+    except (OSError, ValueError, TypeError):
+        return ""
 
 
 def _tables_html(results_dir: Path) -> str:
