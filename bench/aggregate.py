@@ -19,8 +19,6 @@ Failed and diverged cells are listed in `failures.csv`, never averaged in.
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 from pathlib import Path
@@ -31,6 +29,7 @@ from bench.core.atomic import write_text_atomic
 from bench.core.claims import exclusive_lock
 from bench.core.errors import UserError
 from bench.core.records import iter_records
+from bench.report import render_report
 from bench.statistics import paired_difference, t_interval
 
 CELL = ["backbone", "method", "arch", "dataset", "protocol", "decoder", "init", "init_effective", "train_size"]
@@ -201,14 +200,19 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool) -> dict
                       f"\n\n{markdown}\n\n## Failed or diverged cells\n\n{fail_md}\n")
     figures = []
     if plots:
-        from bench.plots import write_all
-
-        from bench.layer_cka import pretrained_vs_finetuned
+        from bench.layer_cka import cka_across_frame, pretrained_vs_finetuned
+        from bench.plots import backbone_colours, plot_cka_across, plot_pretrain_losses, write_all
+        from bench.report import pretrain_histories
 
         figures = write_all(board, df, results_dir / "plots", order)
         figures += [p for p in pretrained_vs_finetuned(results_dir, df) if p.suffix in (".png", ".svg")]
-    write_text_atomic(paths["report.html"], _html(results_dir.name, baseline, sections, failures,
-                                                  [p for p in figures if p.suffix == ".png"]))
+        colours = backbone_colours([*order, *df["backbone"].dropna()])
+        figures += plot_cka_across(cka_across_frame(df), results_dir / "plots", colours)
+        figures += plot_pretrain_losses(pretrain_histories(results_dir), results_dir / "plots", colours,
+                                        results_dir.name)
+    write_text_atomic(paths["report.html"], render_report(results_dir, _LEGEND.format(baseline=baseline), sections,
+                                                          failures, per_class,
+                                                          [p for p in figures if p.suffix == ".png"]))
     return {"csv": paths["leaderboard.csv"], "md": paths["leaderboard.md"], "html": paths["report.html"],
             "markdown": markdown, "frame": board, "plots": figures}
 
@@ -267,28 +271,3 @@ def _fmt(mean: float, std: float) -> str:
     if math.isnan(mean):
         return "—"
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
-
-
-def _html(name: str, baseline, sections, failures: pd.DataFrame, pngs: list[Path]) -> str:
-    """One self-contained page: tables and every plot inlined (no network, no side files)."""
-    images = "\n".join(
-        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode()}"><figcaption>{html.escape(p.stem)}</figcaption></figure>'
-        for p in pngs)
-    fail = failures.drop(columns=["record"]).to_html(index=False, na_rep="—") if not failures.empty else "<p>None.</p>"
-    tables = "\n".join(f"<h3>{html.escape(header)}</h3>\n<p>{html.escape(note.replace('**', ''))}</p>\n"
-                        f"{shown.to_html(index=False, na_rep='—')}" for header, note, shown in sections)
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>depth2seg-bench: {html.escape(name)}</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} table{{border-collapse:collapse;font-size:90%}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} img{{max-width:100%}} figure{{margin:1em 0}}</style>
-</head><body>
-<h1>Leaderboard: {html.escape(name)}</h1>
-<p>{html.escape(_LEGEND.format(baseline=baseline))}</p>
-{tables}
-<h2>Failed or diverged cells</h2>
-{fail}
-<h2>Plots</h2>
-{images or "<p>No plots.</p>"}
-</body></html>
-"""

@@ -23,7 +23,8 @@ from bench.core.atomic import write_text_atomic
 from bench.core.cka import encoder_from_checkpoint, layer_cka
 from bench.core.errors import UserError
 
-__all__ = ["resolve_weights", "load_encoder", "layer_cka", "dataset_batches", "write_cka", "pretrained_vs_finetuned"]
+__all__ = ["resolve_weights", "load_encoder", "layer_cka", "dataset_batches", "write_cka", "pretrained_vs_finetuned",
+           "cka_across_frame"]
 
 WEIGHT_FILES = ("final.safetensors", "checkpoint.safetensors")  # a transfer cell, a pre-training
 
@@ -55,15 +56,40 @@ def dataset_batches(settings: dict, root, images: int, batch_size: int):
 
 
 def write_cka(matrix: np.ndarray, names_a: list[str], names_b: list[str], out_stem: Path, title: str,
-              label_a: str, label_b: str) -> list[Path]:
-    """`<stem>.csv` (rows: layers of a) and the heatmap `<stem>.png/.svg`."""
+              label_a: str, label_b: str, subject: str | None = None) -> list[Path]:
+    """`<stem>.csv` (rows: layers of a) and the heatmap `<stem>.png/.svg` (`subject`: what it compares,
+    for the report's caption)."""
     from bench.plots import plot_cka_heatmap
 
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     csv = out_stem.with_name(out_stem.name + ".csv")
     write_text_atomic(csv, pd.DataFrame(matrix, index=names_a, columns=names_b).to_csv(float_format="%.6f"))
     return [csv, *plot_cka_heatmap(matrix, names_a, names_b, title, out_stem, xlabel=f"{label_b} layer",
-                                   ylabel=f"{label_a} layer")]
+                                   ylabel=f"{label_a} layer", subject=subject)]
+
+
+def _cell_words(row) -> str:
+    """A full cell's comparison in words: what tells apart two heatmaps of one backbone."""
+    n = row["train_size"]
+    return (f"{row['dataset']}, {row['protocol']} fine-tuning, {row['decoder']} decoder, init {row['init']}, "
+            f"{int(n) if pd.notna(n) else 'all'} training images")
+
+
+def _up_to_date(stem: Path, source: Path, subject: str) -> bool:
+    """The heatmap was drawn from this source and carries this subject (titles before the subject existed
+    did not name the decoder: those are redrawn)."""
+    from PIL import Image
+
+    from bench.plots import SUBJECT_KEY
+
+    csv, png = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".png")
+    if not (csv.is_file() and png.is_file() and csv.stat().st_mtime >= source.stat().st_mtime):
+        return False
+    try:
+        with Image.open(png) as im:
+            return im.info.get(SUBJECT_KEY) == subject
+    except OSError:
+        return False
 
 
 def pretrained_vs_finetuned(results_dir: Path, df: pd.DataFrame, images: int | None = None,
@@ -88,8 +114,8 @@ def pretrained_vs_finetuned(results_dir: Path, df: pd.DataFrame, images: int | N
         if matrix is None and not (final.is_file() and ckpt and Path(ckpt).is_file()):
             continue  # nothing stored nor kept, or a random-init backbone: nothing pre-trained to compare
         stem = results_dir / "cka" / run_dir.name
-        csv = stem.with_name(stem.name + ".csv")
-        if csv.is_file() and csv.stat().st_mtime >= source.stat().st_mtime:
+        subject = f"{row['backbone']} on {_cell_words(row)}, seed {int(row['seed'])}"
+        if _up_to_date(stem, source, subject):
             paths += [stem.with_name(stem.name + s) for s in (".csv", ".png", ".svg")]
             continue
         if matrix is None:
@@ -97,7 +123,39 @@ def pretrained_vs_finetuned(results_dir: Path, df: pd.DataFrame, images: int | N
             matrix = layer_cka(load_encoder(ckpt), load_encoder(final),
                                dataset_batches(config["dataset"], config["dataset_root"], images or PROBE_IMAGES,
                                                batch_size or PROBE_BATCH_SIZE))
-        paths += write_cka(*matrix, stem,
-                           f"CKA, {row['backbone']}: pre-trained vs fine-tuned ({row['dataset']}, "
-                           f"{row['train_size']} images)", "pre-trained", "fine-tuned")
+        # The title names protocol, decoder and init: a backbone's monodepth2 and deeplabv3 heatmaps
+        # must not look alike by title.
+        paths += write_cka(*matrix, stem, f"CKA, {row['backbone']}: pre-trained vs fine-tuned\n({_cell_words(row)})",
+                           "pre-trained", "fine-tuned", subject=subject)
     return paths
+
+
+def cka_across_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The long frame `bench.plots.plot_cka_across` draws, from the `cka.json` every ok full cell stored:
+    per (comparison, backbone, seed) the matrix's diagonal (pre-trained vs fine-tuned CKA of each layer,
+    kind `pretrained_vs_finetuned`) and, where the document has it, the first layer against every layer
+    of the pre-trained and of the fine-tuned network (`within_pretrained`, `within_finetuned`).
+    Cells without a stored matrix of their fingerprint are left out (their heatmap may come from kept
+    weights, but the across-backbone figure reads documents only)."""
+    from bench.plots import CKA_COMPARISON
+    from transfer.similarity import as_matrix, read_cka_document
+
+    rows = []
+    full = df[(df["protocol"] == "full") & (df["status"] == "ok")]
+    for _, cell in full.iterrows():
+        doc = read_cka_document(Path(cell["record"]).parent, (cell["config"] or {}).get("fingerprint"))
+        if doc is None:
+            continue
+        layers_a, layers_b = list(doc["layers_a"]), list(doc["layers_b"])
+        if layers_a != layers_b:
+            continue  # rows and columns are different layers: there is no "same layer" diagonal
+        base = {k: cell[k] for k in CKA_COMPARISON} | {"backbone": cell["backbone"], "seed": cell["seed"]}
+        series = {"pretrained_vs_finetuned": np.diag(as_matrix(doc["matrix"]))}
+        within = doc.get("within") or {}
+        for side in ("pretrained", "finetuned"):
+            if within.get(side) is not None:
+                series[f"within_{side}"] = as_matrix(within[side])
+        for kind, values in series.items():
+            rows += [{**base, "kind": kind, "layer_index": i, "layer": layer, "cka": float(v)}
+                     for i, (layer, v) in enumerate(zip(layers_a, values))]
+    return pd.DataFrame(rows, columns=[*CKA_COMPARISON, "backbone", "seed", "kind", "layer_index", "layer", "cka"])

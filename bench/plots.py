@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -118,11 +119,17 @@ def _style():
                        "svg.hashsalt": "depth2seg-bench"})
 
 
-def _save(fig, path_stem) -> list[Path]:
+SUBJECT_KEY = "Subject"  # PNG text chunk: what the figure compares, in words, for the report's caption
+
+
+def _save(fig, path_stem, subject: str | None = None) -> list[Path]:
     path_stem = Path(path_stem)
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     png, svg = Path(f"{path_stem}.png"), Path(f"{path_stem}.svg")
-    fig.savefig(png, dpi=DPI, bbox_inches="tight")
+    # The subject (what the figure compares) travels in the PNG, for report.html's caption; builders set
+    # it as the figure's label.
+    subject = subject or fig.get_label()
+    fig.savefig(png, dpi=DPI, bbox_inches="tight", metadata={SUBJECT_KEY: subject} if subject else None)
     fig.savefig(svg, bbox_inches="tight", metadata={"Date": None})
     fig.clear()
     return [png, svg]
@@ -185,6 +192,7 @@ def _bars_figures(board, colours):
         _backbone_legend(fig, colours, backbones, extra=extra)
         bars_say = "error bars: 95 % CI over seeds" if drew_ci else "one seed per bar: no error bars"
         fig.suptitle(f"{dataset}: mIoU by protocol (mean over seeds, {bars_say})")
+        fig.set_label(str(dataset))
         out.append((f"bars_{_slug(dataset)}", fig, bars))
     return out
 
@@ -195,21 +203,53 @@ def plot_bars(board, plots_dir, colours) -> list[Path]:
 
 
 # ---------------------------------------------------------------- few-shot and learning curves
-def _line_grid(d, colours, draw, xlabel, suptitle, path_stem) -> list[Path]:
-    """Panels: protocols (columns) × decoder/init combinations that vary (rows); `draw(ax, rows, b)` per backbone."""
-    rows, protocols = _groups(d, _varying(d, ["decoder", "init"])), _protocols(d["protocol"])
+def _line_panels(d) -> list[tuple[str, pd.DataFrame]]:
+    """(title, rows) of every protocol × decoder/init combination (those that vary) that has rows:
+    a combination that cannot exist (linear × deeplabv3) gets no empty panel."""
+    panels = []
+    for row_title, rsub in _groups(d, _varying(d, ["decoder", "init"])):
+        for protocol in _protocols(rsub["protocol"]):
+            sub = rsub[rsub["protocol"] == protocol]
+            if not sub.empty:
+                panels.append((" · ".join(t for t in (protocol, row_title) if t), sub))
+    return panels
+
+
+def _share_scales(axes, x=True, y=True):
+    """Share x and/or y limits among the visible panels, keeping every panel's own tick labels (matplotlib's
+    `subplots(sharex=...)` would hide those above a hidden panel): compared panels must read on one scale."""
+    first, *rest = axes
+    for ax in rest:
+        if x:
+            ax.sharex(first)
+        if y:
+            ax.sharey(first)
+
+
+def _line_grid_figure(d, colours, draw, xlabel, suptitle):
+    """(figure, {panel title: axes}): one panel per protocol × decoder/init combination with data, at most
+    three per row, all on shared x and y scales; `draw(ax, rows, b)` per backbone."""
+    panels = _line_panels(d)
     backbones = [b for b in colours if b in set(d["backbone"])]
-    fig, axes = _figure(len(rows), len(protocols), 3.4, 2.9, sharey=True)
-    for r, (row_title, rsub) in enumerate(rows):
-        for c, protocol in enumerate(protocols):
-            ax, sub = axes[r, c], rsub[rsub["protocol"] == protocol]
-            for b in backbones:
-                if (sub["backbone"] == b).any():
-                    draw(ax, sub[sub["backbone"] == b], b)
-            ax.set(title=" · ".join(t for t in (protocol, row_title) if t), xlabel=xlabel, ylabel="mIoU (%)")
+    ncols = min(len(panels), 3)
+    fig, axes = _figure(math.ceil(len(panels) / ncols), ncols, 3.4, 2.9)
+    used = list(axes.flat)[:len(panels)]
+    _share_scales(used)
+    for ax, (title, sub) in zip(used, panels):
+        for b in backbones:
+            if (sub["backbone"] == b).any():
+                draw(ax, sub[sub["backbone"] == b], b)
+        ax.set(title=title, xlabel=xlabel, ylabel="mIoU (%)")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
     _backbone_legend(fig, colours, backbones, lines=True)
     fig.suptitle(suptitle)
-    return _save(fig, path_stem)
+    return fig, dict(zip((t for t, _ in panels), used))
+
+
+def _line_grid(d, colours, draw, xlabel, suptitle, path_stem, subject=None) -> list[Path]:
+    fig, _ = _line_grid_figure(d, colours, draw, xlabel, suptitle)
+    return _save(fig, path_stem, subject)
 
 
 def plot_few_shot(board, plots_dir, colours) -> list[Path]:
@@ -233,7 +273,7 @@ def plot_few_shot(board, plots_dir, colours) -> list[Path]:
                 band = "band: 95 % CI over seeds" if d["miou_ci_low"].notna().any() else "one seed: no band"
                 paths += _line_grid(d, colours, draw, "training images",
                                     f"{dataset}: mIoU vs training-set size (mean over seeds, {band})",
-                                    Path(plots_dir) / f"few_shot_{_slug(dataset)}")
+                                    Path(plots_dir) / f"few_shot_{_slug(dataset)}", subject=str(dataset))
     return paths
 
 
@@ -253,15 +293,14 @@ def _curve_points(records) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_learning_curves(records, plots_dir, colours) -> list[Path]:
-    """mIoU (%) vs step on the split each curve was measured on (validation; older records: the
-    evaluation set), per backbone, one panel per protocol, smallest train size per dataset."""
+def _learning_curve_figures(records, colours):
+    """(name, figure, {panel title: axes}) per dataset; the figures are still open, for the tests."""
     if records is None or records.empty or "curve" not in records.columns:
         return []
     pts = _curve_points(records)
     if pts.empty:
         return []
-    colours, paths = _with_all(colours, pts["backbone"]), []
+    colours, out = _with_all(colours, pts["backbone"]), []
 
     def draw(ax, s, b):
         g = s.groupby("step")["curve_miou"].agg(["mean", "min", "max"]).sort_index()
@@ -269,67 +308,89 @@ def plot_learning_curves(records, plots_dir, colours) -> list[Path]:
                 markevery=max(1, len(g) // 10), markersize=4)
         ax.fill_between(g.index, g["min"], g["max"], color=colours[b], alpha=0.18, linewidth=0)
 
+    for dataset, d in pts.groupby("dataset", sort=True):
+        n0 = d["train_size"].min()
+        d = d[d["train_size"] == n0]
+        several = (d.groupby(["backbone", "protocol", "decoder", "init", "step"])["seed"].nunique() > 1).any()
+        band = "band: min–max over seeds" if several else "one seed: no band"
+        splits = set(d["split"]) if "split" in d.columns else {"evaluation set"}
+        measured = " and ".join(sorted(splits)) + (" (mixed!)" if len(splits) > 1 else "")
+        fig, panels = _line_grid_figure(d, colours, draw, "step",
+                                        f"{dataset}: {measured} mIoU during training, {int(n0)} training images "
+                                        f"(mean over seeds, {band})")
+        fig.set_label(f"{dataset}, {int(n0)} training images")
+        out.append((f"learning_curves_{_slug(dataset)}", fig, panels))
+    return out
+
+
+def plot_learning_curves(records, plots_dir, colours) -> list[Path]:
+    """mIoU (%) vs step on the split each curve was measured on (validation; older records: the
+    evaluation set), per backbone, one panel per protocol × decoder/init with data, smallest train
+    size per dataset."""
     with _style():
-        for dataset, d in pts.groupby("dataset", sort=True):
-            n0 = d["train_size"].min()
-            d = d[d["train_size"] == n0]
-            several = (d.groupby(["backbone", "protocol", "decoder", "init", "step"])["seed"].nunique() > 1).any()
-            band = "band: min–max over seeds" if several else "one seed: no band"
-            splits = set(d["split"]) if "split" in d.columns else {"evaluation set"}
-            measured = " and ".join(sorted(splits)) + (" (mixed!)" if len(splits) > 1 else "")
-            paths += _line_grid(d, colours, draw, "step",
-                                f"{dataset}: {measured} mIoU during training, {int(n0)} training images "
-                                f"(mean over seeds, {band})", Path(plots_dir) / f"learning_curves_{_slug(dataset)}")
-    return paths
+        return [p for name, fig, _ in _learning_curve_figures(records, colours)
+                for p in _save(fig, Path(plots_dir) / name)]
 
 
 # ---------------------------------------------------------------- frozen vs full fine-tuning
+def _frozen_vs_full_figures(board, colours):
+    """(name, figure, [panel axes]) per dataset with both protocols; the figures are still open, for the tests.
+    The panels share one mIoU axis: with their own ranges a 0.3-point gap would look like a 24-point one."""
+    colours, out = _with_all(colours, board["backbone"]), []
+    both = board[board["protocol"].isin(["frozen", "full"])]
+    for dataset, d in both.groupby("dataset", sort=True):
+        panels = [(t, s) for t, s in _groups(d, _varying(d, FACETS)) if {"frozen", "full"} <= set(s["protocol"])]
+        if not panels:
+            continue
+        backbones = [b for b in colours if b in set(d["backbone"])]
+        ncols = min(len(panels), 3)
+        fig, axes = _figure(math.ceil(len(panels) / ncols), ncols, 3.6, 0.45 * len(backbones) + 1.2, sharey=True)
+        used = list(axes.flat)[:len(panels)]
+        _share_scales(used, y=False)
+        for ax, (title, sub) in zip(used, panels):
+            for y, b in enumerate(backbones):
+                pts = {}  # protocol -> (mIoU, y): full just above the backbone's line, frozen just below
+                for _, row in sub[sub["backbone"] == b].iterrows():
+                    m, (lo, hi), full = row["miou_mean"], _ci(row), row["protocol"] == "full"
+                    if not _finite(m):
+                        continue
+                    yy = y - OFFSET if full else y + OFFSET
+                    pts[row["protocol"]] = (m, yy)
+                    if _finite(lo, hi):
+                        ax.errorbar((lo + hi) / 2, yy, xerr=abs(hi - lo) / 2, fmt="none", ecolor=colours[b], capsize=2, lw=1)
+                    ax.plot([m], [yy], marker="o", ms=7, mfc=colours[b] if full else "white", mec=colours[b],
+                            mew=1.5, ls="none", zorder=3)
+                if len(pts) == 2:
+                    (x0, y0), (x1, y1) = pts["frozen"], pts["full"]
+                    ax.plot([x0, x1], [y0, y1], color=colours[b], lw=2, alpha=0.5, zorder=2)
+                    ax.annotate(f"{x1 - x0:+.1f}", (1.0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
+                                textcoords="offset points", va="center", fontsize=8, color=colours[b])
+            ax.set_yticks(range(len(backbones)), backbones)
+            ax.set_ylim(len(backbones) - 0.5, -0.5)
+            ax.margins(x=0.15)
+            ax.set(title=title, xlabel="mIoU (%)", ylabel="backbone")
+        for ax in list(axes.flat)[len(panels):]:
+            ax.set_visible(False)
+        handles = [Line2D([], [], marker="o", ls="none", mfc="0.3", mec="0.3", label="full fine-tuning"),
+                   Line2D([], [], marker="o", ls="none", mfc="white", mec="0.3", label="frozen encoder")]
+        fig.legend(handles=handles, title="protocol", loc="outside right upper", frameon=False)
+        fig.suptitle(f"{dataset}: frozen encoder vs full fine-tuning\n(right: full − frozen, points; "
+                     f"one mIoU scale for all panels)")
+        fig.set_label(str(dataset))
+        out.append((f"frozen_vs_full_{_slug(dataset)}", fig, used))
+    return out
+
+
 def plot_frozen_vs_full(board, plots_dir, colours) -> list[Path]:
     """Per backbone, frozen-encoder vs full fine-tuning mIoU as a dumbbell (cf. Lao et al., Fig. 4)."""
-    colours, paths = _with_all(colours, board["backbone"]), []
-    both = board[board["protocol"].isin(["frozen", "full"])]
     with _style():
-        for dataset, d in both.groupby("dataset", sort=True):
-            panels = [(t, s) for t, s in _groups(d, _varying(d, FACETS)) if {"frozen", "full"} <= set(s["protocol"])]
-            if not panels:
-                continue
-            backbones = [b for b in colours if b in set(d["backbone"])]
-            ncols = min(len(panels), 3)
-            fig, axes = _figure(math.ceil(len(panels) / ncols), ncols, 3.6, 0.45 * len(backbones) + 1.2, sharey=True)
-            for ax, (title, sub) in zip(axes.flat, panels):
-                for y, b in enumerate(backbones):
-                    pts = {}  # protocol -> (mIoU, y): full just above the backbone's line, frozen just below
-                    for _, row in sub[sub["backbone"] == b].iterrows():
-                        m, (lo, hi), full = row["miou_mean"], _ci(row), row["protocol"] == "full"
-                        if not _finite(m):
-                            continue
-                        yy = y - OFFSET if full else y + OFFSET
-                        pts[row["protocol"]] = (m, yy)
-                        if _finite(lo, hi):
-                            ax.errorbar((lo + hi) / 2, yy, xerr=abs(hi - lo) / 2, fmt="none", ecolor=colours[b], capsize=2, lw=1)
-                        ax.plot([m], [yy], marker="o", ms=7, mfc=colours[b] if full else "white", mec=colours[b],
-                                mew=1.5, ls="none", zorder=3)
-                    if len(pts) == 2:
-                        (x0, y0), (x1, y1) = pts["frozen"], pts["full"]
-                        ax.plot([x0, x1], [y0, y1], color=colours[b], lw=2, alpha=0.5, zorder=2)
-                        ax.annotate(f"{x1 - x0:+.1f}", (1.0, y), xycoords=("axes fraction", "data"), xytext=(4, 0),
-                                    textcoords="offset points", va="center", fontsize=8, color=colours[b])
-                ax.set_yticks(range(len(backbones)), backbones)
-                ax.set_ylim(len(backbones) - 0.5, -0.5)
-                ax.margins(x=0.15)
-                ax.set(title=title, xlabel="mIoU (%)", ylabel="backbone")
-            for ax in list(axes.flat)[len(panels):]:
-                ax.set_visible(False)
-            handles = [Line2D([], [], marker="o", ls="none", mfc="0.3", mec="0.3", label="full fine-tuning"),
-                       Line2D([], [], marker="o", ls="none", mfc="white", mec="0.3", label="frozen encoder")]
-            fig.legend(handles=handles, title="protocol", loc="outside right upper", frameon=False)
-            fig.suptitle(f"{dataset}: frozen encoder vs full fine-tuning (right: full − frozen, points)")
-            paths += _save(fig, Path(plots_dir) / f"frozen_vs_full_{_slug(dataset)}")
-    return paths
+        return [p for name, fig, _ in _frozen_vs_full_figures(board, colours)
+                for p in _save(fig, Path(plots_dir) / name)]
 
 
 # ---------------------------------------------------------------- CKA
-def plot_cka_heatmap(matrix, row_labels, col_labels, title, path_stem, xlabel, ylabel) -> list[Path]:
+def plot_cka_heatmap(matrix, row_labels, col_labels, title, path_stem, xlabel, ylabel,
+                     subject: str | None = None) -> list[Path]:
     """A CKA heatmap, colour bar fixed to [0, 1]; with many layers only every k-th label is written."""
     matrix = np.asarray(matrix, dtype=float)
     if matrix.shape != (len(row_labels), len(col_labels)):
@@ -348,7 +409,106 @@ def plot_cka_heatmap(matrix, row_labels, col_labels, title, path_stem, xlabel, y
         ax.set_xticklabels(ax.get_xticklabels(), rotation=90 if max(map(len, frame.columns), default=0) > 3 else 0)
         ax.set_yticklabels(ax.get_yticklabels(), rotation=0)
         ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-        return _save(fig, path_stem)
+        return _save(fig, path_stem, subject)
+
+
+CKA_KINDS = {  # cka_across_ panels: kind -> (title, y label)
+    "pretrained_vs_finetuned": ("pre-trained vs fine-tuned, same layer", "CKA(pre-trained, fine-tuned)"),
+    "within_pretrained": ("within the pre-trained network", "CKA(layer 0, layer)"),
+    "within_finetuned": ("within the fine-tuned network", "CKA(layer 0, layer)"),
+}
+CKA_COMPARISON = ["dataset", "protocol", "decoder", "init", "train_size"]
+
+
+def _cka_across_figures(cka: pd.DataFrame, colours):
+    """(name, figure, {kind: axes}) per comparison of `cka`, a long frame with one row per (comparison,
+    backbone, seed, kind, layer_index) and columns CKA_COMPARISON + backbone, seed, kind, layer_index, layer,
+    cka (see bench.layer_cka.cka_across_frame). Lines: mean over seeds per layer; band: min–max."""
+    if cka is None or cka.empty:
+        return []
+    colours, out = _with_all(colours, cka["backbone"]), []
+    for key, d in cka.groupby(CKA_COMPARISON, sort=True, dropna=False):
+        dataset, protocol, decoder, init, n = key
+        kinds = [k for k in CKA_KINDS if (d["kind"] == k).any()]
+        backbones = [b for b in colours if b in set(d["backbone"])]
+        fig, axes = _figure(1, len(kinds), 3.8, 3.2)
+        used = list(axes.flat)
+        _share_scales(used)
+        several = False
+        for ax, kind in zip(used, kinds):
+            k = d[d["kind"] == kind]
+            for b in backbones:
+                g = k[k["backbone"] == b].groupby("layer_index")["cka"].agg(["mean", "min", "max", "count"])
+                if g.empty:
+                    continue
+                ax.plot(g.index, g["mean"], color=colours[b], marker=_marker(colours, b), markersize=4, label=b)
+                if (g["count"] > 1).any():
+                    ax.fill_between(g.index, g["min"], g["max"], color=colours[b], alpha=0.18, linewidth=0)
+                    several = True
+            title, ylabel = CKA_KINDS[kind]
+            ax.set(title=title, ylabel=ylabel)
+        # One layer axis: the layer names where every backbone probed the same layers, else their indices.
+        names = d.groupby("backbone")["layer"].apply(lambda s: tuple(s.drop_duplicates()))
+        index = sorted(d["layer_index"].unique())
+        if names.nunique() == 1:
+            labels = [str(x) for x in names.iloc[0]]
+            xlabel = "layer"
+        else:
+            labels, xlabel = [str(int(i)) for i in index], "layer (index from the input; architectures differ)"
+        low = float(np.nanmin(d["cka"])) if d["cka"].notna().any() else 0.0
+        for ax in used:
+            ax.set_xticks(index, labels[:len(index)], rotation=45 if max(map(len, labels)) > 4 else 0)
+            ax.set_xlabel(xlabel)
+            ax.set_ylim(max(0.0, math.floor((low - 0.05) * 10) / 10), 1.02)
+        _backbone_legend(fig, colours, backbones, lines=True)
+        band = "band: min–max over seeds" if several else "one seed: no band"
+        subject = (f"{dataset}, {protocol} fine-tuning, {decoder} decoder, init {init}, "
+                   f"{int(n) if _finite(n) else n} training images")
+        fig.suptitle(f"CKA across backbones (mean over seeds, {band})\n" + textwrap.fill(subject, 60))
+        fig.set_label(subject)
+        name = "cka_across_" + "_".join(_slug(v) for v in (dataset, protocol, decoder, f"init-{init}",
+                                                               f"n{int(n) if _finite(n) else n}"))
+        out.append((name, fig, dict(zip(kinds, used))))
+    return out
+
+
+def plot_cka_across(cka: pd.DataFrame, plots_dir, colours) -> list[Path]:
+    """MeSa's layer-wise analyses, every backbone of a comparison in one figure (see _cka_across_figures)."""
+    with _style():
+        return [p for name, fig, _ in _cka_across_figures(cka, colours) for p in _save(fig, Path(plots_dir) / name)]
+
+
+# ---------------------------------------------------------------- pre-training losses
+def _pretrain_loss_figure(histories: dict, colours, name: str):
+    """(figure, {pre-training: axes}) for `histories` {display name: (method, history frame with step, loss)}:
+    one panel per pre-training, each with its own loss scale (the methods' losses are not comparable),
+    steps on a shared x axis; thin: the loss of each step, thick: a running mean."""
+    colours = _with_all(colours, histories)
+    ncols = min(len(histories), 3)
+    fig, axes = _figure(math.ceil(len(histories) / ncols), ncols, 3.6, 2.8)
+    used = list(axes.flat)[:len(histories)]
+    _share_scales(used, y=False)
+    for ax, (backbone, (method, h)) in zip(used, histories.items()):
+        h = h.sort_values("step")
+        window = max(1, len(h) // 20)
+        ax.plot(h["step"], h["loss"], color=colours[backbone], lw=0.7, alpha=0.45)
+        ax.plot(h["step"], h["loss"].rolling(window, min_periods=1).mean(), color=colours[backbone], lw=2)
+        ax.set(title=f"{backbone} ({method})" if method and method != backbone else str(backbone),
+               xlabel="step", ylabel="loss")
+    for ax in list(axes.flat)[len(histories):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{name}: pre-training loss per step (thin) and running mean (thick)")
+    fig.set_label(", ".join(f"{b} ({m})" if m and m != b else str(b) for b, (m, _) in histories.items()))
+    return fig, dict(zip(histories, used))
+
+
+def plot_pretrain_losses(histories: dict, plots_dir, colours, name: str) -> list[Path]:
+    """`plots/pretrain_loss_<name>.png/.svg` from the pre-trainings' history.csv (nothing without any)."""
+    if not histories:
+        return []
+    with _style():
+        fig, _ = _pretrain_loss_figure(histories, colours, name)
+        return _save(fig, Path(plots_dir) / f"pretrain_loss_{_slug(name)}")
 
 
 # ---------------------------------------------------------------- all

@@ -228,3 +228,164 @@ def test_curve_points_keep_the_split_each_curve_was_measured_on():
     records.loc[0, "curve"] = [{"step": 1, "miou": 0.2, "split": "validation"}]
     pts = plots._curve_points(records)
     assert {"validation", "evaluation set"} == set(pts["split"])  # old records: the evaluation set
+
+
+# ---------------------------------------------------------------- panels and shared scales
+def _decoder_records() -> pd.DataFrame:
+    """Two decoders for full/frozen, the linear probe's own decoder for linear: of the 3 × 3
+    protocol × decoder combinations only 5 exist. Steps differ per protocol (linear trains longer)."""
+    rows = []
+    for protocol, decoders in (("full", ["monodepth2", "deeplabv3"]), ("frozen", ["monodepth2", "deeplabv3"]),
+                               ("linear", ["linear"])):
+        steps = (0, 50, 100) if protocol == "linear" else (0, 20, 40)
+        for decoder in decoders:
+            for backbone in BACKBONES:
+                final = 0.3 + 0.05 * BACKBONES.index(backbone) + 0.1 * PROTOCOLS.index(protocol)
+                curve = [{"step": s, "miou": final * (s + 10) / (steps[-1] + 10), "split": "validation"}
+                         for s in steps]
+                rows.append({"backbone": backbone, "method": backbone, "arch": "resnet18", "dataset": "synth",
+                             "protocol": protocol, "decoder": decoder, "init": "auto", "train_size": 16,
+                             "seed": 0, "status": "ok", "miou": 100 * final, "curve": curve})
+    return pd.DataFrame(rows)
+
+
+def test_learning_curve_grid_has_exactly_the_panels_with_data(colours):
+    records = _decoder_records()
+    [(name, fig, panels)] = plots._learning_curve_figures(records, colours)
+    assert name == "learning_curves_synth"
+    expect = {"full · decoder=monodepth2", "full · decoder=deeplabv3", "frozen · decoder=monodepth2",
+              "frozen · decoder=deeplabv3", "linear · decoder=linear"}
+    assert set(panels) == expect
+    visible = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert sorted(ax.get_title() for ax in visible) == sorted(expect)  # no empty panel for linear × deeplabv3
+    for title, ax in panels.items():
+        protocol, decoder = title.split(" · decoder=")
+        sub = records[(records.protocol == protocol) & (records.decoder == decoder)]
+        assert len(ax.lines) == sub.backbone.nunique()
+        ys = sorted(round(float(y), 6) for line in ax.lines for y in line.get_ydata())
+        want = sorted(round(100 * pt["miou"], 6) for curve in sub.curve for pt in curve)
+        assert ys == want
+    # One x (steps) and y scale for every panel, covering the real steps (0..100), not a 0–1 default.
+    xlims = {tuple(np.round(ax.get_xlim(), 6)) for ax in panels.values()}
+    ylims = {tuple(np.round(ax.get_ylim(), 6)) for ax in panels.values()}
+    assert len(xlims) == 1 and len(ylims) == 1
+    (lo, hi), = xlims
+    assert lo <= 0 and hi >= 100
+    fig.clear()
+
+
+def test_frozen_vs_full_panels_share_one_miou_scale(colours):
+    """One panel spans 50–53.5, the other 35–72: on their own ranges a 0.3-point gap would look huge."""
+    rows = []
+    for decoder, values in (("monodepth2", {"random": (50.0, 50.3), "depth": (52.9, 53.5), "cls": (51.0, 51.2)}),
+                            ("deeplabv3", {"random": (35.0, 72.0), "depth": (40.0, 60.0), "cls": (45.0, 50.0)})):
+        for backbone, (frozen, full) in values.items():
+            for protocol, m in (("frozen", frozen), ("full", full)):
+                rows.append({"backbone": backbone, "dataset": "synth", "protocol": protocol, "decoder": decoder,
+                             "init": "auto", "train_size": 16, "miou_mean": m, "miou_ci_low": np.nan,
+                             "miou_ci_high": np.nan})
+    [(name, fig, axes)] = plots._frozen_vs_full_figures(pd.DataFrame(rows), colours)
+    assert name == "frozen_vs_full_synth" and len(axes) == 2
+    fig.canvas.draw()
+    lims = [tuple(ax.get_xlim()) for ax in axes]
+    assert lims[0] == pytest.approx(lims[1])
+    assert lims[0][0] < 35.0 and lims[0][1] > 72.0  # every point of both panels is inside the shared range
+    fig.clear()
+
+
+def test_few_shot_panels_share_scales(colours):
+    board = make_board()
+    fig, panels = plots._line_grid_figure(board[board.dataset == "synth"], colours,
+                                          lambda ax, s, b: ax.plot(s.train_size, s.miou_mean), "n", "t")
+    assert set(panels) == {"full", "frozen", "linear"}
+    assert len({tuple(ax.get_xlim()) for ax in panels.values()}) == 1
+    assert len({tuple(ax.get_ylim()) for ax in panels.values()}) == 1
+    fig.clear()
+
+
+# ---------------------------------------------------------------- CKA across backbones, pre-training losses
+LAYERS = ["act1", "layer1", "layer2", "layer3"]
+
+
+def cka_document(fingerprint, diagonal, within=None):
+    """A `cka.json` as a full cell writes it: off-diagonal entries below the diagonal's, so a figure
+    that drew a row or column instead of the diagonal would be caught."""
+    matrix = [[d if i == j else d / 3 for j, d in enumerate(diagonal)] for i in range(len(diagonal))]
+    doc = {"schema": 1, "kind": "pretrained_vs_finetuned", "fingerprint": fingerprint, "layers_a": LAYERS,
+           "layers_b": LAYERS, "matrix": matrix, "probe": {"images": 8}}
+    if within is not None:
+        doc["within"] = {"layer": LAYERS[0], "pretrained": within[0], "finetuned": within[1]}
+    return doc
+
+
+def cka_records(tmp_path, decoders=("monodepth2", "deeplabv3")):
+    """Full cells (and a frozen one, which has no CKA) with cka.json documents; returns (frame, documents)."""
+    import json
+
+    rows, docs = [], {}
+    for d_i, decoder in enumerate(decoders):
+        for b_i, backbone in enumerate(BACKBONES):
+            for protocol in ("full", "frozen"):
+                run = tmp_path / "runs" / f"{backbone}__{protocol}__{decoder}"
+                run.mkdir(parents=True)
+                fp = f"fp-{backbone}-{protocol}-{decoder}"
+                if protocol == "full":
+                    diag = [1.0 - 0.05 * (b_i + 1) * j - 0.01 * d_i for j in range(len(LAYERS))]
+                    within = None if backbone == "cls" else (  # cls: a document from before `within`
+                        [1.0, 0.8 - 0.1 * b_i, 0.6, 0.5 + 0.1 * b_i], [1.0, 0.7, 0.5 - 0.1 * b_i, 0.4])
+                    docs[(backbone, decoder)] = cka_document(fp, diag, within)
+                    (run / "cka.json").write_text(json.dumps(docs[(backbone, decoder)]))
+                rows.append({"backbone": backbone, "dataset": "synth", "protocol": protocol, "decoder": decoder,
+                             "init": "auto", "train_size": 16, "seed": 0, "status": "ok",
+                             "record": str(run / "record.json"), "config": {"fingerprint": fp}})
+    return pd.DataFrame(rows), docs
+
+
+def test_cka_across_lines_are_the_stored_diagonals(tmp_path, colours):
+    from bench.layer_cka import cka_across_frame
+
+    df, docs = cka_records(tmp_path)
+    # A cell whose stored matrix is of another fingerprint is not taken.
+    df.loc[(df.backbone == "random") & (df.decoder == "deeplabv3") & (df.protocol == "full"), "config"] = \
+        [{"fingerprint": "stale"}]
+    frame = cka_across_frame(df)
+    figures = {name: (fig, axes) for name, fig, axes in plots._cka_across_figures(frame, colours)}
+    assert set(figures) == {"cka_across_synth_full_monodepth2_init-auto_n16",
+                            "cka_across_synth_full_deeplabv3_init-auto_n16"}
+    for decoder in ("monodepth2", "deeplabv3"):
+        fig, axes = figures[f"cka_across_synth_full_{decoder}_init-auto_n16"]
+        assert list(axes) == ["pretrained_vs_finetuned", "within_pretrained", "within_finetuned"]
+        drawn = {line.get_label(): list(line.get_ydata()) for line in axes["pretrained_vs_finetuned"].lines}
+        expect = {b: [docs[(b, decoder)]["matrix"][i][i] for i in range(len(LAYERS))] for b in BACKBONES
+                  if not (b == "random" and decoder == "deeplabv3")}
+        assert drawn.keys() == expect.keys()
+        for b in expect:
+            assert drawn[b] == pytest.approx(expect[b])
+        for side in ("pretrained", "finetuned"):
+            within = {line.get_label(): list(line.get_ydata()) for line in axes[f"within_{side}"].lines}
+            assert "cls" not in within  # its document predates `within`: no line rather than a made-up one
+            for b, ys in within.items():
+                assert ys == pytest.approx(docs[(b, decoder)]["within"][side])
+        assert [t.get_text() for t in axes["pretrained_vs_finetuned"].get_xticklabels()] == LAYERS
+        assert len({tuple(ax.get_ylim()) for ax in axes.values()}) == 1  # one CKA scale
+        assert decoder in fig._suptitle.get_text() and "full" in fig._suptitle.get_text()
+        fig.clear()
+    paths = plots.plot_cka_across(frame[frame.decoder == "deeplabv3"], tmp_path / "plots", colours)
+    check_files(paths, 1)
+    with Image.open(next(p for p in paths if p.suffix == ".png" and "deeplabv3" in p.name)) as im:
+        assert im.info[plots.SUBJECT_KEY] == "synth, full fine-tuning, deeplabv3 decoder, init auto, 16 training images"
+
+
+def test_pretrain_loss_panels_are_the_histories(tmp_path, colours):
+    histories = {b: (f"method_{b}", pd.DataFrame({"step": range(1, 41), "loss": [3.0 / (s + i) for s in range(1, 41)]}))
+                 for i, b in enumerate(BACKBONES)}
+    fig, panels = plots._pretrain_loss_figure(histories, colours, "tiny")
+    assert list(panels) == BACKBONES
+    for b, ax in panels.items():
+        raw = ax.lines[0]
+        assert list(raw.get_xdata()) == list(range(1, 41))
+        assert list(raw.get_ydata()) == pytest.approx(list(histories[b][1]["loss"]))
+        assert ax.get_title() == f"{b} (method_{b})" and ax.get_xlabel() == "step"
+    fig.clear()
+    check_files(plots.plot_pretrain_losses(histories, tmp_path, colours, "tiny"), 1)
+    assert plots.plot_pretrain_losses({}, tmp_path, colours, "tiny") == []

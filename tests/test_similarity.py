@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 
 import bench.layer_cka as layer_cka_module
+from bench import plots
 from bench.aggregate import records_frame
 from bench.cli import main
 from bench.layer_cka import dataset_batches, layer_cka, load_encoder, pretrained_vs_finetuned
@@ -74,6 +75,16 @@ def test_a_full_cell_stores_its_cka_and_keeps_weights_only_when_asked(tiny_world
                                  dataset_batches(record["config"]["dataset"], tiny_world, probe["images"],
                                                  probe["batch_size"]))
     assert np.allclose(stored, recomputed, rtol=0, atol=1e-9)
+    # MeSa's within-network rows, from the same forward passes: the first layer against every layer of
+    # the pre-trained and of the fine-tuned encoder, as `bench cka --within` computes them.
+    within = json.loads((kept / "cka.json").read_text())["within"]
+    batches = dataset_batches(record["config"]["dataset"], tiny_world, probe["images"], probe["batch_size"])
+    batches = list(batches)
+    for side, weights in (("pretrained", tiny_depth_ckpt), ("finetuned", kept)):
+        alone, names, _ = layer_cka(load_encoder(weights), None, batches)
+        assert within["layer"] == names[0] == "act1"
+        assert np.allclose(within[side], alone[0], rtol=0, atol=1e-9) and within[side][0] == 1.0
+    assert not np.allclose(within["pretrained"], within["finetuned"], atol=1e-6)
     # Fine-tuning moved the encoder, so the pre-trained/fine-tuned diagonal is not all exactly 1.
     assert not np.allclose(np.diag(stored), 1.0, atol=1e-9)
     # A cell cuts its probe from its whole evaluation set: the same batches as the first images alone.
@@ -108,11 +119,26 @@ def test_aggregate_draws_the_heatmap_from_stored_matrices_without_weights(tiny_w
         raise AssertionError("the aggregator loaded weights")
 
     monkeypatch.setattr(layer_cka_module, "encoder_from_checkpoint", no_weights)
+    titles = []
+    heatmap = plots.plot_cka_heatmap
+    monkeypatch.setattr(plots, "plot_cka_heatmap", lambda m, r, c, title, *a, **kw: (titles.append(title),
+                                                                                     heatmap(m, r, c, title, *a, **kw))[1])
     paths = pretrained_vs_finetuned(results, records_frame(results))
+    # The title tells this heatmap from the same backbone's other decoders and protocols.
+    assert titles == ["CKA, depth: pre-trained vs fine-tuned\n(synth, full fine-tuning, monodepth2 decoder, "
+                      "init auto, 2 training images)"]
+    # Up to date: not redrawn; a heatmap drawn before titles named the decoder (no subject) is.
+    assert pretrained_vs_finetuned(results, records_frame(results)) == paths and len(titles) == 1
+    from PIL import Image
+    Image.open(results / "cka" / "depth__full.png").save(results / "cka" / "depth__full.png")  # drops the text
+    pretrained_vs_finetuned(results, records_frame(results))
+    assert len(titles) == 2
     assert sorted(p.name for p in paths) == ["depth__full.csv", "depth__full.png", "depth__full.svg"]
     m = pd.read_csv(results / "cka" / "depth__full.csv", index_col=0)
     assert list(m.index) == stored[1] and np.allclose(m.to_numpy(), stored[0], atol=1e-6)
     assert main(["aggregate", str(results)]) == 0
     page = (results / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(list((results / "plots").glob("*.png"))) + 1  # + the heatmap
-    assert 'alt="depth__full"' in page
+    assert "<figcaption>Linear CKA between every layer of the pre-trained encoder (rows) and every layer of the " \
+           "fine-tuned encoder (columns) of depth on synth, full fine-tuning, monodepth2 decoder, init auto, " \
+           "2 training images, seed 0," in page

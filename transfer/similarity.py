@@ -14,7 +14,9 @@ A cell takes them from its own evaluation images, already prepared (nothing is d
 
 `cka.json` holds `schema`, `kind`, the cell's `fingerprint` (a matrix of another version of the
 cell is not taken for this one), `layers_a` / `layers_b` (rows: pre-trained; columns:
-fine-tuned), `matrix` (null where a layer was constant over the probe), and `probe` (dataset,
+fine-tuned), `matrix` (null where a layer was constant over the probe), `within` (the first
+layer against every layer of the pre-trained and of the fine-tuned network, MeSa's "layer 0
+versus all"; absent from documents written before it), and `probe` (dataset,
 evaluation size, images, batch size, layers, reduction, the image stems, the pre-trained
 checkpoint's sha256, the fine-tuned encoder's sha256 and the device it ran on).
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.core.cka import encoder_from_checkpoint, layer_cka
+from bench.core.cka import encoder_from_checkpoint, layer_cka_with_within
 from bench.core.errors import UserError
 from bench.core.records import read_json, write_json_atomic
 from transfer.data import EvalImages, as_size, open_pools
@@ -72,13 +74,17 @@ def pretrained_vs_finetuned(config: dict, fine_tuned, eval_images: EvalImages, *
     pre_trained = encoder_from_checkpoint(config["checkpoint"], device=device)
     fine_tuned.eval()
     settings = config["dataset"]
-    matrix, names_a, names_b = layer_cka(pre_trained, fine_tuned, probe_batches(eval_images, batch_size, images),
-                                         PROBE_LAYERS, reduce=PROBE_REDUCE)
+    matrix, names_a, names_b, (within_a, within_b) = layer_cka_with_within(
+        pre_trained, fine_tuned, probe_batches(eval_images, batch_size, images), PROBE_LAYERS, reduce=PROBE_REDUCE)
     probed = eval_images.samples[:images]
     return {
         "schema": CKA_SCHEMA, "kind": "pretrained_vs_finetuned", "fingerprint": config["fingerprint"],
         "layers_a": names_a, "layers_b": names_b,
-        "matrix": [[None if math.isnan(v) else float(v) for v in row] for row in matrix.tolist()],
+        "matrix": _json_rows(matrix),
+        # MeSa's within-network analysis: the first probed layer against every layer, of each network
+        # (only that row: the document stays a few kB).
+        "within": {"layer": names_a[0], "pretrained": _json_rows(within_a[:1])[0],
+                   "finetuned": _json_rows(within_b[:1])[0]},
         "probe": {"dataset": settings["name"], "eval_resize": settings["eval_resize"], "images": len(probed),
                   "batch_size": int(batch_size), "layers": PROBE_LAYERS, "reduce": PROBE_REDUCE,
                   "stems": [s.stem for s in probed], "checkpoint_sha256": config.get("checkpoint_sha256"),
@@ -86,14 +92,32 @@ def pretrained_vs_finetuned(config: dict, fine_tuned, eval_images: EvalImages, *
     }
 
 
+def _json_rows(matrix: np.ndarray) -> list[list[float | None]]:
+    return [[None if math.isnan(v) else float(v) for v in row] for row in np.asarray(matrix).tolist()]
+
+
 def write_cka(out_dir: Path, document: dict) -> Path:
     return write_json_atomic(Path(out_dir) / CKA_NAME, document)
 
 
-def read_cka(run_dir: Path, fingerprint: str | None) -> tuple[np.ndarray, list[str], list[str]] | None:
-    """The stored matrix of a cell folder, or None when there is none for this fingerprint."""
+def read_cka_document(run_dir: Path, fingerprint: str | None) -> dict | None:
+    """The stored `cka.json` of a cell folder, or None when there is none for this fingerprint."""
     document = read_json(Path(run_dir) / CKA_NAME)
     if not document or document.get("schema") != CKA_SCHEMA or document.get("fingerprint") != fingerprint:
+        return None
+    return document
+
+
+def as_matrix(rows) -> np.ndarray:
+    """A stored matrix (or row) back as float64, NaN where a layer was constant over the probe."""
+    return np.array([np.nan if v is None else v for v in rows] if rows and not isinstance(rows[0], list)
+                    else [[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)
+
+
+def read_cka(run_dir: Path, fingerprint: str | None) -> tuple[np.ndarray, list[str], list[str]] | None:
+    """The stored matrix of a cell folder, or None when there is none for this fingerprint."""
+    document = read_cka_document(run_dir, fingerprint)
+    if document is None:
         return None
     matrix = np.array([[np.nan if v is None else v for v in row] for row in document["matrix"]], dtype=np.float64)
     return matrix, list(document["layers_a"]), list(document["layers_b"])

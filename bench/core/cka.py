@@ -486,6 +486,18 @@ def layer_cka(encoder_a: nn.Module, encoder_b: nn.Module | None, batches, layers
     """CKA matrix (layers of a x layers of b) over uint8 image batches (B x 3 x H x W, B >= 4);
     `encoder_b=None`: a against itself. Each encoder sees the images on its own device, scaled to
     0..1 and normalised its way; callers put encoders in eval mode (BatchNorm's running stats)."""
+    matrix, names_a, names_b, _ = _layer_cka(encoder_a, encoder_b, batches, layers, reduce, within=False)
+    return matrix, names_a, names_b
+
+
+def layer_cka_with_within(encoder_a: nn.Module, encoder_b: nn.Module, batches, layers: str | list[str] = "stages",
+                          reduce: str = "mean") -> tuple[np.ndarray, list[str], list[str], tuple[np.ndarray, np.ndarray]]:
+    """`layer_cka(a, b)` plus each network against itself (a x a, b x b), from the same forward
+    passes (MeSa's within-network "layer 0 versus all" is the first row of those)."""
+    return _layer_cka(encoder_a, encoder_b, batches, layers, reduce, within=True)
+
+
+def _layer_cka(encoder_a, encoder_b, batches, layers, reduce, within):
     def names(encoder):
         return layer_presets(encoder, layers) if isinstance(layers, str) else list(layers)
 
@@ -498,6 +510,10 @@ def layer_cka(encoder_a: nn.Module, encoder_b: nn.Module | None, batches, layers
     names_b = names_a if same else names(encoder_b)
     # The accumulator reduces the feature maps itself (`reduce_spatial`).
     acc = CKAAccumulator(len(names_a), len(names_b), same=same, reduction=reduce)
+    # Within-network matrices: the same features, each network against itself (same=True: symmetric,
+    # unit diagonal); the Grams are recomputed per accumulator, B x B, cheap next to the forward passes.
+    acc_aa = CKAAccumulator(len(names_a), same=True, reduction=reduce) if within and not same else None
+    acc_bb = CKAAccumulator(len(names_b), same=True, reduction=reduce) if within and not same else None
     with contextlib.ExitStack() as stack:
         feats_a = stack.enter_context(layer_hooks(encoder_a, names_a))
         feats_b = None if same else stack.enter_context(layer_hooks(encoder_b, names_b))
@@ -505,6 +521,10 @@ def layer_cka(encoder_a: nn.Module, encoder_b: nn.Module | None, batches, layers
             run(encoder_a, images)
             if not same:
                 run(encoder_b, images)
-            acc.update(list(feats_a.values()), None if same else [f.to(feats_a[names_a[0]].device)
-                                                                   for f in feats_b.values()])
-    return acc.compute(), names_a, names_b
+            fa = list(feats_a.values())
+            fb = None if same else [f.to(feats_a[names_a[0]].device) for f in feats_b.values()]
+            acc.update(fa, fb)
+            if acc_aa is not None:
+                acc_aa.update(fa)
+                acc_bb.update(fb)
+    return acc.compute(), names_a, names_b, (acc_aa.compute(), acc_bb.compute()) if acc_aa is not None else None
