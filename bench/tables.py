@@ -148,12 +148,12 @@ def _paper_table(name: str, dataset: str, init: str, s: pd.DataFrame, order, dec
     n_text = _seeds_caption(n_common, (s.loc[s["n"] > 0, "n"] != n_common).any())
     caption = (f"mIoU (%) on the evaluation set of {dataset}, requested init {init}"
                + (f", {sizes[0]} training images" if len(sizes) == 1 else "") + f"; {n_text}. {LEGEND}")
-    notes = [f"Effective init: {'; '.join(f'{i}: {INIT_WORDS.get(i, i)}' for i in _ordered(labels.values(), []) if i != 'mixed')}."]
+    notes = [f"Effective init: {'; '.join(f'{i}: {INIT_WORDS.get(i, i)}' for i in dict.fromkeys(labels.values()) if i != 'mixed')}."]
     if marks:
         notes.append("Mixed rows: " + "; ".join(f"{m} {i} ({INIT_WORDS.get(i, i)})" for i, m in marks.items()) + ".")
     if mixed:
         notes.append(f"Columns mixing decoder reuse (practice against practice, as Lao et al. Table 1, not encoders "
-                     f"alone as their Table 3, `init: encoder`): {', '.join(mixed)}.")
+                     f"alone as their Table 3, init: encoder): {', '.join(mixed)}.")
     return Table(name=name, title=f"mIoU on {dataset}, init {init}", caption=caption,
                  labels=["backbone", "effective init"], columns=header,
                  rows=[([b, labels[b]], [grid[b, c] for c in columns]) for b in backbones], notes=notes)
