@@ -197,7 +197,10 @@ def resolution_tables(df: pd.DataFrame, order: list[str]) -> dict[str, list[Tabl
         df.loc[shared, label] = df.loc[shared, label] + " (" + df.loc[shared, display] + ")"
     out = {}
     for dataset, of_dataset in df.groupby("dataset_base", sort=False):
-        if of_dataset["pretrain_size"].nunique() < 2 and of_dataset["transfer_size"].nunique() < 2:
+        # Sizes that differ only between different backbones (a depth network on driving frames, a
+        # classifier on crops) are no resolution study: a backbone's variants or the dataset's must vary.
+        if (of_dataset.groupby("backbone_base")["pretrain_size"].nunique() < 2).all() \
+                and of_dataset["transfer_size"].nunique() < 2:
             continue
         name = f"resolution_{_file_part(dataset)}"
         sections = ["protocol", "decoder", "init", "train_size"]
@@ -262,9 +265,12 @@ def all_tables(df: pd.DataFrame, board: pd.DataFrame, order: list[str], results_
 # --- files ---------------------------------------------------------------------------------------------------------
 
 
+PREFIXES = ("miou_", "resolution_", "compare_")  # the tables this module derives (others' files are left alone)
+
+
 def write_tables(folder: Path, files: dict[str, list[Table]]) -> list[Path]:
-    """Write `<name>.md` and `<name>.tex` per entry; remove the tables a previous aggregation left
-    that this one no longer derives (tables/ is derived from the records, like the leaderboard)."""
+    """Write `<name>.md` and `<name>.tex` per entry; remove the tables of ours a previous aggregation
+    left that this one no longer derives (they come from the records, like the leaderboard)."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, tables in files.items():
@@ -273,6 +279,7 @@ def write_tables(folder: Path, files: dict[str, list[Table]]) -> list[Path]:
         for suffix, text in ((".md", md), (".tex", tex)):
             write_text_atomic(folder / f"{name}{suffix}", text)
             written.append(folder / f"{name}{suffix}")
-    for stale in sorted({*folder.glob("*.md"), *folder.glob("*.tex")} - set(written)):
+    ours = [f"{prefix}*{suffix}" for prefix in PREFIXES for suffix in (".md", ".tex")]
+    for stale in sorted({p for pattern in ours for p in folder.glob(pattern)} - set(written)):
         stale.unlink()
     return written

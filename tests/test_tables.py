@@ -189,9 +189,11 @@ def test_latex_escaping_booktabs_caption_and_label(tmp_path):
 def test_stale_tables_are_removed(results):
     (results / "tables").mkdir()
     (results / "tables" / "miou_gone.md").write_text("old")
-    (results / "tables" / "keep.txt").write_text("not a table")
+    (results / "tables" / "resolution_gone.tex").write_text("old")
+    (results / "tables" / "per_class.md").write_text("another part's table")
     table = write_reports(results, plots=False)
-    assert not (results / "tables" / "miou_gone.md").exists() and (results / "tables" / "keep.txt").exists()
+    assert not (results / "tables" / "miou_gone.md").exists() and not (results / "tables" / "resolution_gone.tex").exists()
+    assert (results / "tables" / "per_class.md").read_text() == "another part's table"
     assert sorted(p.name for p in table["tables"]) == ["miou_synth.md", "miou_synth.tex"]
 
 
@@ -237,6 +239,9 @@ def test_resolution_table_is_a_no_op_without_varying_sizes():
     rows = [("depth", None, "192x640", "synth", None, "48x144", s, 50.0 + s) for s in (0, 1)]
     rows += [("imagenet", None, None, "synth", None, "48x144", s, 40.0 + s) for s in (0, 1)]
     assert resolution_tables(_frame(rows), []) == {}  # constant
+    # Sizes that differ between backbones only (no backbone has two) are no resolution study.
+    rows += [("cls", None, "64x64", "synth", None, "48x144", s, 45.0 + s) for s in (0, 1)]
+    assert resolution_tables(_frame(rows), []) == {}
     assert resolution_tables(_frame(rows).drop(columns=["pretrain_size", "transfer_size"]), []) == {}  # absent
 
 
