@@ -31,9 +31,7 @@ from bench.core.atomic import write_text_atomic
 from bench.core.claims import exclusive_lock
 from bench.core.errors import UserError
 from bench.core.records import iter_records
-from bench.compare import read_published
 from bench.statistics import paired_difference, t_interval
-from bench.tables import all_tables, write_tables
 
 CELL = ["backbone", "method", "arch", "dataset", "protocol", "decoder", "init", "init_effective", "train_size"]
 COMPARISON = ["dataset", "protocol", "decoder", "init", "train_size"]
@@ -172,6 +170,8 @@ def write_reports(results_dir, baseline: str | None = None, plots: bool = True, 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: results folder not found")
+    from bench.compare import read_published
+
     published = (Path(compare), read_published(compare, METRICS)) if compare is not None else None
     with exclusive_lock(results_dir / AGGREGATE_LOCK):
         return _write_reports(results_dir, baseline, plots, published)
@@ -191,6 +191,8 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     baseline = baseline or next((b for b in order if b in known), None)
 
     board = leaderboard(df, baseline)
+    from bench.tables import all_tables, write_tables
+
     tables = all_tables(df, board, order, results_dir, published)  # may refuse: before anything is written
     per_class, failures = per_class_table(df), failures_table(df)
     paths = {name: results_dir / name for name in
