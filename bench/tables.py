@@ -73,6 +73,27 @@ def bold_best(cells: list[Cell], means: list[float]) -> None:
         cell.bold = not math.isnan(m) and round(m, 2) == max(shown)
 
 
+def pivot_cells(s: pd.DataFrame, index: list[str], columns: list[str], rows: list, cols: list):
+    """The summary pivoted to rows x cols (pandas' pivot: one summary row per cell, in the given
+    order): a `Cell` per position (— where nothing ran), its mean, and the first effective init its
+    records name (NaN where none); the best mean of each column already bold."""
+    n_common = common_n(s)
+    s = s.assign(cell=[value_cell(r, n_common) for r in s.to_dict("records")],
+                 first_init=[i[0] if i else None for i in s["inits"]])
+
+    def pivot(values: str) -> pd.DataFrame:
+        table = s.pivot(index=index, columns=columns, values=values)
+        return table.reindex(index=pd.Index(rows, tupleize_cols=False) if len(index) == 1 else
+                             pd.MultiIndex.from_tuples(rows), columns=pd.MultiIndex.from_tuples(cols)
+                             if len(columns) > 1 else pd.Index(cols))
+
+    cells, means, firsts = pivot("cell"), pivot("mean").astype(float), pivot("first_init")
+    cells = cells.map(lambda c: c if isinstance(c, Cell) else Cell("—"))  # a fresh Cell per missing position
+    for c in cells.columns:
+        bold_best(list(cells[c]), list(means[c]))
+    return cells, means, firsts
+
+
 def _seeds_caption(n: int, varies: bool) -> str:
     seeds = f"{n} seed{'s' if n != 1 else ''}" + (" (n = k where a cell has another number)" if varies else "")
     return f"mean ± sample std over {seeds}" + ("; one seed: no std" if n == 1 else "")
@@ -101,36 +122,37 @@ def _reuses_decoder(init: str) -> bool:
 
 
 def paper_tables(df: pd.DataFrame, order: list[str], decoders: list[str] | None = None) -> list[Table]:
-    """One table per dataset (and per requested init where the dataset has several)."""
+    """One table per dataset (and per requested init where the dataset has several); with several
+    datasets also `miou_across_datasets`, datasets as the outer column level (Lao et al. Table 6)."""
     summary = summarise(df, ["dataset", "init", "backbone", "protocol", "decoder", "train_size"])
+    datasets = list(dict.fromkeys(summary["dataset"]))
+    groups = [(f"miou_{_file_part(d)}", d, summary[summary["dataset"] == d], ["protocol", "decoder", "train_size"])
+              for d in datasets]
+    if len(datasets) > 1:
+        groups.append(("miou_across_datasets", None, summary, ["dataset", "protocol", "decoder", "train_size"]))
     tables = []
-    for dataset in dict.fromkeys(summary["dataset"]):
-        of_dataset = summary[summary["dataset"] == dataset]
-        inits = list(dict.fromkeys(of_dataset["init"]))
+    for stem, dataset, part, keys in groups:
+        inits = list(dict.fromkeys(part["init"]))
         for init in inits:
-            name = f"miou_{_file_part(dataset)}" + (f"_init-{_file_part(init)}" if len(inits) > 1 else "")
-            tables.append(_paper_table(name, dataset, init, of_dataset[of_dataset["init"] == init], order,
-                                       decoders or []))
+            name = stem + (f"_init-{_file_part(init)}" if len(inits) > 1 else "")
+            tables.append(_paper_table(name, dataset, init, part[part["init"] == init], keys, order, decoders or []))
     return tables
 
 
-def _paper_table(name: str, dataset: str, init: str, s: pd.DataFrame, order, decoders) -> Table:
+def _paper_table(name: str, dataset: str | None, init: str, s: pd.DataFrame, keys: list[str], order,
+                 decoders) -> Table:
+    """Rows: backbones; columns: the combinations of `keys` that ran, each level in its order."""
     sizes = sorted(s["train_size"].unique())
-    protocols = _ordered(s["protocol"], list(PROTOCOL_ORDER))
-    columns = [(p, d, n) for p in protocols for d in _ordered(s.loc[s["protocol"] == p, "decoder"], decoders)
-               for n in sizes if ((s["protocol"] == p) & (s["decoder"] == d) & (s["train_size"] == n)).any()]
+    ranks = {"dataset": list(dict.fromkeys(s["dataset"])), "protocol": PROTOCOL_ORDER, "decoder": decoders,
+             "train_size": sizes}
+    columns = sorted(dict.fromkeys(zip(*(s[k] for k in keys))),
+                     key=lambda c: tuple(_rank(v, ranks[k]) for k, v in zip(keys, c)))
     backbones = _ordered(s["backbone"], order)
-    by_key = {(r.backbone, r.protocol, r.decoder, r.train_size): r for r in s.itertuples(index=False)}
     n_common = common_n(s)
-    grid, means, row_inits = {}, {}, {}
-    for b in backbones:
-        for c in columns:
-            r = by_key.get((b, *c))
-            grid[b, c] = value_cell(r._asdict(), n_common) if r is not None else Cell("—")
-            means[b, c] = r.mean if r is not None else math.nan
-            row_inits.setdefault(b, {})[c] = r.inits[0] if r is not None and r.inits else None
-    for c in columns:
-        bold_best([grid[b, c] for b in backbones], [means[b, c] for b in backbones])
+    cells, _, firsts = pivot_cells(s, ["backbone"], keys, backbones, columns)
+    grid = {(b, c): cells.at[b, c] for b in backbones for c in columns}
+    # (pandas holds a missing init as NaN: None here, so that `if init` reads "none known")
+    row_inits = {b: {c: i if isinstance(i := firsts.at[b, c], str) else None for c in columns} for b in backbones}
     # A backbone whose effective init changes across columns (a reused U-Net decoder under monodepth2,
     # a fresh one under deeplabv3) says so in every cell, with a mark per init explained below.
     marks: dict[str, str] = {}
@@ -142,11 +164,12 @@ def _paper_table(name: str, dataset: str, init: str, s: pd.DataFrame, order, dec
             for c, i in row_inits[b].items():
                 if i:
                     grid[b, c].mark = marks.setdefault(i, MARKS[min(len(marks), len(MARKS) - 1)])
-    header = [(p, d) + ((f"{n} images",) if len(sizes) > 1 else ()) for p, d, n in columns]
+    # (train_size is the last key: a level of its own only when it varies, else said in the caption)
+    header = [tuple(c[:-1]) + ((f"{c[-1]} images",) if len(sizes) > 1 else ()) for c in columns]
     mixed = [" · ".join(h) for h, c in zip(header, columns)
              if len({_reuses_decoder(row_inits[b][c]) for b in backbones if row_inits[b][c]}) > 1]
     n_text = _seeds_caption(n_common, (s.loc[s["n"] > 0, "n"] != n_common).any())
-    caption = (f"mIoU (%) on the evaluation set of {dataset}, requested init {init}"
+    caption = (f"mIoU (%) on the evaluation set of {dataset or 'each dataset'}, requested init {init}"
                + (f", {sizes[0]} training images" if len(sizes) == 1 else "") + f"; {n_text}. {LEGEND}")
     notes = [f"Effective init: {'; '.join(f'{i}: {INIT_WORDS.get(i, i)}' for i in dict.fromkeys(labels.values()) if i != 'mixed')}."]
     if marks:
@@ -154,7 +177,7 @@ def _paper_table(name: str, dataset: str, init: str, s: pd.DataFrame, order, dec
     if mixed:
         notes.append(f"Columns mixing decoder reuse (practice against practice, as Lao et al. Table 1, not encoders "
                      f"alone as their Table 3, init: encoder): {', '.join(mixed)}.")
-    return Table(name=name, title=f"mIoU on {dataset}, init {init}", caption=caption,
+    return Table(name=name, title=f"mIoU on {dataset or ', '.join(ranks['dataset'])}, init {init}", caption=caption,
                  labels=["backbone", "effective init"], columns=header,
                  rows=[([b, labels[b]], [grid[b, c] for c in columns]) for b in backbones], notes=notes)
 
@@ -222,12 +245,9 @@ def _resolution_table(name, dataset, key, s: pd.DataFrame, base_order, sizes, ts
     rows = sorted(dict.fromkeys(zip(s["backbone_base"], s["pretrain_label"])),
                   key=lambda r: (_rank(r[0], base_order), _size_key(sizes.get(r[1]))))
     columns = sorted(dict.fromkeys(s["transfer_label"]), key=lambda c: _size_key(tsizes.get(c)))
-    by_key = {(r.backbone_base, r.pretrain_label, r.transfer_label): r._asdict() for r in s.itertuples(index=False)}
     n_common = common_n(s)
-    grid = {(r, c): value_cell(by_key[(*r, c)], n_common) if (*r, c) in by_key else Cell("—")
-            for r in rows for c in columns}
-    for c in columns:
-        bold_best([grid[r, c] for r in rows], [by_key.get((*r, c), {}).get("mean", math.nan) for r in rows])
+    cells, _, _ = pivot_cells(s, ["backbone_base", "pretrain_label"], ["transfer_label"], rows, columns)
+    grid = {(r, c): cells.at[r, c] for r in rows for c in columns}
     caption = (f"mIoU (%) on the evaluation set of {dataset}: rows pre-training resolution (the backbone's "
                f"variants), columns transfer resolution (the dataset's variants); {protocol} · {decoder}, init "
                f"{init}, {train_size} training images; {_seeds_caption(n_common, (s.loc[s['n'] > 0, 'n'] != n_common).any())}. "

@@ -23,15 +23,15 @@ FIXTURE_CSV = Path(__file__).parent / "fixtures" / "published_tiny.csv"
 
 
 def _record(results, backbone, seed, miou, *, status="ok", protocol="frozen", decoder="monodepth2", train_size=16,
-            init="auto", effective="encoder"):
-    cell = {"backbone": backbone, "method": "m", "arch": "resnet18", "dataset": "synth", "protocol": protocol,
+            init="auto", effective="encoder", dataset="synth"):
+    cell = {"backbone": backbone, "method": "m", "arch": "resnet18", "dataset": dataset, "protocol": protocol,
             "decoder": decoder, "train_size": train_size, "seed": seed}
     ok = status == "ok"
     record = {"cell": cell, "status": status, "error": None if ok else "loss became nan at step 3",
               "init": {"requested": init, "effective": effective} if ok else None, "config": {"init": init},
               "metrics": {"miou": miou / 100, "pixel_acc": (miou + 10) / 100, "mean_class_acc": (miou + 5) / 100,
                           "per_class_iou": {"road": miou / 100}} if ok else None}
-    folder = results / "runs" / f"{backbone}__synth__{protocol}__{decoder}__{init}__n{train_size}__s{seed}"
+    folder = results / "runs" / f"{backbone}__{dataset}__{protocol}__{decoder}__{init}__n{train_size}__s{seed}"
     folder.mkdir(parents=True)
     (folder / "record.json").write_text(json.dumps(record))
 
@@ -164,6 +164,32 @@ def test_inits_and_train_sizes_split_tables_and_columns(tmp_path):
     assert r" &  & \multicolumn{2}{c}{monodepth2} \\" in tex
     assert r"backbone & effective init & 4 images & 16 images \\" in tex
     _compiles(r / "tables" / "miou_synth_init-auto.tex")
+
+
+def test_several_datasets_also_share_one_table_as_lao_table_6(tmp_path):
+    r = _folder(tmp_path, ["mae", "depth_anything"])
+    for dataset, base in (("ade20k", 50.0), ("voc", 80.0)):
+        for protocol, shift in (("full", 5.0), ("linear", 0.0)):
+            _record(r, "mae", 0, base + shift, dataset=dataset, protocol=protocol, decoder="linear")
+            _record(r, "depth_anything", 0, base + shift + 1, dataset=dataset, protocol=protocol, decoder="linear")
+    _record(r, "mae", 0, 99.0, dataset="voc", protocol="frozen", decoder="linear")  # the best, but voc's only
+    write_reports(r, plots=False)
+    names = sorted(p.stem for p in (r / "tables").glob("*.md"))
+    assert names == ["miou_across_datasets", "miou_ade20k", "miou_voc"]
+    grid = md_grid((r / "tables" / "miou_across_datasets.md").read_text())
+    assert list(grid)[2:7] == [("mae", h) for h in ("ade20k · full · linear", "ade20k · linear · linear",
+                                                     "voc · full · linear", "voc · frozen · linear",
+                                                     "voc · linear · linear")]
+    assert grid["depth_anything", "ade20k · full · linear"] == "**56.00**" and grid["mae", "ade20k · full · linear"] == "55.00"
+    assert grid["depth_anything", "voc · linear · linear"] == "**81.00**"
+    assert grid["mae", "voc · frozen · linear"] == "99.00" and grid["depth_anything", "voc · frozen · linear"] == "—"
+    # Per-dataset tables hold the same numbers.
+    assert md_grid((r / "tables" / "miou_voc.md").read_text())["mae", "full · linear"] == "85.00"
+    tex = (r / "tables" / "miou_across_datasets.tex").read_text()
+    assert r" &  & \multicolumn{2}{c}{ade20k} & \multicolumn{3}{c}{voc} \\" in tex
+    assert r"\cmidrule(lr){3-4} \cmidrule(lr){5-7}" in tex
+    assert r"depth\_anything & encoder & \textbf{56.00}" in tex
+    _compiles(r / "tables" / "miou_across_datasets.tex")
 
 
 def test_latex_escaping_booktabs_caption_and_label(tmp_path):
