@@ -312,8 +312,30 @@ def test_compare_matches_rows_difference_and_not_run(results, capsys, monkeypatc
     assert not (results / "tables" / "compare_published_tiny.md").exists()
 
 
+def test_compare_rows_per_requested_init_and_cells_with_no_ok_seed(tmp_path):
+    r = _folder(tmp_path, ["depth", "flow"])
+    for seed in (0, 1):
+        _record(r, "depth", seed, 50.0 + seed, effective="encoder+decoder")
+        _record(r, "depth", seed, 45.0 + seed, init="encoder")
+        _record(r, "flow", seed, 0.0, status="diverged")
+    csv = tmp_path / "table3.csv"
+    csv.write_text("backbone,dataset,protocol,decoder,train_size,metric,published,source\n"
+                   "depth,synth,frozen,monodepth2,16,miou,46.69,Table 3 row Depth (encoder only)\n"
+                   "flow,synth,frozen,monodepth2,16,miou,38.47,Fig. 7 row Flow\n")
+    write_reports(r, plots=False, compare=csv)
+    table = [line for line in (r / "tables" / "compare_table3.md").read_text().splitlines() if line.startswith("| ")]
+    assert table[1:] == [
+        "| depth | synth | frozen | monodepth2 | 16 | auto (encoder+decoder) | miou | 50.50 ± 0.71 (n = 2) | 46.69 | +3.81 "
+        "| Table 3 row Depth (encoder only) |",
+        "| depth | synth | frozen | monodepth2 | 16 | encoder (encoder) | miou | 45.50 ± 0.71 (n = 2) | 46.69 | -1.19 "
+        "| Table 3 row Depth (encoder only) |",
+        "| flow | synth | frozen | monodepth2 | 16 | auto (unknown) | miou | no ok seed | 38.47 | — | Fig. 7 row Flow |"]
+
+
 BAD_CSVS = {
     "missing": ("backbone,dataset,protocol,decoder,metric,published,source\n", "missing column(s) train_size"),
+    "typo": ("backbone,dataset,protocol,decoder,train_size,metric,publised,source\n",
+             "missing column(s) published; unknown column(s) publised (expected exactly backbone,dataset,"),
     "protocol": ("backbone,dataset,protocol,decoder,train_size,metric,published,source\n"
                  "depth,synth,frozen,monodepth2,16,miou,50,src\ndepth,synth,finetune,monodepth2,16,miou,50,src\n",
                  "row 2 (line 3), column protocol: unknown protocol 'finetune'"),
