@@ -46,8 +46,6 @@ def read_published(path, metrics) -> pd.DataFrame:
         raise UserError(f"{path}: published-number CSV not found") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise UserError(f"{path}: cannot read the published-number CSV ({exc})") from None
-    if not rows:
-        raise UserError(f"{path}: no published rows under the header")
     seen = {}
     for r in rows:
         key = tuple(r[c] for c in MATCH + ["metric"])
@@ -116,7 +114,9 @@ def compare_table(path, published: pd.DataFrame, board: pd.DataFrame) -> tuple[T
             out.append({**base, "init": m["init"], "init_effective": m["init_effective"], "n_seeds": int(m["n_seeds"]),
                         "ours": ours, "ours_std": m[f"{p['metric']}_std"], "difference": ours - p["published"],
                         "status": status})
-    frame = pd.DataFrame(out)
+    # A header alone is a figure published as a plot only (Lao et al. Fig. 8): an empty comparison.
+    frame = pd.DataFrame(out, columns=MATCH + ["metric", "published", "published_text", "source", "init",
+                                               "init_effective", "n_seeds", "ours", "ours_std", "difference", "status"])
     return _table(path, frame), frame
 
 
@@ -136,9 +136,13 @@ def _table(path: Path, frame: pd.DataFrame) -> Table:
         rows.append(([r["backbone"], r["dataset"], r["protocol"], r["decoder"], size, init, r["metric"]],
                      [Cell(ours), Cell(r["published_text"]), Cell(diff), Cell(r["source"])]))
     not_run = frame[frame["status"] == "not run"]
-    notes = [f"Matched {int((frame['status'] != 'not run').sum())} of {len(frame)} rows; "
-             + (f"not run here: {len(not_run)} ({', '.join(sorted(set(not_run['backbone'] + ' on ' + not_run['dataset'])))})."
-                if len(not_run) else "every published row has a result here.")]
+    where = sorted(set(not_run["backbone"] + " on " + not_run["dataset"]))
+    if frame.empty:
+        notes = ["The file holds no published rows (a figure published as a plot only)."]
+    else:
+        notes = [f"Matched {int((frame['status'] != 'not run').sum())} of {len(frame)} rows; "
+                 + (f"not run here: {len(not_run)} ({', '.join(where)})." if len(not_run) else
+                    "every published row has a result here.")]
     return Table(name=f"compare_{path.stem}", title=f"Ours against published: {path.name}",
                  caption=("Ours: mean ± sample std over the seeds whose record is ok, in percent like the "
                           "leaderboard; difference = ours - published; init: requested (effective)."),

@@ -361,6 +361,16 @@ def test_compare_csv_errors_name_file_row_and_column(tmp_path, kind):
     assert message.startswith(str(path)) and expected in message
 
 
+def test_compare_with_a_header_only_is_an_empty_comparison(results, tmp_path):
+    """A figure published as a plot only (Lao et al. Fig. 8) has a CSV with no rows."""
+    csv = tmp_path / "fig8.csv"
+    csv.write_text("backbone,dataset,protocol,decoder,train_size,metric,published,source\n")
+    write_reports(results, plots=False, compare=csv)
+    md = (results / "tables" / "compare_fig8.md").read_text()
+    assert "The file holds no published rows" in md and "| depth" not in md
+    _compiles(results / "tables" / "compare_fig8.tex")
+
+
 def test_compare_refusals_write_nothing(results, tmp_path):
     ambiguous = tmp_path / "ambiguous.csv"
     ambiguous.write_text("backbone,dataset,protocol,decoder,train_size,metric,published,source\n"
