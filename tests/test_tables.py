@@ -212,6 +212,16 @@ def test_latex_escaping_booktabs_caption_and_label(tmp_path):
     _compiles(path)
 
 
+def test_markdown_renders_as_a_table_with_the_best_in_strong():
+    """report.html embeds tables/*.md through Python-Markdown: a pipe in a name stays in its cell."""
+    markdown = pytest.importorskip("markdown")
+    table = Table(name="x", title="T", caption="c", labels=["backbone"], columns=[("full", "monodepth2")],
+                  rows=[(["depth_r18"], [Cell("51.00 ± 1.41", bold=True, mark="†")]), (["a|b"], [Cell("—")])])
+    page = markdown.markdown(to_markdown(table), extensions=["tables"])
+    assert page.count("<tr>") == 3 and "<td style=\"text-align: left;\">a|b</td>" in page
+    assert "<strong>51.00 ± 1.41</strong>†" in page and "depth_r18</td>" in page
+
+
 def test_stale_tables_are_removed(results):
     (results / "tables").mkdir()
     (results / "tables" / "miou_gone.md").write_text("old")
