@@ -208,6 +208,11 @@ def resolution_tables(df: pd.DataFrame, order: list[str]) -> dict[str, list[Tabl
     needed = {"pretrain_size", "transfer_size", "backbone_variant", "dataset_variant"}
     if df.empty or not needed <= set(df.columns):
         return {}
+    # A record that never ran (failed before its data or checkpoint resolved) names no size: it takes
+    # the size its backbone's (dataset's) other records name, so that it lands in its own cell.
+    for column, owner in (("pretrain_size", "backbone"), ("transfer_size", "dataset")):
+        known = df.dropna(subset=[column]).groupby(owner)[column].first()
+        df = df.assign(**{column: df[column].where(df[column].notna(), df[owner].map(known))})
     df = df.assign(backbone_base=_base(df["backbone"], df["backbone_variant"]),
                    dataset_base=_base(df["dataset"], df["dataset_variant"]),
                    pretrain_label=[_size_label(v) for v in df["pretrain_size"]],

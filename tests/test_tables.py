@@ -256,7 +256,7 @@ def test_resolution_table_pivots_pretrain_by_transfer_size():
             rows.append(("depth", bvar, psize, "synth", "r96x320", "96x320", seed, base + seed))
             rows.append(("depth", bvar, psize, "synth", None, "48x144", seed, base - 10 + seed))
         rows.append(("imagenet", None, "224x224", "synth", "r96x320", "96x320", seed, 50.0 + 2 * seed))
-        rows.append(("imagenet", None, "224x224", "synth", None, "48x144", seed, None))  # diverged
+        rows.append(("imagenet", None, None, "synth", None, None, seed, None))  # diverged: no sizes recorded
     tables = resolution_tables(_frame(rows), ["depth@crop256", "depth@full", "imagenet"])
     assert list(tables) == ["resolution_synth"]
     md = "\n".join(to_markdown(t) for t in tables["resolution_synth"])
