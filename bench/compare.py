@@ -104,7 +104,7 @@ def compare_table(path, published: pd.DataFrame, board: pd.DataFrame) -> tuple[T
             size = sizes[0] if sizes else None
         matched = same[same["train_size"] == size] if size is not None else same.iloc[:0]
         base = {**{c: p[c] for c in MATCH}, "train_size": size, "metric": p["metric"], "published": p["published"],
-                "published_text": p["published_text"], "source": p["source"]}
+                "published_text": p["published_text"], "source": p["source"], "row": p["row"]}
         if matched.empty:
             out.append({**base, "init": "", "init_effective": "", "n_seeds": 0, "ours": math.nan,
                         "ours_std": math.nan, "difference": math.nan, "status": "not run"})
@@ -116,7 +116,7 @@ def compare_table(path, published: pd.DataFrame, board: pd.DataFrame) -> tuple[T
                         "status": status})
     # A header alone is a figure published as a plot only (Lao et al. Fig. 8): an empty comparison.
     frame = pd.DataFrame(out, columns=MATCH + ["metric", "published", "published_text", "source", "init",
-                                               "init_effective", "n_seeds", "ours", "ours_std", "difference", "status"])
+                                               "init_effective", "n_seeds", "ours", "ours_std", "difference", "status", "row"])
     return _table(path, frame), frame
 
 
@@ -140,7 +140,8 @@ def _table(path: Path, frame: pd.DataFrame) -> Table:
     if frame.empty:
         notes = ["The file holds no published rows (a figure published as a plot only)."]
     else:
-        notes = [f"Matched {int((frame['status'] != 'not run').sum())} of {len(frame)} rows; "
+        matched = frame.loc[frame["status"] != "not run", "row"].nunique()  # a row may match several inits
+        notes = [f"Matched {matched} of {frame['row'].nunique()} published rows; "
                  + (f"not run here: {len(not_run)} ({', '.join(where)})." if len(not_run) else
                     "every published row has a result here.")]
     return Table(name=f"compare_{path.stem}", title=f"Ours against published: {path.name}",

@@ -313,7 +313,7 @@ def test_compare_matches_rows_difference_and_not_run(results, capsys, monkeypatc
     assert grid["imagenet", "miou"][4:10] == ["16", "auto (encoder)", "miou", "62.00 ± 2.00 (n = 3)", "63.5", "-1.50"]
     assert grid["depth", "pixel_acc"][7:10] == ["80.50 ± 0.71 (n = 2)", "80.10", "+0.40"]
     assert grid["mae", "miou"][7:9] == ["not run", "47.18"] and grid["mae", "miou"][9] == "—"
-    assert "Matched 3 of 4 rows; not run here: 1 (mae on synth)." in md
+    assert "Matched 3 of 4 published rows; not run here: 1 (mae on synth)." in md
     tex = (results / "tables" / "compare_published_tiny.tex").read_text()
     assert r"70.50 \ensuremath{\pm} 0.71 (n = 2) & 68.25 & +2.25" in tex
     _compiles(results / "tables" / "compare_published_tiny.tex")
@@ -340,6 +340,8 @@ def test_compare_rows_per_requested_init_and_cells_with_no_ok_seed(tmp_path):
         "| depth | synth | frozen | monodepth2 | 16 | encoder (encoder) | miou | 45.50 ± 0.71 (n = 2) | 46.69 | -1.19 "
         "| Table 3 row Depth (encoder only) |",
         "| flow | synth | frozen | monodepth2 | 16 | auto (unknown) | miou | no ok seed | 38.47 | — | Fig. 7 row Flow |"]
+    assert "Matched 2 of 2 published rows; every published row has a result here." in \
+        (r / "tables" / "compare_table3.md").read_text()
 
 
 BAD_CSVS = {
