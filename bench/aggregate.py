@@ -158,8 +158,9 @@ def manifest_backbones(results_dir: Path) -> list[str]:
 AGGREGATE_LOCK = ".aggregate.lock"
 
 
-def write_reports(results_dir, baseline: str | None = None, plots: bool = True) -> dict:
-    """Write leaderboard.csv/.md, per_class.csv, failures.csv, plots/ and report.html.
+def write_reports(results_dir, baseline: str | None = None, plots: bool = True, compare=None) -> dict:
+    """Write leaderboard.csv/.md, per_class.csv, failures.csv, tables/, plots/ and report.html;
+    `compare`: a published-number CSV (bench.compare), checked before anything is written.
 
     Serialised per results folder (an exclusive flock of `.aggregate.lock`, see bench.core.claims):
     drivers sharing the folder write their reports one after another, each from the records it
@@ -168,11 +169,14 @@ def write_reports(results_dir, baseline: str | None = None, plots: bool = True) 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: results folder not found")
+    from bench.compare import read_published
+
+    published = (Path(compare), read_published(compare, METRICS)) if compare is not None else None
     with exclusive_lock(results_dir / AGGREGATE_LOCK):
-        return _write_reports(results_dir, baseline, plots)
+        return _write_reports(results_dir, baseline, plots, published)
 
 
-def _write_reports(results_dir: Path, baseline: str | None, plots: bool) -> dict:
+def _write_reports(results_dir: Path, baseline: str | None, plots: bool, published=None) -> dict:
     df = records_frame(results_dir)
     if df.empty:
         raise UserError(f"{results_dir}: no run records under runs/*/record.json")
@@ -186,6 +190,9 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool) -> dict
     baseline = baseline or next((b for b in order if b in known), None)
 
     board = leaderboard(df, baseline)
+    from bench.tables import all_tables, write_tables
+
+    tables = all_tables(df, board, order, results_dir, published)  # may refuse: before anything is written
     per_class, failures = per_class_table(df), failures_table(df)
     paths = {name: results_dir / name for name in
              ("leaderboard.csv", "leaderboard.md", "per_class.csv", "failures.csv", "report.html")}
@@ -198,6 +205,7 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool) -> dict
     fail_md = failures.drop(columns=["record"]).to_markdown(index=False) if not failures.empty else "None."
     write_text_atomic(paths["leaderboard.md"], f"# Leaderboard: {results_dir.name}\n\n{_LEGEND.format(baseline=baseline)}"
                       f"\n\n{markdown}\n\n## Failed or diverged cells\n\n{fail_md}\n")
+    table_files = write_tables(results_dir / "tables", tables)
     figures = []
     if plots:
         from bench.layer_cka import cka_across_frame, pretrained_vs_finetuned
@@ -214,13 +222,16 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool) -> dict
                                                           failures, per_class,
                                                           [p for p in figures if p.suffix == ".png"]))
     return {"csv": paths["leaderboard.csv"], "md": paths["leaderboard.md"], "html": paths["report.html"],
-            "markdown": markdown, "frame": board, "plots": figures}
+            "markdown": markdown, "frame": board, "plots": figures,
+            "tables": table_files}
 
 
 def where(table: dict) -> str:
     """The lines that tell a user where the reports are."""
     plots = table["plots"][0].parent if table["plots"] else None
+    tables = table["tables"][0].parent if table.get("tables") else None
     return (f"leaderboard: {table['csv']}\n             {table['md']}\nreport:      {table['html']}"
+            + (f"\ntables:      {tables}/ ({len(table['tables'])} files)" if tables else "")
             + (f"\nplots:       {plots}/ ({len(table['plots'])} files)" if plots else ""))
 
 

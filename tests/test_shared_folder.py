@@ -175,5 +175,5 @@ def test_harness_writes_get_the_umask_mode(tmp_path):
         root = tmp_path / f"umask{umask:03o}"
         subprocess.run([sys.executable, "-c", PERMISSIONS, str(root), f"{umask:o}"], env=ENV, check=True)
         for name in ("runs/c/record.json", "pretrain/b/checkpoint.pt", "leaderboard.csv", "leaderboard.md",
-                     "report.html"):
+                     "report.html", "tables/miou_synth.md", "tables/miou_synth.tex"):
             assert (root / name).stat().st_mode & 0o777 == mode, (name, oct((root / name).stat().st_mode))

@@ -8,17 +8,23 @@ from pathlib import Path
 def add_parser(sub) -> None:
     a = sub.add_parser("aggregate", help="rebuild leaderboards, plots and the report from run records", description=
                        "Reads RESULTS_DIR/runs/*/record.json only and writes leaderboard.csv/.md (mean, std, 95% "
-                       "Student-t CI, rank, difference to a baseline), per_class.csv, failures.csv, plots/ and "
-                       "report.html.")
+                       "Student-t CI, rank, difference to a baseline), per_class.csv, failures.csv, tables/ (the "
+                       "papers' layout, Markdown and LaTeX), plots/ and report.html.")
     a.add_argument("results_dir", help="results folder of a `bench run`")
     a.add_argument("--baseline", help="backbone to compare every row with (default: the manifest's first)")
+    a.add_argument("--compare", metavar="FILE.csv",
+                   help="published numbers (columns backbone,dataset,protocol,decoder,train_size,metric,published,"
+                        "source; e.g. configs/paper/*.csv): writes tables/compare_<stem>.md/.tex with ours, "
+                        "published, difference (ours - published) and source; unmatched rows are listed as not run")
     a.set_defaults(fn=main)
 
 
 def main(args) -> int:
     from bench.aggregate import where, write_reports
 
-    table = write_reports(Path(args.results_dir), baseline=args.baseline)
+    table = write_reports(Path(args.results_dir), baseline=args.baseline, compare=args.compare)
     print(table["markdown"])
     print(f"\n{where(table)}")
+    if args.compare:
+        print(f"compare:     {Path(args.results_dir) / 'tables' / f'compare_{Path(args.compare).stem}.md'}")
     return 0
