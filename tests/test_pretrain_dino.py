@@ -218,7 +218,7 @@ def test_head_is_dino_s():
     assert not g.requires_grad and torch.equal(g, torch.ones(50, 1))
     torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(50))  # unit prototypes
     assert head.last_layer.bias is None
-    assert all(float(m.bias.abs().sum()) == 0 for m in head.mlp if isinstance(m, torch.nn.Linear))
+    assert all(float(m.bias.detach().abs().sum()) == 0 for m in head.mlp if isinstance(m, torch.nn.Linear))
     out = head(torch.randn(4, 12))
     # l2-normalised bottleneck times unit prototypes: cosine similarities
     assert out.shape == (4, 50) and float(out.abs().max()) <= 1 + 1e-5
@@ -274,6 +274,36 @@ def test_checkpoint_holds_the_teacher(tiny_world, tmp_path):
     assert all(torch.equal(ckpt.encoder[name], p.detach()) for name, p in initial.named_parameters())
 
 
+class _Crash(Exception):
+    pass
+
+
+def test_a_resumed_vit_run_matches_an_uninterrupted_one(tiny_world, tmp_path, monkeypatch):
+    # The snapshot must hold the teacher, both heads and the centre, and the student's drop path
+    # must replay: then the resumed teacher is the uninterrupted one.
+    config = _config(tiny_world, "vit_tiny_patch16_224", steps=4, state_every=2,
+                     options={"local_crops_number": 1, "freeze_last_layer_steps": 1})
+    reference = load_checkpoint(run_pretrain(config, tmp_path / "ref", **QUIET))
+    original, calls = DINO.loss, {"n": 0}
+
+    def crashing(self, gen, batch_size):
+        calls["n"] += 1
+        if calls["n"] == 4:  # after the snapshot at step 2
+            raise _Crash()
+        return original(self, gen, batch_size)
+
+    monkeypatch.setattr(DINO, "loss", crashing)
+    with pytest.raises(_Crash):
+        run_pretrain(config, tmp_path / "run", **QUIET)
+    monkeypatch.setattr(DINO, "loss", original)
+    messages = []
+    resumed = load_checkpoint(run_pretrain(config, tmp_path / "run", progress=False, log=messages.append))
+    assert "resumed from step 2" in messages
+    for k, v in reference.encoder.items():
+        torch.testing.assert_close(resumed.encoder[k], v, rtol=1e-5, atol=1e-6)
+    assert _column(tmp_path / "run", "loss") == pytest.approx(_column(tmp_path / "ref", "loss"), rel=1e-5)
+
+
 @pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_patch16_224"])
 def test_dino_learns_on_the_generated_world(arch, tiny_world, tmp_path):
     # DINO's loss is the teacher's entropy plus the student's KL divergence from it, and the
@@ -281,7 +311,7 @@ def test_dino_learns_on_the_generated_world(arch, tiny_world, tmp_path):
     # run without updates (lr 0: the same crops, teacher and centre dynamics) is the baseline the
     # optimiser must beat, and the KL divergence must fall.
     # (a wider head than SMALL's: with 64 prototypes and 4 images the loss is mostly batch noise)
-    kw = {"steps": 5, "batch_size": 4, "options": {"out_dim": 256, "hidden_dim": 128, "bottleneck_dim": 64}}
+    kw = {"steps": 4, "batch_size": 4, "options": {"out_dim": 256, "hidden_dim": 128, "bottleneck_dim": 64}}
     run_pretrain(_config(tiny_world, arch, lr=1e-3, **kw), tmp_path / "run", **QUIET)
     run_pretrain(_config(tiny_world, arch, lr=0.0, **kw), tmp_path / "still", **QUIET)
     trained, still = _column(tmp_path / "run", "loss"), _column(tmp_path / "still", "loss")

@@ -273,7 +273,8 @@ class DINO(PretrainMethod):
         # The teacher is the encoder as built (no drop path); a ViT student gets stochastic depth
         # with the same weights (DINO builds the student with drop_path_rate, the teacher without).
         teacher = self.encoder
-        if backbone_spec(config["arch"]).family == "vit" and o.drop_path_rate > 0:
+        self.drop_path = backbone_spec(config["arch"]).family == "vit" and o.drop_path_rate > 0
+        if self.drop_path:
             student = create_encoder(config["arch"], drop_path_rate=o.drop_path_rate)
             student.load_state_dict(teacher.state_dict())
             self.encoder = student
@@ -308,6 +309,10 @@ class DINO(PretrainMethod):
         images = self.batches.draw(gen, batch_size)["image"]
         norm = self.encoder.normalization
         crops = [normalize(c, norm) for c in multi_crop(gen, images, self.recipes)]
+        if self.drop_path:
+            # timm's DropPath draws from the global RNG: seeded from the step's generator, a
+            # resumed run drops the same paths as an uninterrupted one.
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
         with torch.no_grad():
             teacher_out = multi_crop_forward(self.teacher, self.teacher_head, crops[:2])
         student_out = multi_crop_forward(self.encoder, self.head, crops)
