@@ -219,7 +219,8 @@ def test_head_is_dino_s():
     torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(50))  # unit prototypes
     assert head.last_layer.bias is None
     assert all(float(m.bias.detach().abs().sum()) == 0 for m in head.mlp if isinstance(m, torch.nn.Linear))
-    out = head(torch.randn(4, 12))
+    with torch.no_grad():
+        out = head(torch.randn(4, 12))
     # l2-normalised bottleneck times unit prototypes: cosine similarities
     assert out.shape == (4, 50) and float(out.abs().max()) <= 1 + 1e-5
     with_bn = DINOHead(12, 50, use_bn=True, norm_last_layer=False, hidden_dim=24, bottleneck_dim=8)
