@@ -204,14 +204,14 @@ def _run_rank(config: dict, fp: str, out_dir: Path, progress: bool, log) -> Path
             info = {"status": "diverged", "reason": str(exc), "step": exc.step, "last_good_step": exc.last_good_step}
             meta = _meta(task, config, fp, info, exc.last_good_step)
             meta["status"] = "diverged"
-            save_checkpoint(out_dir / LAST_GOOD_NAME, _cpu(task.encoder.state_dict()), meta,
+            save_checkpoint(out_dir / LAST_GOOD_NAME, _cpu(task.checkpoint_encoder().state_dict()), meta,
                             decoder_state=_cpu(decoder()))
             write_json_atomic(out_dir / "diverged.json", info)
             log(f"diverged: {exc}; last good weights in {out_dir / LAST_GOOD_NAME}")
         raise
     if rank != 0:
         return out_dir / CHECKPOINT_NAME
-    path = save_checkpoint(out_dir / CHECKPOINT_NAME, _cpu(task.encoder.state_dict()),
+    path = save_checkpoint(out_dir / CHECKPOINT_NAME, _cpu(task.checkpoint_encoder().state_dict()),
                            _meta(task, config, fp, summary, int(config["steps"])), decoder_state=_cpu(decoder()))
     # The harness's commit goes to summary.json only: in the checkpoint it would change the file's
     # hash, and with it every cell fingerprint, at each commit.

@@ -70,8 +70,9 @@ def write_history(path: Path, rows: list[dict]) -> None:
 
 def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool = True, log=print) -> dict:
     """Optimise `task` for config['steps'] steps; returns a summary. `task` provides `modules`
-    (name -> nn.Module, already on `task.device`) and `loss(generator, batch_size) -> (loss |
-    None, terms)`; `config["precision"]` as bench.core.devices resolves it."""
+    (name -> nn.Module, already on `task.device`), `loss(generator, batch_size) -> (loss |
+    None, terms)`, `adjust_gradients()` and `after_step()` (pretrain.methods.base), and gets
+    `task.step` set before each loss; `config["precision"]` as bench.core.devices resolves it."""
     steps, seed = int(config["steps"]), int(config["seed"])
     state_every = int(config.get("state_every", 100))
     max_bad = int(config.get("max_bad_steps", 20))
@@ -150,6 +151,7 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
                 group["lr"] = lr
             if buffers:
                 torch._foreach_copy_(saved, buffers)  # one kernel for every buffer, into tensors kept for it
+            task.step = step
             with autocast(precision, device):
                 loss, terms = task.loss(step_generator(seed, step), batch_size)
             row = {"step": step + 1, "lr": lr}
@@ -171,6 +173,7 @@ def train(task, config: dict, fingerprint: str, out_dir: Path, *, progress: bool
                         _average_gradients(params, world)
                     if scaler is not None:
                         scaler.unscale_(optimizer)
+                    task.adjust_gradients()
                     norm = _gradient_norm(params, clip)
                     if not math.isfinite(norm):
                         reason = f"gradient norm {norm}"

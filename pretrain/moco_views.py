@@ -36,15 +36,17 @@ def _uniform(u: float, lo: float, hi: float) -> float:
     return lo + (hi - lo) * u
 
 
-def crop_box(gen: torch.Generator, height: int, width: int, out_aspect: float) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of a random crop covering CROP_SCALE of the area, with an aspect ratio
-    in CROP_RATIO × `out_aspect` (width / height); torchvision's RandomResizedCrop search, which
-    falls back to the largest centred crop of the view's aspect after CROP_TRIES misses."""
+def crop_box(gen: torch.Generator, height: int, width: int, out_aspect: float,
+             scale: tuple[float, float] = CROP_SCALE) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random crop covering a fraction in `scale` (MoCo v2's CROP_SCALE by
+    default; DINO's crops pass their own) of the area, with an aspect ratio in CROP_RATIO ×
+    `out_aspect` (width / height); torchvision's RandomResizedCrop search, which falls back to
+    the largest centred crop of the view's aspect after CROP_TRIES misses."""
     area = height * width
     u = torch.rand(CROP_TRIES, 4, generator=gen).tolist()
     log_lo, log_hi = math.log(CROP_RATIO[0] * out_aspect), math.log(CROP_RATIO[1] * out_aspect)
     for us, ur, uy, ux in u:
-        target = area * _uniform(us, *CROP_SCALE)
+        target = area * _uniform(us, *scale)
         aspect = math.exp(_uniform(ur, log_lo, log_hi))
         w = round(math.sqrt(target * aspect))
         h = round(math.sqrt(target / aspect))

@@ -112,7 +112,7 @@ def _toy_task(loss_of):
     net = _Toy()
     task = SimpleNamespace(modules={"net": net}, device=torch.device("cpu"),
                            batches=SimpleNamespace(wait_s=0.0, rank=0, world=1, prefetched=None, _ahead=None),
-                           after_step=lambda: None)
+                           adjust_gradients=lambda: None, after_step=lambda: None)
     task.loss = lambda gen, batch_size: (loss_of(net.w).sum(), {})
     return task, net
 

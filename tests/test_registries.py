@@ -80,6 +80,9 @@ METHOD_FIXTURES = {
     "classification": lambda request: {},
     # MoCo's shuffled BN wants 2 per group; small views and queue keep the step cheap.
     "contrastive": lambda request: {"batch_size": 4, "options": {"view_size": "40x120", "queue_size": 8}},
+    # DINO: a small head, small crops and two local crops keep the multi-crop step cheap.
+    "dino": lambda request: {"options": {"out_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16,
+                                         "local_crops_number": 2, "global_size": "32x96"}},
     "depth_distill": lambda request: {"options": {"pseudo_labels": str(request.getfixturevalue("pseudo_labels")),
                                                   "pose_arch": "resnet10t"}},
     "depth_stereo": lambda request: {},

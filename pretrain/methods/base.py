@@ -1,9 +1,12 @@
 """The method interface every pre-training method implements, and its registry.
 
-A method owns its networks (`modules`: everything the resume snapshot must hold; `encoder` and
-the optional `decoder` are what the checkpoint keeps), draws its batches from a `Batches` of the
-data kind it trains on, and returns a loss per step. The shared loop (`pretrain.loop`) does the
-optimisation, NaN handling, snapshots and history; a method never sees the optimiser.
+A method owns its networks (`modules`: everything the resume snapshot must hold; the encoder of
+`checkpoint_encoder()` -- `encoder` unless the method says otherwise -- and the optional `decoder`
+are what the checkpoint keeps), draws its batches from a `Batches` of the data kind it trains on,
+and returns a loss per step. The shared loop (`pretrain.loop`) does the optimisation, NaN
+handling, snapshots and history; a method never sees the optimiser. The loop sets `step` (the
+0-based index of the step being taken) before each `loss`, for methods with schedules, and calls
+`adjust_gradients` between the backward pass and the optimiser step.
 
 Method-specific settings are a pydantic `Options` model: the CLI's `-o KEY=VALUE` and the
 manifest's `pretrain.options` are validated by it, and `bench pretrain --help` lists them.
@@ -62,6 +65,7 @@ class PretrainMethod:
         self.decoder: nn.Module | None = None
         self.modules: dict[str, nn.Module] = {"encoder": self.encoder}
         self.device = torch.device("cpu")
+        self.step = 0  # set by the loop before each step (a resumed run starts at its snapshot's)
 
     def to_device(self, device: torch.device, channels_last: bool = False) -> None:
         """Move every network (and the batches `draw` makes) to `device`; channels-last memory
@@ -88,8 +92,18 @@ class PretrainMethod:
         """The step's loss (None: nothing to learn from in this batch, skip it) and its named terms."""
         raise NotImplementedError
 
+    def adjust_gradients(self) -> None:
+        """Called after the backward pass (gradients unscaled and averaged over the ranks) and
+        before the loop's norm check, clipping and optimiser step: a method that clips per
+        parameter or holds some parameters still (DINO's frozen last layer) does it here."""
+
     def after_step(self) -> None:
         """Called after each optimiser step (momentum encoders update here)."""
+
+    def checkpoint_encoder(self) -> nn.Module:
+        """The encoder whose weights the checkpoint keeps: the trained `encoder`, unless the method
+        evaluates another network (DINO keeps its teacher)."""
+        return self.encoder
 
     def decoder_meta(self) -> dict | None:
         """What the checkpoint says about `decoder` (its `kind` decides whether transfer can reuse it)."""
