@@ -210,3 +210,26 @@ def test_a_resolution_study_runs_two_pretrain_sizes_by_two_transfer_sizes(tmp_pa
     status = matrix_status(results)
     assert status["counts"] == {"done": 4}
     assert {p["name"]: p["status"] for p in status["pretrainings"]} == {"depth@crop40": "done", "depth@r40": "done"}
+
+
+def test_the_documented_resolution_study_validates(tmp_path):
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "manifest.md").read_text()
+    block = text.split("<!-- variants-example:", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "resolution.yaml"
+    path.write_text(block)
+    m = load_manifest(path)
+    cells = expand(m)
+    assert len(cells) == 36
+    assert {c.backbone_key for c in cells} == {"random", "depth@crop256", "depth@full"}
+    assert {c.dataset_key for c in cells} == {"synth@r128x416", "synth@native"}
+    assert [d.settings()["resize"] for d in m.datasets] == [[128, 416], None]
+
+
+def test_a_set_names_a_variant_by_its_display_name(tmp_path):
+    path = _manifest(tmp_path, RANDOM + DEPTH_VARIANTS, SYNTH_VARIANTS)
+    m = load_manifest(path, ["backbones.depth@r40.pretrain.steps=7"])
+    assert [b.pretrain.steps for b in m.backbones[1:]] == [2, 7]
+    with pytest.raises(UserError, match="several variants named 'depth'; name one: depth@crop40, depth@r40"):
+        load_manifest(path, ["backbones.depth.pretrain.steps=7"])
