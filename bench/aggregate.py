@@ -29,6 +29,8 @@ from bench.core.atomic import write_text_atomic
 from bench.core.claims import exclusive_lock
 from bench.core.errors import UserError
 from bench.core.records import iter_records
+from bench.core.sizes import size_text
+from bench.core.variants import cell_display, display_name
 from bench.report import render_report
 from bench.statistics import paired_difference, t_interval
 
@@ -39,13 +41,24 @@ PERCENT = (0.0, 100.0)
 
 
 def records_frame(results_dir) -> pd.DataFrame:
-    """One row per run record; metrics in percent, `curve` as recorded (fractions)."""
+    """One row per run record; metrics in percent, `curve` as recorded (fractions).
+
+    `backbone` and `dataset` are display names (`NAME@LABEL` for a variant, bench/core/variants.py),
+    so that variants are rows and comparisons of their own; `backbone_variant`/`dataset_variant`
+    hold the labels alone (None: no label). `pretrain_size` is the HxW the checkpoint was
+    pre-trained at (None: random init, or a checkpoint that does not say), `transfer_size` the
+    cell's training size: its crop, else its resize (`native`: the images as they are)."""
     rows = []
     for path, record in iter_records(results_dir):
         metrics = record.get("metrics") or {}
+        cell = record["cell"]
         # `init` is the requested init, a matrix axis (`auto` by default); `init_effective` what it
         # became for this backbone (none, encoder, encoder+decoder).
-        row = {**record["cell"], "init": (record.get("config") or {}).get("init", "auto"),
+        row = {**cell, "backbone": cell_display(cell, "backbone"), "dataset": cell_display(cell, "dataset"),
+               "backbone_variant": cell.get("backbone_variant"), "dataset_variant": cell.get("dataset_variant"),
+               "pretrain_size": _pretrain_size(record),
+               "transfer_size": _transfer_size(record),
+               "init": (record.get("config") or {}).get("init", "auto"),
                "init_effective": (record.get("init") or {}).get("effective", "unknown"),
                "status": record.get("status"), "error": record.get("error"), "record": str(path),
                "curve": record.get("curve") or [], "per_class_iou": metrics.get("per_class_iou") or {},
@@ -55,8 +68,10 @@ def records_frame(results_dir) -> pd.DataFrame:
             row[k] = 100.0 * metrics[k] if metrics.get(k) is not None else float("nan")
         rows.append(row)
     extra = ["seed", "status", "error", "record", "curve", "per_class_iou", "per_image", "selected", "checkpoint",
-             "config"]
+             "config", *VARIANT_COLUMNS]
     df = pd.DataFrame(rows, columns=CELL + extra + METRICS)
+    for column in VARIANT_COLUMNS:  # None, not NaN, where unset: these are labels, not numbers
+        df[column] = df[column].astype(object).where(df[column].notna(), None)
     # A failed or skipped cell records no init: it belongs to the row of its seeds that ran.
     same_row = [c for c in CELL if c != "init_effective"]
     known = df[df["init_effective"] != "unknown"].groupby(same_row, dropna=False)["init_effective"].first()
@@ -65,6 +80,38 @@ def records_frame(results_dir) -> pd.DataFrame:
         if key in known.index:
             df.at[i, "init_effective"] = known[key]
     return df
+
+
+VARIANT_COLUMNS = ["backbone_variant", "dataset_variant", "pretrain_size", "transfer_size"]
+
+
+def _pretrain_size(record: dict) -> str | None:
+    """The size the cell's checkpoint was pre-trained at, as its record says; a record written
+    before records said asks the checkpoint itself, if it is still there (its header only)."""
+    checkpoint = record.get("checkpoint")
+    if not isinstance(checkpoint, dict):
+        return None
+    if "pretrain_size" in checkpoint:
+        return checkpoint["pretrain_size"]
+    path = Path(checkpoint.get("path") or "")
+    if not path.is_file():
+        return None
+    from bench.core.checkpoint import read_checkpoint_meta
+    from bench.core.sizes import pretrain_image_size
+
+    try:
+        return pretrain_image_size(read_checkpoint_meta(path))
+    except UserError:
+        return None
+
+
+def _transfer_size(record: dict) -> str | None:
+    """The size a cell trained at, from its resolved data settings: the crop, else the resize
+    (None: a record without settings, such as a cell skipped before it resolved)."""
+    settings = (record.get("config") or {}).get("dataset")
+    if not isinstance(settings, dict):
+        return None
+    return size_text(settings.get("crop") or settings.get("resize"))
 
 
 def _selected(record: dict) -> str:
@@ -147,10 +194,11 @@ def failures_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def manifest_backbones(results_dir: Path) -> list[str]:
-    """Backbone names in manifest order (from `manifest.resolved.json`), if the folder has one."""
+    """Backbone display names (`NAME@LABEL` for a variant) in manifest order (from
+    `manifest.resolved.json`), if the folder has one."""
     try:
         resolved = json.loads((results_dir / "manifest.resolved.json").read_text())
-        return [b["name"] for b in resolved.get("backbones", [])]
+        return [display_name(b["name"], b.get("variant")) for b in resolved.get("backbones", [])]
     except (OSError, ValueError, KeyError, TypeError):
         return []
 

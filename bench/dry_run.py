@@ -18,7 +18,7 @@ def data_problems(m, backbones) -> list[str]:
     problems = []
     for i, spec in enumerate(m.datasets):
         if spec.root is not None:
-            problems += _dataset_problems(f"datasets[{i}] ({spec.name})", spec, m.transfer.train_sizes)
+            problems += _dataset_problems(f"datasets[{i}] ({spec.display_name})", spec, m.transfer.train_sizes)
     for b in backbones:
         if b.pretrain is not None and b.pretrain.root is not None:
             problems += _pretrain_problems(b)
@@ -34,7 +34,7 @@ def _dataset_problems(where: str, spec, train_sizes: list[int]) -> list[str]:
         return [f"{where}: {exc}"]
     problems = [f"{where}: the {what} set is empty" for what, items in
                 (("validation", validation), ("evaluation", evaluation)) if not items]
-    problems += [f"transfer.train_sizes: {n} exceeds the {len(pool)} labelled training images of {spec.name}"
+    problems += [f"transfer.train_sizes: {n} exceeds the {len(pool)} labelled training images of {spec.display_name}"
                  for n in sorted(set(train_sizes)) if n > len(pool)]
     return problems
 
@@ -43,7 +43,7 @@ def _pretrain_problems(b) -> list[str]:
     from pretrain.methods import method_class
     from pretrain.sources.base import open_source
 
-    where = f"backbones.{b.name}.pretrain"
+    where = f"backbones.{b.display_name}.pretrain"
     try:
         source = open_source(b.pretrain.dataset, b.pretrain.root, b.pretrain.source_options)
         kind = method_class(b.pretrain.method).kind

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from bench.core.errors import UserError
 from bench.core.models.backbones import is_known_arch, list_backbones
 from bench.core.models.initialisation import DEFAULT_RANDOM_INIT, RandomInit
+from bench.core.variants import display_name
 from transfer.api import TransferSettings
 from transfer.protocols import LINEAR_DECODER, PROTOCOLS, Protocol
 
@@ -134,6 +135,9 @@ class ImportSpec(_Strict):
 class Backbone(_Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = Field(pattern=NAME_PATTERN)
+    # Tells apart entries of one name with different settings (docs/manifest.md#variants): shown
+    # and stored as NAME@LABEL.
+    variant: str | None = Field(None, pattern=NAME_PATTERN)
     arch: str
     pretrain: PretrainSpec | None = None
     checkpoint: Path | None = None
@@ -162,6 +166,11 @@ class Backbone(_Strict):
         return self
 
     @property
+    def display_name(self) -> str:
+        """NAME, or NAME@LABEL for a variant: its leaderboard row, `pretrain/` folder and job name."""
+        return display_name(self.name, self.variant)
+
+    @property
     def method(self) -> str:
         if self.pretrain is not None:
             return self.pretrain.method
@@ -175,6 +184,7 @@ class DatasetSpec(_Strict):
     (docs/datasets.md); `resize`/`eval_resize` are HxW, a short side, or `native`."""
 
     name: str
+    variant: str | None = Field(None, pattern=NAME_PATTERN)  # as a backbone's: shown as NAME@LABEL
     root: Path | None = None  # required for real datasets; default (synth): the generated world
     classes: int | None = None  # nyuv2: 40 (default) or 13
     train_split: str | None = None  # default: the dataset's training pool
@@ -202,9 +212,14 @@ class DatasetSpec(_Strict):
             raise ValueError(str(exc)) from None
         return self
 
+    @property
+    def display_name(self) -> str:
+        """NAME, or NAME@LABEL for a variant: its comparisons' name and its `splits/` folder."""
+        return display_name(self.name, self.variant)
+
     def geometry(self) -> dict:
         """The dataset as written (name, class set, splits, sizes), for `transfer.api`."""
-        return self.model_dump(exclude={"root"})
+        return self.model_dump(exclude={"root", "variant"})
 
     def settings(self) -> dict:
         """The resolved data settings (the dataset's defaults filled in)."""
@@ -348,15 +363,39 @@ class Manifest(_Strict):
 
     @model_validator(mode="after")
     def _unique_names(self):
-        names = [b.name for b in self.backbones]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"backbone names must be unique; repeated: {', '.join(dupes)}")
-        datasets = [d.name for d in self.datasets]
-        dupes = sorted({n for n in datasets if datasets.count(n) > 1})
-        if dupes:
-            raise ValueError(f"each dataset may appear once; repeated: {', '.join(dupes)}")
+        problem = (_repeat_problem("backbones", "backbone names must be unique", self.backbones)
+                   or _repeat_problem("datasets", "each dataset may appear once", self.datasets))
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+def _repeat_problem(section: str, rule: str, entries) -> str | None:
+    """Why the entries of a section do not name themselves apart (None: they do). A name may
+    repeat only as variants: every entry of that name with its own `variant` label."""
+    by_name: dict[str, list] = {}
+    for entry in entries:
+        by_name.setdefault(entry.name, []).append(entry.variant)
+    unlabeled = sorted(n for n, labels in by_name.items() if len(labels) > 1 and None in labels)
+    if unlabeled:
+        return (f"{rule}; repeated: {', '.join(unlabeled)} (to compare settings of one {section[:-1]}, give "
+                f"every entry of that name a distinct `variant` label)")
+    for name, labels in by_name.items():
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            return f"{section}: variant {twice[0]!r} of {name!r} is given twice; each variant of a name needs its own label"
+    # Variants that differ in their label alone would run the same thing twice under two names:
+    # usually a copied entry whose changed setting was forgotten.
+    seen: dict[tuple, str] = {}
+    for entry in entries:
+        if entry.variant is None:
+            continue
+        settings = (entry.name, repr(entry.model_dump(exclude={"variant"})))
+        if settings in seen:
+            return (f"{section}: variants {seen[settings]!r} and {entry.variant!r} of {entry.name!r} have the same "
+                    f"settings; a variant must differ from the others of its name in something")
+        seen[settings] = entry.variant
+    return None
 
 
 RESOLVED_OVERRIDES = "overrides"  # manifest.resolved.json's key for the `--set`s (not a manifest key)

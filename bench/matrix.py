@@ -13,7 +13,9 @@ __all__ = ["Cell", "expand"]
 
 
 def expand(manifest: Manifest, methods: dict[str, str] | None = None) -> list[Cell]:
-    """`methods` overrides the method label per backbone (imported checkpoints carry their own)."""
+    """`methods` overrides the method label per backbone display name (imported checkpoints
+    carry their own). A variant entry's cells carry its label (`Cell.backbone_variant`,
+    `Cell.dataset_variant`)."""
     methods = methods or {}
     t = manifest.transfer
     cells: list[Cell] = []
@@ -23,6 +25,7 @@ def expand(manifest: Manifest, methods: dict[str, str] | None = None) -> list[Ce
                 for decoder in decoders_for(protocol, t.decoders):
                     for n in t.train_sizes:
                         for seed in t.seeds:
-                            cells.append(Cell(b.name, methods.get(b.name, b.method), b.arch, d.name,
-                                              protocol, decoder, n, seed))
+                            cells.append(Cell(b.name, methods.get(b.display_name, b.method), b.arch, d.name,
+                                              protocol, decoder, n, seed, backbone_variant=b.variant,
+                                              dataset_variant=d.variant))
     return list(dict.fromkeys(cells))  # a repeated axis value must not run a cell twice

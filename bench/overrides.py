@@ -2,8 +2,8 @@
 MMSegmentation's `--cfg-options`.
 
 The path is dotted keys into the manifest's mapping; where it meets a list, a part names the
-entry whose `name` is that part (`backbones.depth.pretrain.steps`), or its index
-(`backbones.0.arch`). The value is read as YAML, so `500`, `1e-3`, `true`, `[full, linear]` and
+entry whose `name` is that part (`backbones.depth.pretrain.steps`; a variant by its display name,
+`backbones.depth@crop256.pretrain.steps`), or its index (`backbones.0.arch`). The value is read as YAML, so `500`, `1e-3`, `true`, `[full, linear]` and
 `{a: 1}` are typed. Missing mappings on the way are created; whether the result is a valid
 manifest is for the manifest's own validation to say, which names the `--set` of each problem.
 """
@@ -15,6 +15,7 @@ import copy
 import yaml
 
 from bench.core.errors import UserError
+from bench.core.variants import display_name
 
 
 def parse_set(text: str) -> tuple[list[str], object]:
@@ -52,6 +53,11 @@ def apply_sets(raw: dict, sets: list[str]) -> tuple[dict, dict[str, tuple]]:
     return raw, where
 
 
+def _entry_name(entry: dict) -> str:
+    """A list entry's display name: NAME, or NAME@LABEL for a variant (bench/core/variants.py)."""
+    return display_name(str(entry["name"]), None if entry.get("variant") is None else str(entry["variant"]))
+
+
 def _step(node, part: str, text: str, loc: list):
     """The key (a mapping's) or index (a list's) that `part` names in `node`."""
     at = ".".join(str(p) for p in loc) or "the manifest"
@@ -60,10 +66,13 @@ def _step(node, part: str, text: str, loc: list):
     if isinstance(node, list):
         if part.isdigit() and int(part) < len(node):
             return int(part)
-        for i, entry in enumerate(node):
-            if isinstance(entry, dict) and entry.get("name") == part:
-                return i
-        names = [str(e.get("name")) for e in node if isinstance(e, dict) and "name" in e]
+        named = {i: _entry_name(e) for i, e in enumerate(node) if isinstance(e, dict) and "name" in e}
+        exact = [i for i, name in named.items() if name == part]  # NAME, or a variant's NAME@LABEL
+        if exact:
+            return exact[0]
+        variants = [name for i, name in named.items() if node[i].get("name") == part]
+        if variants:
+            raise UserError(f"--set {text}: {at} has several variants named {part!r}; name one: {', '.join(variants)}")
         raise UserError(f"--set {text}: {at} has no entry named {part!r}"
-                        + (f" (entries: {', '.join(names)})" if names else ""))
+                        + (f" (entries: {', '.join(named.values())})" if named else ""))
     raise UserError(f"--set {text}: {at} is a value ({node!r}), not a section")

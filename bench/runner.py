@@ -60,6 +60,15 @@ def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
     return path
 
 
+def dataset_data(spec, world_root: Path | None, world_id: str) -> tuple[Path | None, str, bool]:
+    """(root, data_id, generated) of one manifest dataset entry: its own folder, named by its
+    path, or the generated world, named by its parameters (so a moved results folder keeps every
+    fingerprint). The one place an entry -- a variant too -- finds its data."""
+    if spec.root is not None:
+        return spec.root, str(spec.root), False
+    return world_root, world_id, True
+
+
 def uses_world(m: Manifest, backbones) -> bool:
     """Whether a dataset of the matrix, or a pre-training of `backbones`, reads the generated world."""
     return (any(d.root is None for d in m.datasets)
@@ -73,7 +82,7 @@ def pretrain_config(backbone, world_root: Path, world_id: str) -> dict:
         spec["processes"] = spec["gpus"]
     # The generated world is named by its parameters, so moving the results folder (and with it
     # the world) keeps every pre-training's fingerprint; a real dataset is named by its path.
-    return {"name": backbone.name, "arch": backbone.arch, **spec,
+    return {"name": backbone.display_name, "arch": backbone.arch, **spec,
             "root": str(root or world_root), "data_id": str(root) if root else world_id}
 
 
@@ -161,17 +170,17 @@ def _claimed_message(name: str, out_dir: Path) -> str:
 
 def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None,
                         only_existing: bool = False) -> dict[str, str]:
-    """Checkpoints (given or imported) carry their own method label (`only_existing`: of those
-    already there; the others keep the manifest's label)."""
+    """Checkpoints (given or imported) carry their own method label, by backbone display name
+    (`only_existing`: of those already there; the others keep the manifest's label)."""
     methods = {}
     for b in m.backbones:
-        path = b.checkpoint or (imported or {}).get(b.name)
+        path = b.checkpoint or (imported or {}).get(b.display_name)
         if path is not None and not (only_existing and not Path(path).is_file()):
             meta = read_checkpoint_meta(path)
             if meta["arch"] != b.arch:
                 raise UserError(f"{path}: checkpoint arch {meta['arch']!r} but backbone "
-                                f"{b.name!r} says arch {b.arch!r}")
-            methods[b.name] = meta["method"]
+                                f"{b.display_name!r} says arch {b.arch!r}")
+            methods[b.display_name] = meta["method"]
     return methods
 
 
@@ -179,7 +188,8 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                  extra_backbones=(), only: set[str] | None = None, executor_overrides: dict | None = None,
                  sets: list[str] | None = None, manifest_only: bool = False) -> int:
     """Run a manifest's matrix. `extra_backbones` join the manifest's (`bench submit`); `only`
-    restricts the work to those backbones' pre-trainings and cells (the reports cover all records);
+    restricts the work to those backbones' (display names) pre-trainings and cells (the reports
+    cover all records);
     `sets` are `--set KEY.PATH=VALUE` overrides over the file. A dry run checks the real data
     it names (bench/dry_run.py), unless `manifest_only`: then the manifest alone, its files and
     folders need not exist yet."""
@@ -188,7 +198,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     m = load_manifest(path, sets, check_files=not manifest_only)
     if extra_backbones:
         m.backbones = [*m.backbones, *extra_backbones]
-    selected = [b for b in m.backbones if only is None or b.name in only]
+    selected = [b for b in m.backbones if only is None or b.display_name in only]
     if dry_run:
         from bench.dry_run import data_problems
         from bench.manifest import format_problems
@@ -197,7 +207,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         if problems:
             raise UserError(format_problems(path, problems))
     methods = _checkpoint_methods(m, only_existing=manifest_only)
-    cells = [c for c in expand(m, methods) if only is None or c.backbone in only]
+    cells = [c for c in expand(m, methods) if only is None or c.backbone_key in only]
     if dry_run:
         if as_json:
             print(json.dumps([{"id": c.id, **c.as_dict()} for c in cells], indent=2))
@@ -211,15 +221,16 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     t0 = time.perf_counter()
 
     # Stage 0: foreign checkpoints, converted once into the harness format. First, so that a
-    # refused checkpoint stops the run before anything is written.
-    checkpoints: dict[str, Path | None] = {b.name: b.checkpoint for b in m.backbones}
+    # refused checkpoint stops the run before anything is written. Backbones are keyed by display
+    # name from here on: each variant has its own checkpoint.
+    checkpoints: dict[str, Path | None] = {b.display_name: b.checkpoint for b in m.backbones}
     for b in selected:
         if b.import_ is not None:
-            checkpoints[b.name] = import_backbone(b.name, b.arch, b.import_, out_dir, log=_say)
-    imported = {b.name: checkpoints[b.name] for b in selected if b.import_ is not None}
+            checkpoints[b.display_name] = import_backbone(b.display_name, b.arch, b.import_, out_dir, log=_say)
+    imported = {b.display_name: checkpoints[b.display_name] for b in selected if b.import_ is not None}
     if imported:  # their method label is the format the conversion found
         methods = _checkpoint_methods(m, imported)
-        cells = [Cell(**{**c.as_dict(), "method": methods.get(c.backbone, c.method)}) for c in cells]
+        cells = [Cell(**{**c.as_dict(), "method": methods.get(c.backbone_key, c.method)}) for c in cells]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "manifest.resolved.json", m.resolved_dump())
@@ -240,20 +251,20 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         for b in selected:
             if b.pretrain is not None:
                 cfg = pretrain_config(b, world_root, world_id)
-                pre_dir = out_dir / "pretrain" / b.name
+                pre_dir = out_dir / "pretrain" / b.display_name
                 try:
                     current = is_pretrained(pre_dir, pretrain_fingerprint(resolve_config(cfg)))
                 except UserError:
                     current = False  # the job reports the problem and blocks only this backbone's cells
                 if current:
-                    checkpoints[b.name] = pre_dir / CHECKPOINT_NAME
+                    checkpoints[b.display_name] = pre_dir / CHECKPOINT_NAME
                     continue
                 jobs.append(Job(_pretrain_job, {"config": cfg, "out_dir": str(pre_dir), "progress": progress,
                                                 "claims": claims},
-                                name=f"pretrain/{b.name}", out_dir=pre_dir,
+                                name=f"pretrain/{b.display_name}", out_dir=pre_dir,
                                 needs=[world_root] if b.pretrain.root is None else [],
                                 resources=pretrain_resources(b, m.executor.resources.model_dump())))
-                names.append(b.name)
+                names.append(b.display_name)
         broken: dict[str, str] = {}
         waiting: set[str] = set()  # submitted to a cluster and not waited for: their cells come later
         claimed_pre: set[str] = set()  # another live driver pre-trains them: their cells are its too
@@ -276,38 +287,41 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
 
         # Stage 2: transfer cells whose record is missing, stale or failed. The few-shot subsets are
         # published first: identical for every backbone, and a size that does not fit fails here.
-        datasets = {d.name: d for d in m.datasets}
-        backbones = {b.name: b for b in m.backbones}
+        datasets = {d.display_name: d for d in m.datasets}
+        backbones = {b.display_name: b for b in m.backbones}
         for spec in m.datasets:
-            publish_splits(spec.settings(), spec.root or world_root, m.transfer.train_sizes, m.transfer.seeds, out_dir)
+            root, _, _ = dataset_data(spec, world_root, world_id)
+            publish_splits(spec.settings(), root, m.transfer.train_sizes, m.transfer.seeds, out_dir,
+                           name=spec.display_name)
         todo, current = [], 0
         for cell in cells:
             cell_dir = out_dir / "runs" / cell.id
-            if cell.backbone in waiting or cell.backbone in claimed_pre:
+            key = cell.backbone_key
+            if key in waiting or key in claimed_pre:
                 continue
-            if cell.backbone in broken:  # a record says why, so a gap in the table is never silent
+            if key in broken:  # a record says why, so a gap in the table is never silent
                 write_json_atomic(cell_dir / RECORD_NAME, {
                     "schema": 1, "cell": cell.as_dict(), "fingerprint": None, "status": "skipped",
-                    "error": f"pre-training {cell.backbone} failed: {broken[cell.backbone]}",
+                    "error": f"pre-training {key} failed: {broken[key]}",
                     "config": {"init": m.transfer.init}})
                 continue
-            spec = datasets[cell.dataset]
-            config = resolve_cell_config(cell, m.transfer, dataset=spec.geometry(), dataset_root=spec.root or world_root,
-                                         data_id=str(spec.root) if spec.root else world_id,
-                                         checkpoint=checkpoints[cell.backbone],
-                                         checkpoint_sha256=hashes.get(cell.backbone),
+            spec = datasets[cell.dataset_key]
+            root, data_id, generated = dataset_data(spec, world_root, world_id)
+            config = resolve_cell_config(cell, m.transfer, dataset=spec.geometry(), dataset_root=root,
+                                         data_id=data_id, checkpoint=checkpoints[key],
+                                         checkpoint_sha256=hashes.get(key),
                                          processes=m.executor.resources.ddp_processes(),
-                                         random_init=backbones[cell.backbone].random_init)
+                                         random_init=backbones[key].random_init)
             if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
                 current += 1
                 continue
-            needs = [p for p in (checkpoints[cell.backbone], None if spec.root else world_root) if p is not None]
+            needs = [p for p in (checkpoints[key], root if generated else None) if p is not None]
             todo.append(Job(_transfer_job, {"config": config, "out_dir": str(cell_dir), "progress": progress,
                                             "claims": claims},
                             name=cell.id, out_dir=cell_dir, needs=needs, resources=m.executor.resources.model_dump()))
-        behind_claims = sum(c.backbone in claimed_pre for c in cells)
+        behind_claims = sum(c.backbone_key in claimed_pre for c in cells)
         _say(f"{len(cells)} cells: {current} up to date, {len(todo)} to run, "
-             f"{sum(c.backbone in broken for c in cells)} skipped (failed pre-training)"
+             f"{sum(c.backbone_key in broken for c in cells)} skipped (failed pre-training)"
              + (f", {behind_claims} left to the driver pre-training their backbone" if behind_claims else ""))
         statuses = []
         with progress_bar(enabled=progress, total=len(todo), desc="matrix", unit="cell", position=0) as bar:

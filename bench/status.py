@@ -10,7 +10,7 @@ Each cell of the resolved manifest (plus any submitted backbone's records) is on
   resumes it);
 - `pending`: nothing yet.
 
-Pre-trainings (`pretrain/NAME/`) are `done` (a checkpoint), `diverged`, `running` (a live
+Pre-trainings (`pretrain/NAME/`, a variant's `pretrain/NAME@LABEL/`) are `done` (a checkpoint), `diverged`, `running` (a live
 marker), `interrupted` (a dead marker or a `state.pt`) or `pending`. Finished cells show their
 mIoU, and each backbone its mean over its finished cells.
 
@@ -35,6 +35,7 @@ from pathlib import Path
 
 from bench.core.errors import UserError
 from bench.core.records import read_json
+from bench.core.variants import cell_display
 
 MARKER = "running.json"
 ORDER = ["done", "diverged", "running", "interrupted", "failed", "skipped", "pending"]
@@ -129,7 +130,8 @@ def add_cell_metrics(summary: dict, results_dir: Path) -> None:
         c["miou"] = miou if c["status"] == "done" else None
         c["wall_s"] = (record.get("timings") or {}).get("wall_s")
         if c["miou"] is not None:
-            by_backbone.setdefault((record.get("cell") or {}).get("backbone", "?"), []).append(miou)
+            cell = record.get("cell") or {}
+            by_backbone.setdefault(cell_display(cell, "backbone") if "backbone" in cell else "?", []).append(miou)
     summary["backbones"] = {name: {"done": len(v), "mean_miou": sum(v) / len(v)} for name, v in by_backbone.items()}
 
 
@@ -139,7 +141,7 @@ def pretraining_status(results_dir: Path, manifest) -> list[dict]:
     for b in manifest.backbones:
         if b.pretrain is None:
             continue
-        folder = results_dir / "pretrain" / b.name
+        folder = results_dir / "pretrain" / b.display_name
         summary = read_json(folder / "summary.json") or {}
         if (folder / "checkpoint.safetensors").is_file():
             status, reason = "done", None
@@ -147,7 +149,7 @@ def pretraining_status(results_dir: Path, manifest) -> list[dict]:
             status, reason = "diverged", (read_json(folder / "diverged.json") or {}).get("reason")
         else:
             status, reason = cell_status(folder)  # the same marker / state.pt / Slurm reading as a cell's
-        out.append({"name": b.name, "status": status, "reason": reason,
+        out.append({"name": b.display_name, "status": status, "reason": reason,
                     "final_loss": summary.get("final_loss") if status == "done" else None,
                     "wall_s": summary.get("wall_s") if status == "done" else None})
     return out

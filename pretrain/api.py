@@ -127,6 +127,9 @@ def _meta(task, config: dict, fp: str, summary: dict, steps: int) -> dict:
         "data": {"dataset": config.get("dataset", "synth"),
                  **({"data_id": config["data_id"]} if located else {"root": str(config["root"])})},
         "steps": steps,
+        # What the encoder was trained at (HxW), whatever spelled it (resize, crop, a view size,
+        # the data's native size): the pre-training resolution of a transfer record.
+        "image_size": list(task.image_size),
         "normalization": task.encoder.normalization,
         # What the encoder started from: a random scheme (bench/core/models/initialisation.py) or
         # the weights of `init` (whose hash is in the config).

@@ -15,7 +15,6 @@ import yaml
 
 from bench.aggregate import METRICS
 from bench.cli import main
-from bench.manifest import Backbone
 from transfer.protocols import PROTOCOLS
 
 PAPER = Path(__file__).resolve().parent.parent / "configs" / "paper"
@@ -25,12 +24,7 @@ COLUMNS = ["backbone", "dataset", "protocol", "decoder", "train_size", "metric",
 # What --compare matches a published row on (contract 2 of issue 18); an empty train_size is
 # "the dataset's whole training pool" and matches any.
 MATCH_KEYS = ("backbone", "dataset", "protocol", "decoder", "train_size")
-VARIANTS_MERGED = "variant" in Backbone.model_fields
 
-
-def _uses_variants(path: Path) -> bool:
-    raw = yaml.safe_load(path.read_text())
-    return any("variant" in entry for key in ("backbones", "datasets") for entry in raw.get(key) or [])
 
 
 @functools.cache
@@ -79,10 +73,6 @@ def _unmatched(rows: list[dict], cells) -> list[dict]:
     return out
 
 
-def _skip_before_variants(path: Path) -> None:
-    if _uses_variants(path) and not VARIANTS_MERGED:
-        pytest.skip(f"{path.name} lists a backbone or dataset twice with `variant:` (named variants not merged)")
-
 
 def test_there_is_a_manifest_per_published_result():
     stems = {p.stem for p in MANIFESTS}
@@ -98,7 +88,6 @@ def test_every_manifest_has_its_csv_and_every_csv_its_manifest():
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
 def test_a_paper_manifest_validates_in_the_manifest_only_dry_run(path):
-    _skip_before_variants(path)
     cells = _dry_run_cells(path)
     assert cells, f"{path.name}: no cells"
     assert len({c["id"] for c in cells}) == len(cells)
@@ -122,7 +111,6 @@ def test_a_published_csv_parses(path):
 
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
 def test_every_published_row_names_a_cell_of_its_manifest(path):
-    _skip_before_variants(path)
     rows = _read_csv(path.with_suffix(".csv"))
     unmatched = _unmatched(rows, _dry_run_cells(path))
     assert not unmatched, f"{path.name}: no cell for {[tuple(r[k] for k in MATCH_KEYS) for r in unmatched]}"

@@ -31,6 +31,7 @@ from bench.core.checkpoint import file_sha256
 from bench.core.models.backbones import backbone_spec
 from bench.core.models.initialisation import DEFAULT_RANDOM_INIT, effective_random_init
 from bench.core.records import fingerprint, read_json
+from bench.core.variants import display_name
 from transfer.data import dataset_settings
 from transfer.decoders import decoder_class, decoder_slug, parse_decoder_options
 from transfer.distributed import join_process_group, launched_by_torchrun, rank_and_world, spawn_cell
@@ -52,14 +53,33 @@ class Cell:
     decoder: str
     train_size: int
     seed: int
+    # The `variant` labels of the manifest entries this cell comes from (bench/core/variants.py);
+    # None for an entry without one, which is every cell made before variants existed.
+    backbone_variant: str | None = None
+    dataset_variant: str | None = None
+
+    @property
+    def backbone_key(self) -> str:
+        """The backbone's display name, `NAME@LABEL` for a variant."""
+        return display_name(self.backbone, self.backbone_variant)
+
+    @property
+    def dataset_key(self) -> str:
+        """The dataset's display name, `NAME@LABEL` for a variant."""
+        return display_name(self.dataset, self.dataset_variant)
 
     @property
     def id(self) -> str:
-        return (f"{self.backbone}__{self.dataset}__{self.protocol}__{decoder_slug(self.decoder)}"
+        return (f"{self.backbone_key}__{self.dataset_key}__{self.protocol}__{decoder_slug(self.decoder)}"
                 f"__n{self.train_size}__s{self.seed}")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        # Unset labels are left out, so that a cell without variants has the dict, and with it the
+        # fingerprint, it always had.
+        return {k: v for k, v in asdict(self).items() if not (k in VARIANT_KEYS and v is None)}
+
+
+VARIANT_KEYS = ("backbone_variant", "dataset_variant")
 
 
 class TransferSettings(BaseModel):

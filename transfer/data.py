@@ -307,13 +307,15 @@ def as_size(value):
     return tuple(value) if isinstance(value, list) else value
 
 
-def publish_splits(settings: dict, root, train_sizes: list[int], seeds: list[int], out_dir: Path) -> Path:
-    """Write `OUT/splits/<dataset>/eval.txt`, `validation.txt` and `train_n<N>_s<S>.txt` (one stem
+def publish_splits(settings: dict, root, train_sizes: list[int], seeds: list[int], out_dir: Path,
+                   name: str | None = None) -> Path:
+    """Write `OUT/splits/<name>/eval.txt`, `validation.txt` and `train_n<N>_s<S>.txt` (one stem
     per line): the exact images of every few-shot subset of a matrix, and the held-out sets, ready
     to publish with its results. Also checks, before any cell runs, that every requested size fits
-    in the training pool."""
+    in the training pool. `name` is the manifest entry's display name (a variant's `NAME@LABEL`,
+    whose splits or data may differ); default: the dataset's name."""
     dataset, pool, validation, evaluation = open_pools(settings, root)
-    folder = Path(out_dir) / "splits" / dataset.name
+    folder = Path(out_dir) / "splits" / (name or dataset.name)
     write_stems(folder / "eval.txt", [s.stem for s in evaluation])
     write_stems(folder / "validation.txt", [s.stem for s in validation])
     for n in train_sizes:

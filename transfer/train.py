@@ -40,6 +40,7 @@ from bench.core.metrics import ConfusionMatrix, PerImageCounts, confusion_matric
 from bench.core.progress import bar as progress_bar
 from bench.core.records import write_json_atomic
 from bench.core.seeding import step_generator
+from bench.core.sizes import pretrain_image_size
 from bench.core.version import __version__, harness_checkout
 from transfer.cell_state import STATE_NAME, load_cell_state, save_cell_state
 from transfer.data import CACHE_BYTES, dataset_settings, open_transfer_data
@@ -584,6 +585,9 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
         "checkpoint": None if checkpoint is None else {
             "path": str(checkpoint.path), "sha256": config.get("checkpoint_sha256"),
             "method": checkpoint.meta.get("method"), "steps": checkpoint.meta.get("steps"),
+            # HxW the encoder was pre-trained at (None: the checkpoint does not say), for the
+            # resolution axes (docs/results.md).
+            "pretrain_size": pretrain_image_size(checkpoint.meta),
             # Imported checkpoints: source hashes, format and key report (`bench submit`).
             "provenance": checkpoint.meta.get("provenance"),
         },

@@ -31,3 +31,28 @@ def parse_size(text, what: str, allow_short_side: bool = True):
     if h < 8 or w < 8:
         raise UserError(f"{what}: {h}x{w} is too small (at least 8x8)")
     return (h, w)
+
+
+def size_text(size) -> str:
+    """A resolved size in words for tables and records: `192x640`, `short side 512`, or `native`
+    (None: the images as they are)."""
+    if size is None:
+        return "native"
+    if isinstance(size, int):
+        return f"short side {size}"
+    h, w = size
+    return f"{int(h)}x{int(w)}"
+
+
+def pretrain_image_size(meta: dict) -> str | None:
+    """The HxW a harness checkpoint's encoder was pre-trained at, from its metadata: its
+    `image_size`, else (a checkpoint written before that key) the crop, else the resize, its
+    config spelled; None when it does not say (imports, and pre-trainings at their data's own
+    size written before `image_size` existed)."""
+    if meta.get("image_size"):
+        return size_text(meta["image_size"])
+    config = meta.get("config") or {}
+    for key in ("crop", "resize"):
+        if config.get(key):
+            return size_text(config[key])
+    return None

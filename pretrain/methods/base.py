@@ -84,6 +84,13 @@ class PretrainMethod:
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images
         return normalize(x, self.encoder.normalization)
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """HxW of the images the encoder trains on: the checkpoint records it (`image_size`), and
+        transfer records report it as their `pretrain_size`. A method that resizes its batches
+        again (contrastive views) says so by overriding this."""
+        return tuple(self.batches.out_size)
+
     def after_init(self) -> None:
         """Called once `--init` has loaded the encoder (and decoder body): a method whose other
         networks start from the same weights (the pose net of `depth_video`) copies them here."""

@@ -127,6 +127,10 @@ class MoCo(PretrainMethod):
         self.modules.update(head=self.head, key_encoder=self.key_encoder, key_head=self.key_head, queue=self.queue)
         self._pending: torch.Tensor | None = None
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.view_size  # the encoder sees the augmented views, not the batches' size
+
     def _query_key_pairs(self):
         return [(self.key_encoder, self.encoder), (self.key_head, self.head)]
 
