@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import pytest
-import yaml
 
 from bench.aggregate import METRICS
 from bench.cli import main
