@@ -207,6 +207,9 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool) -> dict
 
         figures = write_all(board, df, results_dir / "plots", order)
         figures += [p for p in pretrained_vs_finetuned(results_dir, df) if p.suffix in (".png", ".svg")]
+        from bench.qualitative import write_qualitative
+
+        figures += write_qualitative(df, results_dir / "plots", order)
     write_text_atomic(paths["report.html"], _html(results_dir.name, baseline, sections, failures,
                                                   [p for p in figures if p.suffix == ".png"]))
     return {"csv": paths["leaderboard.csv"], "md": paths["leaderboard.md"], "html": paths["report.html"],
