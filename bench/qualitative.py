@@ -106,6 +106,12 @@ def comparison_grid(rows: pd.DataFrame, order: list[str]) -> Grid | None:
                 [b for b in backbones if b not in shown], ignore if has_ignore else None)
 
 
+def grid_title(grid: Grid) -> str:
+    """The figure's title: the comparison, and the backbones left out for want of saved predictions."""
+    missing = f"\nleft out, no saved predictions (older runs): {', '.join(grid.missing)}" if grid.missing else ""
+    return grid.title + missing
+
+
 def draw_grid(grid: Grid, path_stem: Path) -> list[Path]:
     """The grid as a figure: panels in rows and columns, a class legend on the right."""
     from matplotlib.patches import Patch
@@ -131,10 +137,7 @@ def draw_grid(grid: Grid, path_stem: Path) -> list[Path]:
         if grid.ignore is not None:
             handles.append(Patch(facecolor=np.array(grid.ignore) / 255.0, edgecolor="0.3", label="not scored"))
         fig.legend(handles=handles, title="class", loc="outside right upper", frameon=False, fontsize=8)
-        title = grid.title
-        if grid.missing:
-            title += f"\nleft out, no saved predictions (older runs): {', '.join(grid.missing)}"
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(grid_title(grid), fontsize=9)
         return _save(fig, path_stem)
 
 
