@@ -18,6 +18,7 @@ from bench.core.gradcam import grad_cam, normalise_cams, segmentation_grad_cam, 
 from bench.core.kept_weights import FP16_MAX, half_precision, load_kept_weights
 from bench.core.metrics import confusion_matrices
 from bench.explain import explain, first_eval_images, overlay
+from bench.layer_cka import load_encoder
 from bench.qualitative import comparison_grid, grid_title, write_qualitative
 from bench.aggregate import records_frame
 from tests.conftest import cell_config
@@ -154,6 +155,8 @@ def test_each_cell_kind_keeps_what_rebuilds_it_in_half_precision(results, tiny_d
         state_sha256(load_checkpoint(tiny_depth_ckpt).encoder)
     kept = load_kept_weights(frozen / FINAL_WEIGHTS)
     assert all(torch.equal(model.decoder.state_dict()[k], v) for k, v in kept.decoder.items())
+    # `bench cka` on a frozen cell folder compares its encoder: the checkpoint's.
+    assert state_sha256(load_encoder(frozen).state_dict()) == state_sha256(load_checkpoint(tiny_depth_ckpt).encoder)
     # A full cell's file is half the size of float32 and still an encoder for `bench cka`.
     encoder = encoder_from_checkpoint(full / FINAL_WEIGHTS)
     fine_tuned = rebuild_cell_model(_record(full), full).encoder
