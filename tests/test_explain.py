@@ -177,6 +177,8 @@ def test_a_moved_or_changed_checkpoint_is_a_one_line_error(results, tmp_path, ti
         rebuild_cell_model({**record, "checkpoint": {**record["checkpoint"], "path": str(changed)}}, frozen)
     with pytest.raises(UserError, match="not there any more"):
         rebuild_cell_model({**record, "checkpoint": {**record["checkpoint"], "path": str(tmp_path / "gone")}}, frozen)
+    with pytest.raises(UserError, match="another version of the cell"):  # weights left by an earlier version
+        rebuild_cell_model({**record, "fingerprint": "0" * 64}, frozen)
 
 
 def test_saved_predictions_are_what_the_evaluation_scored(results):

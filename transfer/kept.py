@@ -46,6 +46,9 @@ def rebuild_cell_model(record: dict, run_dir: Path) -> SegmentationModel:
         hint = "" if config.get("keep_weights") else " (run it with `transfer: {keep_weights: true}` or a list naming it)"
         raise UserError(f"{run_dir}: no kept weights ({FINAL_WEIGHTS}){hint}")
     kept = load_kept_weights(path)
+    if kept.meta.get("fingerprint") not in (None, record.get("fingerprint")):  # (older files name none)
+        raise UserError(f"{path}: kept by another version of the cell (fingerprint {kept.meta['fingerprint'][:12]}..., "
+                        f"the record's is {str(record.get('fingerprint'))[:12]}...); re-run it with keep_weights")
     if not kept.decoder:
         raise UserError(f"{path}: holds a fine-tuned encoder without its decoder (kept before decoders were); "
                         f"remove the cell's record and re-run it to keep both")
