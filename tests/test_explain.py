@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from bench.aggregate import records_frame
 from bench.cli import main
 from bench.core.checkpoint import load_checkpoint, state_sha256
 from bench.core.cka import encoder_from_checkpoint
@@ -20,7 +21,6 @@ from bench.core.metrics import confusion_matrices
 from bench.explain import explain, first_eval_images, overlay
 from bench.layer_cka import load_encoder
 from bench.qualitative import comparison_grid, grid_title, write_qualitative
-from bench.aggregate import records_frame
 from tests.conftest import cell_config
 from transfer.api import Cell, TransferSettings, resolve_cell_config, run_cell
 from transfer.kept import FINAL_WEIGHTS, rebuild_cell_model
@@ -48,7 +48,7 @@ class _Net(torch.nn.Module):
 def test_grad_cam_has_the_closed_form_of_a_linear_head():
     net = _Net()
     x = torch.randn(2, 2, 6, 7)
-    cams, labels, scores = segmentation_grad_cam(net, net.layer, x)
+    cams, labels, _ = segmentation_grad_cam(net, net.layer, x)
     a = net.layer(x).detach().numpy()  # N x C x h x w
     w = net.head.weight.detach().numpy()[:, :, 0, 0]  # K x C
     b = net.head.bias.detach().numpy()
