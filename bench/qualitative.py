@@ -8,8 +8,8 @@ with a legend of the classes shown. Drawn from the results folder alone (`runs/*
 A backbone whose cell saved no predictions (run before cells saved them, or of another version
 of the cell) is left out, and the figure's title says which.
 
-`comparison_grid` composes the panels (plain RGB arrays: what the tests read); `draw_grid` lays
-them out with matplotlib; `write_qualitative` does both for every comparison of a records frame,
+`comparison_grid` composes the panels (plain RGB arrays: what the tests read), `mosaic` puts them
+in one picture and `draw_grid` frames it with titles and a legend; `write_qualitative` does both for every comparison of a records frame,
 writing `plots/qualitative_<slug>.png/.svg`.
 """
 
@@ -112,26 +112,48 @@ def grid_title(grid: Grid) -> str:
     return grid.title + missing
 
 
+GAP = 4  # white pixels between panels of the mosaic
+
+
+def mosaic(grid: Grid, gap: int = GAP) -> np.ndarray:
+    """The panels as one H x W x 3 uint8 picture, rows and columns `gap` white pixels apart; every
+    panel at the first one's size (images of other sizes are resized: bilinear for the image,
+    nearest neighbour for the label colours)."""
+    height, width = grid.rows[0][1][0].shape[:2]
+    n_rows, n_cols = len(grid.rows), len(grid.columns)
+    out = np.full((n_rows * (height + gap) - gap, n_cols * (width + gap) - gap, 3), 255, dtype=np.uint8)
+    for r, (_, panels) in enumerate(grid.rows):
+        for c, panel in enumerate(panels):
+            if panel.shape[:2] != (height, width):
+                panel = np.asarray(Image.fromarray(panel).resize((width, height),
+                                                                 Image.BILINEAR if c == 0 else Image.NEAREST))
+            top, left = r * (height + gap), c * (width + gap)
+            out[top:top + height, left:left + width] = panel
+    return out
+
+
 def draw_grid(grid: Grid, path_stem: Path) -> list[Path]:
-    """The grid as a figure: panels in rows and columns, a class legend on the right."""
+    """The grid as a figure: the mosaic with column titles, image names on the left, and a class
+    legend on the right (one image in one axes: a panel per axes costs seconds per figure)."""
     from matplotlib.patches import Patch
 
     from bench.plots import _figure, _save, _style
 
+    picture = mosaic(grid)
     height, width = grid.rows[0][1][0].shape[:2]
-    panel_h = PANEL_WIDTH_IN * height / width
+    n_cols = len(grid.columns)
     with _style():
-        fig, axes = _figure(len(grid.rows), len(grid.columns), PANEL_WIDTH_IN, panel_h + 0.15)
-        for r, (stem, panels) in enumerate(grid.rows):
-            for c, panel in enumerate(panels):
-                ax = axes[r, c]
-                ax.imshow(panel, interpolation="nearest")
-                ax.set_xticks([]), ax.set_yticks([])
-                ax.grid(False)
-                if r == 0:
-                    ax.set_title(grid.columns[c], fontsize=9)
-                if c == 0:
-                    ax.set_ylabel(stem, fontsize=7)
+        fig, axes = _figure(1, 1, PANEL_WIDTH_IN * n_cols, PANEL_WIDTH_IN * n_cols * picture.shape[0] / picture.shape[1])
+        ax = axes[0, 0]
+        ax.imshow(picture, interpolation="nearest")
+        ax.grid(False)
+        ax.set_xticks([(width + GAP) * c + width / 2 for c in range(n_cols)], grid.columns, fontsize=9)
+        ax.xaxis.tick_top()
+        ax.set_yticks([(height + GAP) * r + height / 2 for r in range(len(grid.rows))],
+                      [stem for stem, _ in grid.rows], fontsize=7)
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         handles = [Patch(facecolor=np.array(rgb) / 255.0, edgecolor="0.3", label=name)
                    for name, rgb in grid.classes[:MAX_LEGEND_CLASSES]]
         if grid.ignore is not None:

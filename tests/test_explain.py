@@ -20,7 +20,7 @@ from bench.core.kept_weights import FP16_MAX, half_precision, load_kept_weights
 from bench.core.metrics import confusion_matrices
 from bench.explain import explain, first_eval_images, overlay
 from bench.layer_cka import load_encoder
-from bench.qualitative import comparison_grid, grid_title, write_qualitative
+from bench.qualitative import GAP, comparison_grid, grid_title, mosaic, write_qualitative
 from tests.conftest import cell_config
 from transfer.api import Cell, TransferSettings, resolve_cell_config, run_cell
 from transfer.kept import FINAL_WEIGHTS, rebuild_cell_model
@@ -260,9 +260,13 @@ def test_the_grid_shows_each_backbones_saved_prediction(results, tmp_path):
     saved = json.loads((_run_dir(folder, "depth", "full") / "predictions" / "predictions.json").read_text())
     assert [stem for stem, _ in grid.rows] == [e["stem"] for e in saved["images"]]
     palette = np.array(saved["palette"], dtype=np.uint8)
-    for (stem, panels), entry in zip(grid.rows, saved["images"]):
+    picture = mosaic(grid)  # what the figure shows: panels GAP pixels apart
+    for r, ((stem, panels), entry) in enumerate(zip(grid.rows, saved["images"])):
         pred = np.asarray(Image.open(_run_dir(folder, "depth", "full") / "predictions" / entry["prediction"]))
         assert np.array_equal(panels[3], palette[pred])  # the depth column: its saved prediction's colours
+        h, w = pred.shape
+        top, left = r * (h + GAP), 3 * (w + GAP)
+        assert np.array_equal(picture[top:top + h, left:left + w], palette[pred])
         label = np.asarray(Image.open(_run_dir(folder, "depth", "full") / "predictions" / entry["label"]))
         scored = label != 255
         assert np.array_equal(panels[1][scored], palette[label[scored]])
