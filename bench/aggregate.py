@@ -258,10 +258,12 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     if plots:
         from bench.layer_cka import cka_across_frame, pretrained_vs_finetuned
         from bench.plots import backbone_colours, plot_cka_across, plot_pretrain_losses, write_all
+        from bench.qualitative import write_qualitative
         from bench.report import pretrain_histories
 
         figures = write_all(board, df, results_dir / "plots", order)
         figures += [p for p in pretrained_vs_finetuned(results_dir, df) if p.suffix in (".png", ".svg")]
+        figures += write_qualitative(df, results_dir / "plots", order)
         colours = backbone_colours([*order, *df["backbone"].dropna()])
         figures += plot_cka_across(cka_across_frame(df), results_dir / "plots", colours)
         figures += plot_pretrain_losses(pretrain_histories(results_dir), results_dir / "plots", colours,

@@ -20,8 +20,11 @@ import pandas as pd
 import torch
 
 from bench.core.atomic import write_text_atomic
+from bench.core.checkpoint import read_checkpoint_meta
 from bench.core.cka import encoder_from_checkpoint, layer_cka
 from bench.core.errors import UserError
+from bench.core.kept_weights import verified_checkpoint
+from bench.core.records import read_json
 
 __all__ = ["resolve_weights", "load_encoder", "layer_cka", "dataset_batches", "write_cka", "pretrained_vs_finetuned",
            "cka_across_frame"]
@@ -44,7 +47,16 @@ def resolve_weights(path) -> Path:
 
 
 def load_encoder(path) -> torch.nn.Module:
-    return encoder_from_checkpoint(resolve_weights(path))
+    """The encoder of a checkpoint, or of a cell's kept weights: a full cell's fine-tuned one; for a
+    frozen or linear cell, which keeps its head only, its checkpoint's (checked by sha256)."""
+    path = resolve_weights(path)
+    kept = read_checkpoint_meta(path).get("kept") or {}
+    if kept.get("encoder") == "checkpoint":
+        record = read_json(path.parent / "record.json") or {}
+        checkpoint = verified_checkpoint((record.get("checkpoint") or {}).get("path"), kept.get("checkpoint_sha256"),
+                                         what=f"the encoder of {path.parent.name}")
+        return encoder_from_checkpoint(checkpoint.path)
+    return encoder_from_checkpoint(path)
 
 
 def dataset_batches(settings: dict, root, images: int, batch_size: int):

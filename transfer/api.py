@@ -36,8 +36,8 @@ from transfer.data import dataset_settings
 from transfer.decoders import decoder_class, decoder_slug, parse_decoder_options
 from transfer.distributed import join_process_group, launched_by_torchrun, rank_and_world, spawn_cell
 from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
-from transfer.protocols import (LINEAR_DECODER, SWEEPABLE, PresetOverride, decoder_geometry, preset_key_problem, resolve_preset,
-                                sweep_candidates)
+from transfer.protocols import (LINEAR_DECODER, SWEEPABLE, PresetOverride, decoder_geometry, preset_key_problem,
+                                preset_keys, resolve_preset, sweep_candidates)
 from transfer.train import IMAGE_CACHE, train_cell
 
 RECORD_NAME = "record.json"
@@ -91,11 +91,14 @@ class TransferSettings(BaseModel):
     steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     eval_every: int = Field(50, ge=1)
-    # Full cells also save their fine-tuned encoder (final.safetensors, 45 MB for a ResNet-18) for
-    # later analyses such as `bench cka`; the report's CKA is stored at the end of every full cell
-    # without it. Set, it stays in the fingerprint as it always was (so no existing cell's
-    # fingerprint moves), although it changes only what a cell leaves, not what it computes.
-    keep_weights: bool = False
+    # Cells also save what rebuilds their model (final.safetensors, half precision): full cells
+    # their fine-tuned encoder and decoder, frozen and linear cells their decoder or head (the
+    # encoder is the checkpoint), for `bench explain` and `bench cka`; the report's CKA is stored
+    # at the end of every full cell without it. true, false, or the cells that keep them, keyed
+    # as `optimizer` is. A cell that keeps its weights has `keep_weights: true` in its config, as
+    # it always had (so no existing cell's fingerprint moves), although it changes only what a
+    # cell leaves, not what it computes; one that keeps none has no such key.
+    keep_weights: bool | list[str] = False
     # Layers over the built-in presets, keyed PROTOCOL or PROTOCOL/DECODER (docs/protocols.md).
     optimizer: dict[str, PresetOverride] = Field(default_factory=dict)
     feature_cache: bool = True  # frozen and linear cells train on cached encoder features
@@ -118,6 +121,21 @@ class TransferSettings(BaseModel):
             if problem := preset_key_problem(key):
                 raise ValueError(problem)
         return v
+
+    @field_validator("keep_weights")
+    @classmethod
+    def _keep_weights_keys(cls, v):
+        for key in v if isinstance(v, list) else []:
+            if problem := preset_key_problem(key):
+                raise ValueError(problem.replace("optimizer preset", "keep_weights"))
+        return v
+
+    def keeps_weights(self, protocol: str, decoder: str, dataset: str | None = None) -> bool:
+        """Whether a (protocol, decoder[, dataset]) cell keeps its weights: a listed key matches
+        the cells an `optimizer` layer of that key would."""
+        if isinstance(self.keep_weights, bool):
+            return self.keep_weights
+        return bool(set(self.keep_weights) & set(preset_keys(protocol, decoder, dataset)))
 
     @field_validator("sweep")
     @classmethod
@@ -192,7 +210,7 @@ def resolve_cell_config(cell: Cell, settings: TransferSettings, *, dataset: dict
     content = decoder_class(cell.decoder).content_ids(options)
     if content:
         config["decoder_content"] = content
-    if settings.keep_weights:
+    if settings.keeps_weights(cell.protocol, cell.decoder, dataset["name"]):
         config["keep_weights"] = True
     if cell.protocol != "full":
         config["feature_cache"] = bool(settings.feature_cache)

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.core.checkpoint import load_checkpoint, save_checkpoint, state_sha256
+from bench.core.checkpoint import load_checkpoint, state_sha256
 from bench.core.claims import identity
 from bench.core.devices import MIN_LOSS_SCALE, data_wait_warning, grad_scaler, resolve_device, resolve_precision
 from bench.core.devices import autocast as make_autocast
@@ -48,13 +48,14 @@ from transfer.decoders.linear_bank import LinearHeadBank
 from transfer.distributed import all_reduce_sum, rank_and_world
 from transfer.loader import view_loader
 from transfer.feature_cache import DEFAULT_BUDGET_BYTES, DEFAULT_VIEWS_PER_IMAGE, FeatureCache
+from transfer.kept import keep_cell_weights
+from transfer.predictions import save_predictions
 from transfer.model import build_model
 from transfer.protocols import OptimizerPreset, build_optimizer, lr_factor, param_groups
 from transfer.similarity import pretrained_vs_finetuned, write_cka
 from transfer.splits import write_stems
 
 RECORD_SCHEMA = 1
-FINAL_WEIGHTS = "final.safetensors"  # a full cell's fine-tuned encoder, written only with keep_weights
 IMAGE_CACHE = "image_cache"  # resized evaluation images beyond the memory budget, while the cell runs
 
 
@@ -190,6 +191,8 @@ def train_cell(config: dict, out_dir: Path, *, progress: bool = True, log=print,
         log(warning)
     # While the fine-tuned encoder and the prepared evaluation images are still here.
     cka = _cell_cka(config, data, nets, selected, record, log) if rank == 0 else None
+    if rank == 0 and selected is not None:  # a few evaluation images' predictions, for the qualitative grids
+        _save_predictions(config, out_dir, nets[selected], data, batches, device, log)
     if batches.cache is not None:
         batches.cache.close()
     shutil.rmtree(out_dir / IMAGE_CACHE / f"rank{rank}", ignore_errors=True)
@@ -632,20 +635,14 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
 
 def _finish(config: dict, out_dir: Path, nets: list[CellNet], runs: list[LoopResult], selected: int | None,
             record: dict, log, cka: dict | None) -> None:
-    """The lead rank's last writes: the CKA matrix and the kept weights of a full cell, then the
+    """The lead rank's last writes: the CKA matrix of a full cell and the kept weights, then the
     record, which supersedes the state."""
-    cell = config["cell"]
     if cka is not None:
         write_cka(out_dir, cka)
-    if config.get("keep_weights") and selected is not None and cell["protocol"] == "full":
-        # Only when asked (45 MB for a ResNet-18): the fine-tuned encoder in the harness format, for
-        # `bench cka` or any later analysis. Frozen and linear cells keep nothing: their encoder is
-        # bit-identical to the checkpoint's.
-        net = nets[selected]
-        save_checkpoint(out_dir / FINAL_WEIGHTS, net.model.encoder.state_dict(), {
-            "arch": cell["arch"], "method": f"{cell['method']}+{cell['protocol']}", "data": cell["dataset"],
-            "steps": runs[selected].steps_done, "normalization": net.model.encoder.normalization,
-            "seed": int(cell["seed"])})
+    if config.get("keep_weights") and selected is not None:
+        # Only when asked: what rebuilds the model, in half precision (transfer/kept.py): a full
+        # cell's encoder and decoder, a frozen or linear cell's decoder (its encoder is the checkpoint).
+        keep_cell_weights(config, out_dir, nets[selected].model, runs[selected].steps_done)
     write_json_atomic(out_dir / "record.json", record)
     (out_dir / STATE_NAME).unlink(missing_ok=True)
     log(f"status {record['status']}; record written")
@@ -665,6 +662,17 @@ def _cell_cka(config: dict, data: CellData, nets: list[CellNet], selected: int |
     except Exception as exc:  # noqa: BLE001 -- e.g. under 4 evaluation images; the heatmap is left out
         log(f"CKA not stored: {type(exc).__name__}: {exc}")
         return None
+
+
+def _save_predictions(config: dict, out_dir: Path, net: CellNet, data: CellData, batches: StepBatches, device,
+                      log) -> None:
+    """OUT/predictions/ (transfer/predictions.py), from the features the evaluation used. A
+    picture, not the result: a failure is logged and the cell stands."""
+    try:
+        save_predictions(out_dir, config, net.model, data.eval_images, cache=batches.cache, device=device,
+                         autocast=net.autocast)
+    except Exception as exc:  # noqa: BLE001
+        log(f"predictions not saved: {type(exc).__name__}: {exc}")
 
 
 def _timm_version() -> str:

@@ -17,13 +17,14 @@ import argparse
 import os
 import sys
 
-from bench.cli import aggregate, cka, convert, data, listing, pretrain, pseudo_label, run, status, submit, transfer
+from bench.cli import (aggregate, cka, convert, data, explain, listing, pretrain, pseudo_label, run, status, submit,
+                       transfer)
 from bench.cli.common import BenchParser
 from bench.core.errors import UserError
 from bench.core.version import __version__
 
 # In the order `bench --help` lists them: the matrix, one backbone, single stages, analysis, data.
-VERBS = (run, status, submit, convert, pretrain, pseudo_label, transfer, aggregate, cka, data, listing)
+VERBS = (run, status, submit, convert, pretrain, pseudo_label, transfer, aggregate, cka, explain, data, listing)
 
 
 def build_parser() -> argparse.ArgumentParser:

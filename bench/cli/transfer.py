@@ -78,8 +78,10 @@ def add_parser(sub) -> None:
                    "with the same options resumes from it (0: never; default: 100)")
     t.add_argument("--eval-every", type=int, help="evaluate every K steps for the learning curve (default: only at the end)")
     t.add_argument("--seed", type=int, default=0, help="seed for the few-shot split, initialisation and batches")
-    t.add_argument("--keep-weights", action="store_true", help="full protocol: also save the fine-tuned encoder "
-                   "(OUT/final.safetensors, for `bench cka`); its CKA against the checkpoint is stored either way")
+    t.add_argument("--keep-weights", action="store_true", help="also save what rebuilds the model, in half "
+                   "precision (OUT/final.safetensors, for `bench explain` and `bench cka`): full protocol the "
+                   "fine-tuned encoder and decoder, frozen and linear the decoder or head (the encoder is the "
+                   "checkpoint)")
     t.set_defaults(fn=main)
 
 

@@ -74,11 +74,25 @@ def read_checkpoint_meta(path) -> dict:
 def load_checkpoint(path) -> Checkpoint:
     path = Path(path)
     meta, tensors = _open(path, read_tensors=True)
+    tensors = as_float32(tensors, meta)
     encoder = {k[len("encoder."):]: v for k, v in tensors.items() if k.startswith("encoder.")}
     decoder = {k[len("decoder."):]: v for k, v in tensors.items() if k.startswith("decoder.")}
     if not encoder:
         raise UserError(f"{path}: no tensors under the 'encoder.' prefix")
     return Checkpoint(encoder=encoder, decoder=decoder or None, meta=meta, path=path)
+
+
+# A file whose floating tensors were stored in half precision (a cell's kept weights,
+# bench.core.kept_weights) says so under this metadata key; they are read back as float32.
+STORED_PRECISION = "stored_precision"
+
+
+def as_float32(tensors: dict[str, torch.Tensor], meta: dict) -> dict[str, torch.Tensor]:
+    """`tensors` as computed with: float16/bfloat16 back to float32 where the metadata says the
+    file stores half precision (integer tensors, e.g. BatchNorm counters, stay as they are)."""
+    if meta.get(STORED_PRECISION) != "half":
+        return tensors
+    return {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in tensors.items()}
 
 
 def load_encoder_weights(encoder: torch.nn.Module, state: dict, *, allow_partial=False, source="") -> dict:
