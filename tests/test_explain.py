@@ -93,11 +93,11 @@ def test_half_precision_uses_bfloat16_only_where_float16_overflows():
 
 @pytest.fixture(scope="module")
 def results(tiny_world, tiny_depth_ckpt, tmp_path_factory):
-    """A results folder: depth cells under every protocol keeping their weights, and a random
-    full cell that keeps none."""
+    """A results folder: depth cells under every protocol keeping their weights, a random
+    full cell that keeps none, and a random frozen one that keeps them (it has no checkpoint)."""
     out = tmp_path_factory.mktemp("explain") / "results"
     for backbone, protocol, keep in (("depth", "full", True), ("depth", "frozen", True), ("depth", "linear", True),
-                                     ("random", "full", False)):
+                                     ("random", "full", False), ("random", "frozen", True)):
         ckpt = tiny_depth_ckpt if backbone == "depth" else None
         cell = Cell(backbone, "depth_supervised" if ckpt else "none", "resnet10t", "synth", protocol,
                     "linear" if protocol == "linear" else "monodepth2", 2, 0)
@@ -149,6 +149,14 @@ def test_each_cell_kind_keeps_what_rebuilds_it_in_half_precision(results, tiny_d
         assert kept.encoder_is_checkpoint == (not has_encoder)
         if not has_encoder:
             assert kept.checkpoint_sha256 == sha
+    # The random baseline's frozen cell has no checkpoint: it keeps its untrained encoder (in half
+    # precision) and is rebuilt from that file alone (the quickstart's random frozen cells once failed
+    # here: "kept weights without an encoder must name the checkpoint's sha256").
+    random_frozen = _run_dir(results, "random", "frozen")
+    kept = load_kept_weights(random_frozen / FINAL_WEIGHTS)
+    assert kept.encoder and not kept.encoder_is_checkpoint and kept.checkpoint_sha256 is None
+    model = rebuild_cell_model(_record(random_frozen), random_frozen)
+    assert all(torch.equal(model.encoder.state_dict()[k], v) for k, v in kept.encoder.items())
     # The frozen cell's rebuilt encoder is the checkpoint's, bit for bit; its decoder the kept one.
     model = rebuild_cell_model(_record(frozen), frozen)
     assert state_sha256(model.encoder.state_dict()) == _record(frozen)["encoder_sha256_after"] == \
@@ -210,7 +218,8 @@ def test_explain_writes_overlays_of_the_grad_cam(results, tiny_depth_ckpt, tiny_
     frozen = _run_dir(results, "depth", "frozen")
     assert main(["explain", str(results), "--images", "3", "--layer", "act1"]) == 0
     out = capsys.readouterr().out
-    assert out.count("3 overlays") == 3 and "random" not in out  # the cells that kept weights
+    # The cells that kept weights: depth's three and random's frozen one, not random's full one.
+    assert out.count("3 overlays") == 4 and "random__synth__full" not in out
     arrays = np.load(frozen / "explain" / "act1.npz")
     assert arrays["indices"].tolist() == [0, 1, 2]
     # By hand: the checkpoint's encoder, the kept decoder, the layer act1.

@@ -65,12 +65,15 @@ def test_end_to_end_and_rerun_skips_everything(tmp_path, capsys):
     assert "transfer.eval_every" in capsys.readouterr().err
     assert stamps == {p: p.stat().st_mtime_ns for p in results.glob("runs/*/record.json")}
 
-    # A changed transfer setting re-runs exactly the cells it touches.
+    # A changed transfer setting re-runs exactly the cells it touches: an optimiser layer of the
+    # linear protocol, its 3 cells (the cheapest to re-run), and no other.
     text = manifest.read_text()
-    assert "\n  steps: 6\n" in text
-    manifest.write_text(text.replace("\n  steps: 6\n", "\n  steps: 5\n"))
+    assert "\n  eval_every: 3\n" in text
+    manifest.write_text(text.replace("\n  eval_every: 3\n", "\n  eval_every: 3\n  optimizer: {linear: {lr: 0.0123}}\n"))
     assert main(["run", str(manifest), "--no-progress"]) == 0
-    assert "9 to run" in capsys.readouterr().err
+    assert "6 up to date, 3 to run" in capsys.readouterr().err
+    rerun = {p.parent.name for p, t in stamps.items() if p.stat().st_mtime_ns != t}
+    assert rerun == {name for name, r in records.items() if r["cell"]["protocol"] == "linear"}
 
 
 def test_aggregate_cli_rebuilds_the_leaderboard_from_records(tmp_path, capsys):

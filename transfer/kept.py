@@ -3,7 +3,8 @@ cell's model rebuilt from them (for `bench explain`).
 
 A full cell keeps its fine-tuned encoder and decoder; a frozen or linear cell its decoder or head
 only, since its encoder is the pre-training checkpoint, which the rebuild loads after checking its
-sha256 against the one the cell recorded.
+sha256 against the one the cell recorded. A frozen or linear cell of the random baseline has no
+checkpoint to name: it keeps its (random, untrained) encoder too.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ FINAL_WEIGHTS = "final.safetensors"  # written only with keep_weights
 def keep_cell_weights(config: dict, out_dir: Path, model: SegmentationModel, steps_done: int) -> Path:
     """Write `OUT/final.safetensors` for the trained `model` of the cell `config` describes."""
     cell = config["cell"]
-    full = cell["protocol"] == "full"
+    # The encoder is kept where no file holds it: fine-tuned (full), or the random baseline's own.
+    own_encoder = cell["protocol"] == "full" or not config.get("checkpoint_sha256")
     meta = {"arch": cell["arch"], "method": f"{cell['method']}+{cell['protocol']}", "data": cell["dataset"],
             "steps": steps_done, "normalization": model.encoder.normalization, "seed": int(cell["seed"]),
             "fingerprint": config["fingerprint"]}
     return save_kept_weights(
         Path(out_dir) / FINAL_WEIGHTS, meta, decoder_state=model.decoder.state_dict(),
-        encoder_state=model.encoder.state_dict() if full else None,
+        encoder_state=model.encoder.state_dict() if own_encoder else None,
         checkpoint_sha256=config.get("checkpoint_sha256"),
         decoder={"kind": cell["decoder"], "num_classes": _num_classes(model), "options": config.get("decoder_options")})
 
