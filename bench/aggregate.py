@@ -268,6 +268,9 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
         figures += plot_cka_across(cka_across_frame(df), results_dir / "plots", colours)
         figures += plot_pretrain_losses(pretrain_histories(results_dir), results_dir / "plots", colours,
                                         results_dir.name)
+        # `bench explain`'s figures: written by that verb, not here; every one present is shown (a cell
+        # re-run since keeps its old figure until `bench explain` runs again).
+        figures += sorted((results_dir / "plots").glob("explain_*.png"))
     write_text_atomic(paths["report.html"], render_report(results_dir, _LEGEND.format(baseline=baseline), sections,
                                                           failures, per_class,
                                                           [p for p in figures if p.suffix == ".png"]))

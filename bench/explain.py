@@ -12,7 +12,8 @@ layer by `bench.core.gradcam`. Written under the cell folder's `explain/`:
   one's own.
 
 A results folder is explained cell by cell (every cell with kept weights), each into its own
-`runs/<cell-id>/explain/`.
+`runs/<cell-id>/explain/`, then drawn as one figure per comparison, the backbones side by side
+(`plots/explain_<layer>_<comparison>.png/.svg`, bench/explain_grid.py).
 """
 
 from __future__ import annotations
@@ -121,8 +122,15 @@ def explain_cell(run_dir: Path, images: int, layer: str, *, root=None, device: s
     return [*written, npz]
 
 
-def explain(run, images: int, layer: str, *, root=None, device: str = "cpu") -> dict[Path, list[Path]]:
-    """`bench explain`: per cell folder explained, the files written."""
+def explain(run, images: int, layer: str, *, root=None, device: str = "cpu") -> tuple[dict[Path, list[Path]], list[Path]]:
+    """`bench explain`: per cell folder explained, the files written; and, for a results folder, the
+    comparison figures written under plots/ (bench.explain_grid)."""
     if images < 1:
         raise UserError(f"--images must be at least 1, not {images}")
-    return {cell: explain_cell(cell, images, layer, root=root, device=device) for cell in cell_folders(Path(run))}
+    run = Path(run)
+    written = {cell: explain_cell(cell, images, layer, root=root, device=device) for cell in cell_folders(run)}
+    if (run / "record.json").is_file():
+        return written, []
+    from bench.explain_grid import write_explain_grids
+
+    return written, write_explain_grids(run, layer, written, root)

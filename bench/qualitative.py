@@ -37,6 +37,7 @@ class Grid:
     rows: list[tuple[str, list[np.ndarray]]]  # (stem, H x W x 3 uint8 panels, one per column)
     classes: list[tuple[str, tuple[int, int, int]]]  # the classes the panels show, with their colours
     missing: list[str] = field(default_factory=list)  # backbones left out: no saved predictions
+    missing_reason: str = "no saved predictions (older runs)"  # what the title says of them
     ignore: tuple[int, int, int] | None = None  # the colour of unscored pixels, where the ground truth has some
 
 
@@ -64,8 +65,9 @@ def colour(labels: np.ndarray, palette: list, ignore_index: int, ignore_colour) 
     return table[labels]
 
 
-def comparison_grid(rows: pd.DataFrame, order: list[str]) -> Grid | None:
-    """The grid of one comparison's records-frame rows (None when no cell saved predictions)."""
+def first_seed_cells(rows: pd.DataFrame, order: list[str]) -> tuple[int, pd.DataFrame, list[str]] | None:
+    """A comparison's first seed with an `ok` cell, its ok rows, and their backbones in `order`
+    (backbones not in it after, in record order); None when no cell is ok."""
     ok = rows[rows["status"] == "ok"]
     if ok.empty:
         return None
@@ -73,6 +75,29 @@ def comparison_grid(rows: pd.DataFrame, order: list[str]) -> Grid | None:
     first = ok[ok["seed"] == seed]
     backbones = [b for b in order if b in set(first["backbone"])]
     backbones += [b for b in dict.fromkeys(first["backbone"]) if b not in backbones]
+    return seed, first, backbones
+
+
+def comparison_words(first: pd.DataFrame, seed) -> str:
+    """The comparison in words, for a figure's title."""
+    dataset, protocol, decoder, init, train_size = (first.iloc[0][k] for k in COMPARISON)
+    return f"{dataset} · {protocol} · {decoder} · init {init} · {train_size} training images (seed {seed})"
+
+
+def comparison_slug(key) -> str:
+    """A comparison's (dataset, protocol, decoder, init, train size) as a file-name part."""
+    from bench.plots import _slug
+
+    dataset, protocol, decoder, init, train_size = key
+    return _slug(f"{dataset}_{protocol}_{decoder}_{init}_n{train_size}")
+
+
+def comparison_grid(rows: pd.DataFrame, order: list[str]) -> Grid | None:
+    """The grid of one comparison's records-frame rows (None when no cell saved predictions)."""
+    cells = first_seed_cells(rows, order)
+    if cells is None:
+        return None
+    seed, first, backbones = cells
     saved: dict[str, tuple[Path, dict]] = {}
     for b in backbones:
         row = first[first["backbone"] == b].iloc[0]
@@ -99,16 +124,15 @@ def comparison_grid(rows: pd.DataFrame, order: list[str]) -> Grid | None:
         grid_rows.append((entry["stem"], [image] + [colour(lab, palette, ignore_index, ignore) for lab in labels]))
     names = reference["class_names"]
     classes = [(names[c], tuple(palette[c])) for c in sorted(present) if c < len(names)]
-    dataset, protocol, decoder, init, train_size = (first.iloc[0][k] for k in COMPARISON)
-    title = (f"{dataset} · {protocol} · {decoder} · init {init} · {train_size} training images (seed {seed}): "
-             f"evaluation images, ground truth and each backbone's prediction")
+    title = f"{comparison_words(first, seed)}: evaluation images, ground truth and each backbone's prediction"
     return Grid(title, ["image", "ground truth", *shown], grid_rows, classes,
                 [b for b in backbones if b not in shown], ignore if has_ignore else None)
 
 
 def grid_title(grid: Grid) -> str:
-    """The figure's title: the comparison, and the backbones left out for want of saved predictions."""
-    missing = f"\nleft out, no saved predictions (older runs): {', '.join(grid.missing)}" if grid.missing else ""
+    """The figure's title: the comparison, and the backbones left out (for want of saved predictions,
+    or of kept weights in `bench explain`'s)."""
+    missing = f"\nleft out, {grid.missing_reason}: {', '.join(grid.missing)}" if grid.missing else ""
     return grid.title + missing
 
 
@@ -132,11 +156,21 @@ def mosaic(grid: Grid, gap: int = GAP) -> np.ndarray:
     return out
 
 
-def draw_grid(grid: Grid, path_stem: Path) -> list[Path]:
-    """The grid as a figure: the mosaic with column titles, image names on the left, and a class
-    legend on the right (one image in one axes: a panel per axes costs seconds per figure)."""
+def class_legend(fig, grid: Grid) -> None:
+    """The qualitative grids' key: the classes shown (and "not scored"), right of the mosaic."""
     from matplotlib.patches import Patch
 
+    handles = [Patch(facecolor=np.array(rgb) / 255.0, edgecolor="0.3", label=name)
+               for name, rgb in grid.classes[:MAX_LEGEND_CLASSES]]
+    if grid.ignore is not None:
+        handles.append(Patch(facecolor=np.array(grid.ignore) / 255.0, edgecolor="0.3", label="not scored"))
+    fig.legend(handles=handles, title="class", loc="outside right upper", frameon=False, fontsize=8)
+
+
+def draw_grid(grid: Grid, path_stem: Path, key=class_legend, subject: str | None = None) -> list[Path]:
+    """The grid as a figure: the mosaic with column titles, image names on the left, and `key(fig,
+    grid)` beside it (the class legend; `bench explain` draws a colour bar), one image in one axes
+    (a panel per axes costs seconds per figure)."""
     from bench.plots import _figure, _save, _style
 
     picture = mosaic(grid)
@@ -154,24 +188,16 @@ def draw_grid(grid: Grid, path_stem: Path) -> list[Path]:
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
-        handles = [Patch(facecolor=np.array(rgb) / 255.0, edgecolor="0.3", label=name)
-                   for name, rgb in grid.classes[:MAX_LEGEND_CLASSES]]
-        if grid.ignore is not None:
-            handles.append(Patch(facecolor=np.array(grid.ignore) / 255.0, edgecolor="0.3", label="not scored"))
-        fig.legend(handles=handles, title="class", loc="outside right upper", frameon=False, fontsize=8)
+        key(fig, grid)
         fig.suptitle(grid_title(grid), fontsize=9)
-        return _save(fig, path_stem)
+        return _save(fig, path_stem, subject)
 
 
 def write_qualitative(records: pd.DataFrame, plots_dir, order: list[str]) -> list[Path]:
     """`plots/qualitative_<slug>.png/.svg` for every comparison whose cells saved predictions."""
-    from bench.plots import _slug
-
     paths: list[Path] = []
     for key, rows in records.groupby(COMPARISON, sort=False, dropna=False):
         grid = comparison_grid(rows, order)
         if grid is not None:
-            dataset, protocol, decoder, init, train_size = key
-            slug = _slug(f"{dataset}_{protocol}_{decoder}_{init}_n{train_size}")
-            paths += draw_grid(grid, Path(plots_dir) / f"qualitative_{slug}")
+            paths += draw_grid(grid, Path(plots_dir) / f"qualitative_{comparison_slug(key)}")
     return paths

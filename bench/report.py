@@ -50,16 +50,20 @@ CAPTIONS = {  # prefix -> sentence; {subject} is what the figure compares
              "left those layers' representations in place."),
     "qualitative_": ("Qualitative results for {subject}: evaluation images with their ground truth and the "
                      "predictions of the cells named in the figure."),
+    "explain_": ("Grad-CAM of {subject} (bench explain): the evaluation images and, per backbone, where the "
+                 "gradient of the sum of each pixel's predicted-class score with respect to that layer's "
+                 "activations concentrates, as a heat map over the image, each map divided by its maximum "
+                 "(0..1 per image)."),
     "pretrain_loss_": ("Training loss against step of each pre-training of this folder ({subject}): one panel per "
                        "pre-training with its method's own loss and scale (the losses of different methods are not "
                        "comparable), the thin line every step, the thick one a running mean."),
 }
 FIGURE_ORDER = ["bars_", "few_shot_", "frozen_vs_full_", "learning_curves_", "cka_across_", "cka_", "qualitative_",
-                "pretrain_loss_"]
+                "explain_", "pretrain_loss_"]
 SECTION_TITLES = {"bars_": "mIoU by protocol", "few_shot_": "Few-shot curves", "frozen_vs_full_": "Frozen vs full",
                   "learning_curves_": "Learning curves", "cka_across_": "CKA across backbones",
                   "cka_": "CKA heatmaps: pre-trained vs fine-tuned", "qualitative_": "Qualitative results",
-                  "pretrain_loss_": "Pre-training losses", None: "Other figures"}
+                  "explain_": "Grad-CAM (bench explain)", "pretrain_loss_": "Pre-training losses", None: "Other figures"}
 PER_CLASS_KEYS = ["backbone", "protocol", "decoder", "init", "train_size", "n_seeds"]
 PER_CLASS_META = {"backbone", "method", "arch", "dataset", "protocol", "decoder", "init", "init_effective",
                   "train_size", "n_seeds", "backbone_variant", "dataset_variant", "pretrain_size", "transfer_size"}

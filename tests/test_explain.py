@@ -1,6 +1,7 @@
 """Kept weights (half precision, per cell kind), saved predictions, Grad-CAM (`bench explain`)
 and the qualitative grids of `bench aggregate`."""
 
+import html
 import json
 import shutil
 
@@ -18,7 +19,10 @@ from bench.core.errors import UserError
 from bench.core.gradcam import grad_cam, normalise_cams, segmentation_grad_cam, segmentation_target
 from bench.core.kept_weights import FP16_MAX, half_precision, load_kept_weights
 from bench.core.metrics import confusion_matrices
+from bench import report
+from bench.aggregate import write_reports
 from bench.explain import explain, first_eval_images, overlay
+from bench.explain_grid import explain_grid
 from bench.layer_cka import load_encoder
 from bench.qualitative import GAP, comparison_grid, grid_title, mosaic, write_qualitative
 from tests.conftest import cell_config
@@ -220,6 +224,7 @@ def test_explain_writes_overlays_of_the_grad_cam(results, tiny_depth_ckpt, tiny_
     out = capsys.readouterr().out
     # The cells that kept weights: depth's three and random's frozen one, not random's full one.
     assert out.count("3 overlays") == 4 and "random__synth__full" not in out
+    assert f"figure: {results / 'plots' / 'explain_act1_synth_frozen_monodepth2_auto_n2.png'}" in out
     arrays = np.load(frozen / "explain" / "act1.npz")
     assert arrays["indices"].tolist() == [0, 1, 2]
     # By hand: the checkpoint's encoder, the kept decoder, the layer act1.
@@ -242,6 +247,47 @@ def test_explain_writes_overlays_of_the_grad_cam(results, tiny_depth_ckpt, tiny_
             p.mul_(-1.0)
     flipped, _, _ = segmentation_grad_cam(model, model.encoder.act1, x)
     assert not torch.allclose(flipped, cams)
+
+
+def test_a_results_folder_gets_one_figure_per_comparison_of_the_cells_overlays(results, tmp_path):
+    folder = tmp_path / "results"
+    shutil.copytree(results, folder, ignore=shutil.ignore_patterns("explain", "plots"))
+    written, figures = explain(folder, 2, "act1")
+    names = [p.name for p in figures]
+    # One per comparison with an explained cell (every protocol here), png and svg.
+    assert {n for n in names if n.endswith(".png")} == {f"explain_act1_synth_{p}_n2.png" for p in
+                                                        ("full_monodepth2_auto", "frozen_monodepth2_auto",
+                                                         "linear_linear_auto")}
+    assert len(names) == 6 and all((folder / "plots" / n).is_file() for n in names)
+    df = records_frame(folder)
+    done = {c.resolve() for c in written}
+    frozen = explain_grid(df[df["protocol"] == "frozen"], ["random", "depth"], "act1", done)
+    assert frozen.columns == ["image", "random", "depth"] and frozen.missing == []
+    images = first_eval_images(_record(_run_dir(folder, "depth", "frozen")), 2)
+    picture = mosaic(frozen)  # what the figure shows, panels GAP pixels apart
+    for r, (stem, panels) in enumerate(frozen.rows):
+        assert stem == images.samples[r].stem and np.array_equal(panels[0], images.items[r][0])
+        h, w = panels[0].shape[:2]
+        for c, backbone in enumerate(["random", "depth"], start=1):
+            saved = np.asarray(Image.open(_run_dir(folder, backbone, "frozen") / "explain" / f"act1_eval{r:05d}.png"))
+            assert np.array_equal(panels[c], saved)  # exactly the cell's own overlay
+            top, left = r * (h + GAP), c * (w + GAP)
+            assert np.array_equal(picture[top:top + h, left:left + w], saved)
+    # The two cells' maps differ (two encoders): the columns are not one overlay repeated.
+    assert not np.array_equal(frozen.rows[0][1][1], frozen.rows[0][1][2])
+    # The random full cell kept no weights: left out, and the title says why.
+    full = explain_grid(df[df["protocol"] == "full"], ["random", "depth"], "act1", done)
+    assert full.columns == ["image", "depth"] and full.missing == ["random"]
+    assert "left out, no kept weights: random" in grid_title(full) and "Grad-CAM of layer act1" in full.title
+    # bench aggregate's report.html shows the figures with their caption.
+    png = folder / "plots" / "explain_act1_synth_frozen_monodepth2_auto_n2.png"
+    subject = "layer act1 on synth, frozen, monodepth2 decoder, init auto, 2 training images"
+    assert report.caption(png) == report.CAPTIONS["explain_"].format(subject=subject)
+    table = write_reports(folder)
+    assert png in table["plots"]
+    page = table["html"].read_text()
+    assert "<h3>Grad-CAM (bench explain)</h3>" in page
+    assert html.escape(report.CAPTIONS["explain_"].format(subject=subject)) in page
 
 
 def test_explain_refusals_are_one_line(results, capsys):

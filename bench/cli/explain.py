@@ -11,8 +11,9 @@ def add_parser(sub) -> None:
                        "checkpoint's encoder, checked by sha256) and writes, under RUN/explain/ (a cell folder) or "
                        "each cell's runs/CELL/explain/ (a results folder: every cell with kept weights), the "
                        "Grad-CAM of the first N evaluation images at one layer, as overlays LAYER_eval<index>.png "
-                       "and the maps in LAYER.npz. The target is the sum over pixels of each pixel's "
-                       "predicted-class score (Lao et al. Fig. 6).")
+                       "and the maps in LAYER.npz; for a results folder also one figure per comparison, the "
+                       "backbones side by side, as RESULTS/plots/explain_LAYER_<comparison>.png/.svg. The target "
+                       "is the sum over pixels of each pixel's predicted-class score (Lao et al. Fig. 6).")
     e.add_argument("run", help="a cell folder (runs/CELL) or a results folder")
     e.add_argument("--images", type=int, default=4, help="the first N evaluation images (default: 4)")
     e.add_argument("--layer", default="act1", help="encoder module to explain, e.g. act1 (the stem, before "
@@ -26,7 +27,9 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     from bench.explain import explain
 
-    written = explain(Path(args.run), args.images, args.layer, root=args.root, device=args.device)
+    written, figures = explain(Path(args.run), args.images, args.layer, root=args.root, device=args.device)
     for cell, paths in written.items():
         print(f"{cell.name}: {len(paths) - 1} overlays -> {cell / 'explain'}/")
+    for figure in figures:
+        print(f"figure: {figure}")
     return 0

@@ -1,0 +1,96 @@
+"""`bench explain` on a results folder: one Grad-CAM figure per comparison (Lao et al. Fig. 6).
+
+For every comparison (dataset, protocol, decoder, init, train size), from its first seed with an
+`ok` cell (as the qualitative grids, bench/qualitative.py, whose Grid, mosaic and title it reuses):
+one row per explained image, the columns the image and each backbone's Grad-CAM overlay in
+manifest order, exactly the cell's `explain/<layer>_eval<index>.png`, with a colour bar for the
+map's scale (each map divided by its maximum: 0..1 per image). A backbone whose cell was not
+explained (kept no weights) is left out and the title names it. Written as
+`plots/explain_<layer>_<comparison slug>.png/.svg`, which `bench aggregate`'s report.html picks up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from bench.core.records import read_json
+from bench.explain import COLOURMAP, EXPLAIN_DIR, first_eval_images
+from bench.qualitative import (COMPARISON, Grid, comparison_slug, comparison_words, draw_grid,
+                               first_seed_cells)
+
+PREFIX = "explain_"
+SCALE_LABEL = "Grad-CAM, each map / its maximum (0..1 per image)"
+
+
+def layer_file_part(layer: str) -> str:
+    """The layer as it appears in the cell's file names (explain/<part>_eval<index>.png)."""
+    return layer.replace("/", "_")
+
+
+def explain_grid(rows: pd.DataFrame, order: list[str], layer: str, explained: set[Path], root=None) -> Grid | None:
+    """The figure of one comparison's records-frame rows; `explained`: the cell folders (resolved)
+    that `bench explain` explained at `layer`. None when none of the comparison's was."""
+    cells = first_seed_cells(rows, order)
+    if cells is None:
+        return None
+    seed, first, backbones = cells
+    part = layer_file_part(layer)
+    maps: dict[str, tuple[Path, list[int], list[str]]] = {}
+    for b in backbones:
+        run_dir = Path(first[first["backbone"] == b].iloc[0]["record"]).parent
+        if run_dir.resolve() in explained:
+            with np.load(run_dir / EXPLAIN_DIR / f"{part}.npz") as arrays:
+                maps[b] = (run_dir, arrays["indices"].tolist(), arrays["stems"].tolist())
+    if not maps:
+        return None
+    reference_dir, indices, stems = next(iter(maps.values()))
+    shown = [b for b in backbones if b in maps and maps[b][1:] == (indices, stems)]
+    # The same first evaluation images for every cell of a dataset (bench.explain.first_eval_images).
+    images = first_eval_images(read_json(reference_dir / "record.json"), max(indices) + 1, root)
+    grid_rows = []
+    for i, stem in zip(indices, stems):
+        panels = [images.items[i][0]]
+        for b in shown:
+            with Image.open(maps[b][0] / EXPLAIN_DIR / f"{part}_eval{i:05d}.png") as im:
+                panels.append(np.asarray(im.convert("RGB")))
+        grid_rows.append((stem, panels))
+    title = f"{comparison_words(first, seed)}: Grad-CAM of layer {layer} for each backbone"
+    return Grid(title, ["image", *shown], grid_rows, [], [b for b in backbones if b not in shown],
+                missing_reason="no kept weights")
+
+
+def colour_bar(fig, grid: Grid) -> None:
+    """The maps' scale beside the mosaic: `jet` from 0 to 1 (each map divided by its maximum)."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), colormaps[COLOURMAP]), ax=fig.axes[0],
+                       shrink=0.6, location="right")
+    bar.set_label(SCALE_LABEL, fontsize=8)
+
+
+def write_explain_grids(results_dir: Path, layer: str, explained, root=None) -> list[Path]:
+    """`plots/explain_<layer>_<slug>.png/.svg` for every comparison with an explained cell."""
+    from bench.aggregate import manifest_backbones, records_frame
+    from bench.plots import _slug
+
+    results_dir = Path(results_dir)
+    done = {Path(p).resolve() for p in explained}
+    df = records_frame(results_dir)
+    order = manifest_backbones(results_dir)
+    order += [b for b in dict.fromkeys(df["backbone"]) if b not in order]
+    paths: list[Path] = []
+    for key, rows in df.groupby(COMPARISON, sort=False, dropna=False):
+        grid = explain_grid(rows, order, layer, done, root)
+        if grid is not None:
+            dataset, protocol, decoder, init, train_size = key
+            subject = (f"layer {layer} on {dataset}, {protocol}, {decoder} decoder, init {init}, "
+                       f"{train_size} training images")
+            paths += draw_grid(grid, results_dir / "plots" / f"{PREFIX}{_slug(layer)}_{comparison_slug(key)}",
+                               key=colour_bar, subject=subject)
+    return paths
