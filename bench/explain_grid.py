@@ -23,7 +23,7 @@ from bench.qualitative import (COMPARISON, Grid, comparison_slug, comparison_wor
                                first_seed_cells)
 
 PREFIX = "explain_"
-SCALE_LABEL = "Grad-CAM, each map / its maximum (0..1 per image)"
+SCALE_LABEL = "Grad-CAM / its max\n(0..1 per image)"  # each map divided by its own maximum
 
 
 def layer_file_part(layer: str) -> str:
@@ -71,7 +71,7 @@ def colour_bar(fig, grid: Grid) -> None:
 
     bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), colormaps[COLOURMAP]), ax=fig.axes[0],
                        shrink=0.6, location="right")
-    bar.set_label(SCALE_LABEL, fontsize=8)
+    bar.set_label(SCALE_LABEL, fontsize=7)
 
 
 def write_explain_grids(results_dir: Path, layer: str, explained, root=None) -> list[Path]:
