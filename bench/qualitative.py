@@ -37,8 +37,8 @@ class Grid:
     rows: list[tuple[str, list[np.ndarray]]]  # (stem, H x W x 3 uint8 panels, one per column)
     classes: list[tuple[str, tuple[int, int, int]]]  # the classes the panels show, with their colours
     missing: list[str] = field(default_factory=list)  # backbones left out: no saved predictions
-    missing_reason: str = "no saved predictions (older runs)"  # what the title says of them
     ignore: tuple[int, int, int] | None = None  # the colour of unscored pixels, where the ground truth has some
+    missing_reason: str = "no saved predictions (older runs)"  # what the title says of them
 
 
 def saved_predictions(run_dir: Path, fingerprint: str | None) -> dict | None:
