@@ -130,5 +130,5 @@ def test_a_pretraining_job_asks_for_the_gpus_its_manifest_names():
     from bench.manifest import PretrainSpec
 
     spec = PretrainSpec(method="depth_supervised", steps=10, gpus=2)
-    config = pretrain_config(SimpleNamespace(name="d", arch="resnet18", pretrain=spec), Path("/w"), "world")
+    config = pretrain_config(SimpleNamespace(name="d", display_name="d", arch="resnet18", pretrain=spec), Path("/w"), "world")
     assert config["gpus"] == 2 and config["processes"] == 2  # one data-parallel rank per GPU
