@@ -281,3 +281,35 @@ def test_manifest_and_cli_accept_the_controls(tmp_path):
     assert (out / "crops_ood" / "index.csv").is_file()
     assert main(["data", "synth", "--out", str(tmp_path / "bad"), "--instance-jitter", "2"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_cell_records_the_world_controls(tmp_path):
+    """A tiny run on a controlled world: the world is rendered with the controls, and each cell's
+    record names it (data_id) and shows its settings (config.world), without moving the cell's
+    fingerprint for a world at the defaults (data_id is unchanged there)."""
+    from bench.cli import main
+    from bench.manifest import SynthWorld
+    from bench.runner import world_fingerprint
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "name: c\n"
+        "data:\n  synth: {sequences: 3, frames: 2, height: 48, width: 64, crops_per_class: 1,\n"
+        "          shared_materials: 1.0, shadows: true, pretrain_sequences: 1}\n"
+        "backbones:\n  - {name: random, arch: resnet10t}\n"
+        "datasets:\n  - {name: synth}\n"
+        "transfer: {protocols: [linear], train_sizes: [1], steps: 1, batch_size: 1, eval_every: 1,"
+        " feature_cache_views: 1}\n")
+    results = tmp_path / "results"
+    assert main(["run", str(path), "--no-progress", "--out", str(results)]) == 0
+    world = SynthWorld(sequences=3, frames=2, height=48, width=64, crops_per_class=1, shared_materials=1.0,
+                       shadows=True, pretrain_sequences=1)
+    [record_path] = results.glob("runs/*/record.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "ok"
+    assert record["config"]["data_id"] == world_fingerprint(world)
+    assert record["config"]["world"] == world.identity()
+    assert {k: record["config"]["world"][k] for k in world.controls()} == {
+        "shared_materials": 1.0, "shadows": True, "pretrain_sequences": 1}
+    [world_dir] = results.glob("data/synth-*")
+    assert json.loads((world_dir / "meta.json").read_text())["controls"] == world.controls()
