@@ -399,6 +399,17 @@ class Manifest(_Strict):
             raise ValueError(problem)
         return self
 
+    @model_validator(mode="after")
+    def _world_has_the_crops_asked_for(self):
+        # caught here, before anything runs, rather than when the pre-training opens the world
+        for i, b in enumerate(self.backbones):
+            pre = b.pretrain
+            if (pre is not None and pre.root is None and pre.dataset == "synth"
+                    and pre.source_options.get("crops") == "out_of_domain" and not self.data.synth.ood_crops_per_class):
+                raise ValueError(f"backbones[{i}].pretrain.source_options.crops: out_of_domain needs "
+                                 "data.synth.ood_crops_per_class > 0 (the world has no out-of-domain crops otherwise)")
+        return self
+
 
 def _repeat_problem(section: str, rule: str, entries) -> str | None:
     """Why the entries of a section do not name themselves apart (None: they do). A name may

@@ -313,3 +313,18 @@ def test_a_cell_records_the_world_controls(tmp_path):
         "shared_materials": 1.0, "shadows": True, "pretrain_sequences": 1}
     [world_dir] = results.glob("data/synth-*")
     assert json.loads((world_dir / "meta.json").read_text())["controls"] == world.controls()
+
+
+def test_a_manifest_asking_for_out_of_domain_crops_needs_them_rendered(tmp_path):
+    from bench.core.errors import UserError
+    from bench.manifest import load_manifest
+
+    def manifest(ood: int):
+        path = tmp_path / f"m{ood}.yaml"
+        path.write_text(f"name: m\ndata:\n  synth: {{ood_crops_per_class: {ood}}}\nbackbones:\n"
+                        "  - {name: cls-ood, arch: resnet10t, pretrain: {method: classification,"
+                        " source_options: {crops: out_of_domain}}}\ndatasets:\n  - {name: synth}\n")
+        return path
+    assert load_manifest(manifest(10)).backbones[0].pretrain.source_options == {"crops": "out_of_domain"}
+    with pytest.raises(UserError, match="ood_crops_per_class > 0"):
+        load_manifest(manifest(0))
