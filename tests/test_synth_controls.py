@@ -64,7 +64,7 @@ def test_same_seed_same_files_with_every_control_set(tmp_path):
     controls = dict(materials_per_class=3, shared_materials=0.5, instance_jitter=0.7, illumination=0.8, shadows=True,
                     object_scale="wide", pretrain_sequences=1, pretrain_frames=3, ood_crops_per_class=2)
     a = render_world(tmp_path / "a", **{**TODAY_WORLD, **controls})
-    b = render_world(tmp_path / "b", **{**TODAY_WORLD, **controls})
+    b = render_world(tmp_path / "b", **{**TODAY_WORLD, **controls}, workers=2)  # and for any number of workers
     assert tree_sha(a) == tree_sha(b) != TODAY_SHA
     assert json.loads((a / "meta.json").read_text())["controls"] == controls
 
@@ -130,11 +130,16 @@ def test_appearance_controls_change_appearance_only(worlds):
     different pixels."""
     base = worlds("default")
     for name, controls in (("strongest", STRONGEST), ("light", dict(illumination=1.0)),
-                           ("shadows", dict(shadows=True))):
+                           ("shadows", dict(shadows=True)), ("jitter", dict(instance_jitter=1.0))):
         other = worlds(name, **controls)
         assert all(np.array_equal(a, b) for a, b in zip(frames(base, "label"), frames(other, "label")))
         assert all(np.array_equal(a, b) for a, b in zip(frames(base, "depth", "npy"), frames(other, "depth", "npy")))
         assert any(not np.array_equal(a, b) for a, b in zip(frames(base), frames(other))), name
+    # jitter alone keeps each class's native material and moves its colour, the road's included
+    base_rgb, jit_rgb = np.stack(frames(base)).astype(float), np.stack(frames(worlds("jitter"))).astype(float)
+    lab = np.stack(frames(base, "label"))
+    for cls in range(6):
+        assert np.abs(base_rgb[lab == cls].mean(0) - jit_rgb[lab == cls].mean(0)).max() > 2, cls
 
 
 def test_shadows_only_darken_and_illumination_varies_per_sequence(worlds):

@@ -253,7 +253,7 @@ def _ground_styles(scene: Scene, ground, on_road, mat, color, param, scale):
     color, param = color.copy(), param.copy()
     scale = np.ones(len(mat)) if scale is None else scale.copy()
     scale[ground] = 1.0
-    gain = np.ones((len(mat), 1))
+    gain = np.ones((len(mat), 3))
     for cls, where in ((ROAD, ground & on_road), (SIDEWALK, ground & ~on_road)):
         style = scene.ground_styles.get(cls)
         if style is None or not where.any():
