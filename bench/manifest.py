@@ -29,8 +29,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+# The generated world's controls (docs/datasets.md): keys that enter the world's identity only
+# when set away from their defaults, so the worlds of manifests written before them keep theirs.
+WORLD_CONTROLS = ("materials_per_class", "shared_materials", "instance_jitter", "illumination", "shadows",
+                  "object_scale", "pretrain_sequences", "pretrain_frames", "ood_crops_per_class", "ood_background")
+
+
 class SynthWorld(_Strict):
-    """Parameters of `bench data synth` for the generated world."""
+    """Parameters of `bench data synth` for the generated world, and its controls."""
 
     sequences: int = Field(4, ge=2)
     frames: int = Field(10, ge=2)
@@ -38,6 +44,30 @@ class SynthWorld(_Strict):
     width: int = Field(192, ge=32)
     seed: int = 0
     crops_per_class: int = Field(40, ge=1)
+    # appearance decoupled from class
+    materials_per_class: int = Field(1, ge=1, le=64)
+    shared_materials: float = Field(0.0, ge=0, le=1)
+    instance_jitter: float = Field(0.0, ge=0, le=1)
+    illumination: float = Field(0.0, ge=0, le=1)
+    shadows: bool = False
+    # object scale
+    object_scale: Literal["default", "near", "far", "wide"] = "default"
+    # amount of pre-training data, apart from the labelled sequences
+    pretrain_sequences: int = Field(0, ge=0)
+    pretrain_frames: int | None = Field(None, ge=3)  # a video item needs a previous and a next frame
+    # the out-of-domain, object-centric classification source
+    ood_crops_per_class: int = Field(0, ge=0)
+    ood_background: Literal["clutter", "plain"] = "clutter"
+
+    def identity(self) -> dict:
+        """What names the world: every parameter, and each control only when set."""
+        data = self.model_dump()
+        defaults = SynthWorld.model_construct().model_dump()
+        return {k: v for k, v in data.items() if k not in WORLD_CONTROLS or v != defaults[k]}
+
+    def controls(self) -> dict:
+        """The controls set away from their defaults (what a cell's record shows of the world)."""
+        return {k: v for k, v in self.identity().items() if k in WORLD_CONTROLS}
 
 
 class DataSection(_Strict):
@@ -367,6 +397,17 @@ class Manifest(_Strict):
                    or _repeat_problem("datasets", "each dataset may appear once", self.datasets))
         if problem:
             raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
+    def _world_has_the_crops_asked_for(self):
+        # caught here, before anything runs, rather than when the pre-training opens the world
+        for i, b in enumerate(self.backbones):
+            pre = b.pretrain
+            if (pre is not None and pre.root is None and pre.dataset == "synth"
+                    and pre.source_options.get("crops") == "out_of_domain" and not self.data.synth.ood_crops_per_class):
+                raise ValueError(f"backbones[{i}].pretrain.source_options.crops: out_of_domain needs "
+                                 "data.synth.ood_crops_per_class > 0 (the world has no out-of-domain crops otherwise)")
         return self
 
 

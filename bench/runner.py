@@ -40,7 +40,8 @@ def _say(msg: str) -> None:
 
 
 def world_fingerprint(world: SynthWorld) -> str:
-    return fingerprint({"synth": world.model_dump()})
+    # identity(): a control enters only when set, so worlds made before the controls keep their id
+    return fingerprint({"synth": world.identity()})
 
 
 def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
@@ -312,6 +313,8 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                                          checkpoint_sha256=hashes.get(key),
                                          processes=m.executor.resources.ddp_processes(),
                                          random_init=backbones[key].random_init)
+            if generated:  # the world's parameters and controls, for the record (data_id names them already)
+                config["world"] = m.data.synth.identity()
             if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
                 current += 1
                 continue

@@ -24,6 +24,24 @@ def add_parser(sub) -> None:
     s.add_argument("--width", type=int, default=192, help="image width in pixels (default: 192)")
     s.add_argument("--seed", type=int, default=0, help="world seed; the same seed gives identical files")
     s.add_argument("--crops-per-class", type=int, default=40, help="object-centric crops per class (default: 40)")
+    c = s.add_argument_group("controls", "the world's controls (docs/datasets.md); the defaults give today's world")
+    c.add_argument("--materials-per-class", type=int, default=1, help="materials each class draws from (default: 1)")
+    c.add_argument("--shared-materials", type=float, default=0.0, metavar="P",
+                   help="chance that an instance takes a material of the bank shared by all classes (default: 0)")
+    c.add_argument("--instance-jitter", type=float, default=0.0, metavar="J",
+                   help="per-instance colour and texture-scale jitter, 0..1 (default: 0)")
+    c.add_argument("--illumination", type=float, default=0.0, metavar="S",
+                   help="per-sequence sun direction, strength and tint variation, 0..1 (default: 0: fixed sun)")
+    c.add_argument("--shadows", action="store_true", help="cast shadows from the sun")
+    c.add_argument("--object-scale", choices=("default", "near", "far", "wide"), default="default",
+                   help="object sizes and building set-back (default: default)")
+    c.add_argument("--pretrain-sequences", type=int, default=0,
+                   help="extra sequences for pre-training only, never labelled or evaluated (default: 0)")
+    c.add_argument("--pretrain-frames", type=int, default=None, help="frames of each (default: --frames)")
+    c.add_argument("--ood-crops-per-class", type=int, default=0,
+                   help="out-of-domain object-centric crops per class, under crops_ood/ (default: 0: none)")
+    c.add_argument("--ood-background", choices=("clutter", "plain"), default="clutter",
+                   help="their background (default: clutter)")
     s.set_defaults(fn=synth)
     i = dsub.add_parser("inspect", help="count the pixels of each class in one split of a dataset",
                         parents=[root_parent(), classes_parent()], description=
@@ -42,8 +60,17 @@ def synth(args) -> int:
     out = Path(args.out)
     if out.exists():
         raise UserError(f"{out}: already exists; choose a new --out (worlds are never overwritten)")
-    path = render_world(out, sequences=args.sequences, frames=args.frames, height=args.height,
-                        width=args.width, seed=args.seed, crops_per_class=args.crops_per_class)
+    from pydantic import ValidationError
+
+    from bench.manifest import SynthWorld
+
+    fields = {k: getattr(args, k) for k in SynthWorld.model_fields}
+    try:  # the manifest's bounds, so the flag and the data.synth key accept the same values
+        world = SynthWorld(**fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    path = render_world(out, **world.model_dump())
     print(path)
     return 0
 

@@ -12,8 +12,7 @@ import numpy as np
 
 from .classes import BUILDING, CAR, CLASSES, POLE, ROAD, SIDEWALK, SKY, VEGETATION
 from .render import color_map, label_map, trace
-from .scene import (BOX, CAR_BODY, CURB_H, FACADE, FOLIAGE, METAL, ROAD_HALF, SIDEWALK_W, SPHERE, Scene,
-                    generate_scene)
+from .scene import BOX, CURB_H, CYLINDER, ROAD_HALF, SIDEWALK_W, SPHERE, Scene, generate_scene
 
 # Minimum share of the crop the class must cover to accept a view.
 _MIN_FRACTION = {ROAD: 0.9, SIDEWALK: 0.85, BUILDING: 0.5, POLE: 0.06, VEGETATION: 0.3, CAR: 0.2, SKY: 0.95}
@@ -60,8 +59,11 @@ def _view(scene: Scene, cls: int, rng: np.random.Generator):
         direction = np.array([np.sin(az) * np.cos(pitch), -np.sin(pitch), np.cos(az) * np.cos(pitch)])
         return eye, eye + direction, rng.uniform(0.8, 1.6)  # width at distance 1 ⇒ field of view
     if cls == BUILDING:
-        rows = np.flatnonzero((p.material == FACADE) & (np.minimum(np.abs(p.lo[:, 0]), np.abs(p.hi[:, 0]))
-                                                         < ROAD_HALF + SIDEWALK_W + 3.5))
+        # rows by class and shape, not material: the appearance controls may repaint any of them
+        near = np.where(p.cls == BUILDING, np.minimum(np.abs(p.lo[:, 0]), np.abs(p.hi[:, 0])), np.inf)
+        rows = np.flatnonzero(near < ROAD_HALF + SIDEWALK_W + 3.5)
+        if len(rows) == 0:  # object_scale "far" sets the front row back: take the nearest ones
+            rows = np.flatnonzero(near < near.min() + 3.5)
         i = rng.choice(rows)
         side = np.sign(p.lo[i, 0])
         x_face = p.lo[i, 0] if side > 0 else p.hi[i, 0]
@@ -72,17 +74,17 @@ def _view(scene: Scene, cls: int, rng: np.random.Generator):
                         target[2] + rng.uniform(-4.0, 4.0)])
         return eye, target, rng.uniform(5.0, 10.0)
     if cls == CAR:
-        i = rng.choice(np.flatnonzero(p.material == CAR_BODY))
+        i = rng.choice(np.flatnonzero((p.cls == CAR) & (p.hi[:, 1] == g)))  # the body rests on the ground
         target = (p.lo[i] + p.hi[i]) / 2 - np.array([0.0, 0.3, 0.0])
         dist = rng.uniform(4.5, 8.0)
         eye = np.array([target[0] + dist * np.sin(az), g - rng.uniform(1.0, 2.5), target[2] + dist * np.cos(az)])
         return eye, target, (p.hi[i, 2] - p.lo[i, 2]) * rng.uniform(1.2, 1.6)
     if cls == POLE:
-        i = rng.choice(np.flatnonzero((p.material == METAL) & (p.kind != BOX)))
+        i = rng.choice(np.flatnonzero((p.cls == POLE) & (p.kind != BOX)))
         target = np.array([p.center[i, 0], g - rng.uniform(1.5, 3.5), p.center[i, 2]])
         width = rng.uniform(1.0, 2.2)  # a pole is ~0.2 m thick: keep it a visible share of the crop
     else:  # vegetation: a tree crown or a hedge
-        i = rng.choice(np.flatnonzero(p.material == FOLIAGE))
+        i = rng.choice(np.flatnonzero((p.cls == VEGETATION) & (p.kind != CYLINDER)))  # crowns, hedges
         target = (p.lo[i] + p.hi[i]) / 2
         r = p.radius[i] if p.kind[i] == SPHERE else np.linalg.norm(p.hi[i] - p.lo[i]) / 2
         width = 2 * r * rng.uniform(1.1, 1.5)
@@ -117,6 +119,14 @@ def render_crop(scene: Scene, cls: int, size: int, rng: np.random.Generator) -> 
     return color_map(best)
 
 
-def crop_scenes(seed: int, count: int) -> list[Scene]:
-    """Scenes the crops are taken from, independent of the sequences' scenes."""
-    return [generate_scene(np.random.default_rng([seed, 0xC409, j]), 2) for j in range(count)]
+def crop_scenes(seed: int, count: int, controls=None) -> list[Scene]:
+    """Scenes the crops are taken from, independent of the sequences' scenes. `controls` (the
+    world's, or None) give them the world's materials, light and object scales, so the in-domain
+    crops show the same surfaces as the sequences."""
+    if controls is None:
+        return [generate_scene(np.random.default_rng([seed, 0xC409, j]), 2) for j in range(count)]
+    from .controls import material_banks, style_rng
+
+    banks = material_banks(seed, controls.materials_per_class) if controls.restyles else None
+    return [generate_scene(np.random.default_rng([seed, 0xC409, j]), 2, controls,
+                           (banks, style_rng(seed, 0xC409, j))) for j in range(count)]

@@ -19,14 +19,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .classes import MAX_DEPTH, ROAD, SIDEWALK, SKY
-from .scene import ASPHALT, BOX, CYLINDER, PAVEMENT, SPHERE, Prims, Scene
+from .scene import ASPHALT, BOX, CYLINDER, GROUND_COLOR, PAVEMENT, SPHERE, SUN, Prims, Scene
+from .shadows import sun_blocked
 from .textures import albedo, sky_color
 
 SKY_ID, GROUND_ID = -1, -2   # pseudo primitive ids in the id buffer
 EPS = 1e-6
 T_MAX = 1e5                  # ground hits farther than this (the horizon row) count as sky
-_SUN = np.array([-0.5, -0.75, -0.45]) / np.linalg.norm([-0.5, -0.75, -0.45])  # y is down: sun is up
-_GROUND_COLOR = np.array([0.60, 0.58, 0.55])
+_SUN = SUN
+_GROUND_COLOR = GROUND_COLOR
 # Extra (du, dv) sub-samples of silhouette pixels: a diagonal pair, which together with the
 # centre sample resolves both horizontal and vertical edges at a third of a 2×2 grid's cost.
 _SUBSAMPLES = np.array([[-1 / 3, -1 / 3], [1 / 3, 1 / 3]])
@@ -201,7 +202,7 @@ def shade(scene: Scene, prims: Prims, time: float, origin, d, t, ids, fx: float)
     dn = d / np.linalg.norm(d, axis=1, keepdims=True)
     sky = ids == SKY_ID
     if sky.any():
-        rgb[sky] = sky_color(dn[sky], 1.0 / fx, scene.tex_seed)
+        rgb[sky] = sky_color(dn[sky], 1.0 / fx, scene.tex_seed) if scene.background is None else scene.background
     hit = np.flatnonzero(~sky)
     if len(hit) == 0:
         return np.clip(rgb, 0.0, 1.0)
@@ -219,12 +220,50 @@ def shade(scene: Scene, prims: Prims, time: float, origin, d, t, ids, fx: float)
     mat = np.where(ground, np.where(on_road, ASPHALT, PAVEMENT), prims.material[pid])
     color = np.where(ground[:, None], _GROUND_COLOR, prims.color[pid])
     seed = scene.tex_seed + 1013 * np.where(ground, 0, prims.obj[pid] + 1)
-    alb = albedo(mat, q, n, fp, fpg, color, prims.param[pid], scene.prims.lo[pid], scene.prims.hi[pid],
-                 seed, scene.ground_y, scene.road_half)
-    # Lambert with a fixed sun plus a sky-light term that favours upward-facing surfaces.
-    light = 0.42 + 0.12 * (-n[:, 1]) + 0.6 * np.maximum(n @ _SUN, 0.0)
-    rgb[hit] = np.clip(alb, 0.0, 1.0) * light[:, None]
+    param = prims.param[pid]
+    scale = None if prims.tex_scale is None else prims.tex_scale[pid]
+    gain = None
+    if scene.ground_styles:  # the appearance controls restyled the road and/or sidewalk surface
+        mat, color, param, scale, gain = _ground_styles(scene, ground, on_road, mat, color, param, scale)
+    alb = albedo(mat, q, n, fp, fpg, color, param, scene.prims.lo[pid], scene.prims.hi[pid],
+                 seed, scene.ground_y, scene.road_half, scale)
+    if gain is not None:
+        alb = alb * gain
+    lt = scene.light
+    if lt is None:
+        # Lambert with a fixed sun plus a sky-light term that favours upward-facing surfaces.
+        light = 0.42 + 0.12 * (-n[:, 1]) + 0.6 * np.maximum(n @ _SUN, 0.0)
+        rgb[hit] = np.clip(alb, 0.0, 1.0) * light[:, None]
+        return np.clip(rgb, 0.0, 1.0)
+    # The illumination control: this sequence's sun, strengths and tint; optionally cast shadows.
+    direct = lt.sun_gain * np.maximum(n @ lt.sun, 0.0)
+    if lt.shadows:
+        lit = np.flatnonzero(direct > 0)
+        blocked = sun_blocked(prims, p[lit] + 1e-3 * n[lit], lt.sun)
+        direct[lit[blocked]] = 0.0
+    light = (lt.ambient + 0.12 * (-n[:, 1]) + direct)[:, None] * lt.tint
+    rgb[hit] = np.clip(alb, 0.0, 1.0) * light
     return np.clip(rgb, 0.0, 1.0)
+
+
+def _ground_styles(scene: Scene, ground, on_road, mat, color, param, scale):
+    """Per-point material inputs with the ground's road/sidewalk parts restyled."""
+    from .classes import ROAD, SIDEWALK
+
+    color, param = color.copy(), param.copy()
+    scale = np.ones(len(mat)) if scale is None else scale.copy()
+    scale[ground] = 1.0
+    gain = np.ones((len(mat), 3))
+    for cls, where in ((ROAD, ground & on_road), (SIDEWALK, ground & ~on_road)):
+        style = scene.ground_styles.get(cls)
+        if style is None or not where.any():
+            continue
+        if style.material == ASPHALT:
+            gain[where] = style.color  # the native asphalt, jittered: its colour is a gain
+            continue
+        mat = np.where(where, style.material, mat)
+        color[where], param[where], scale[where] = style.color, style.param, style.scale
+    return mat, color, param, scale, gain
 
 
 @dataclass
@@ -247,7 +286,7 @@ def trace(scene: Scene, time: int, pose: np.ndarray, K: np.ndarray, height: int,
     prims = scene.prims.at(time)
     jj, ii = np.meshgrid(np.arange(width, dtype=float), np.arange(height, dtype=float))
     d = rays(K, R, jj, ii)
-    t, idx = cast(prims, scene.ground_y, o, R, K, d)
+    t, idx = cast(prims, scene.ground_y if scene.has_ground else np.inf, o, R, K, d)
     return Trace(scene, prims, time, K, R, o, d, t, idx)
 
 
@@ -303,7 +342,8 @@ def color_map(tr: Trace, antialias: bool = True) -> np.ndarray:
         v = (ii[:, None] + _SUBSAMPLES[:, 1]).reshape(-1)
         order = np.argsort(v, kind="stable")
         ds = rays(tr.K, tr.R, u[order], v[order])
-        ts, idxs = cast(tr.prims, tr.scene.ground_y, tr.origin, tr.R, tr.K, ds, u[order], v[order])
+        ground_y = tr.scene.ground_y if tr.scene.has_ground else np.inf
+        ts, idxs = cast(tr.prims, ground_y, tr.origin, tr.R, tr.K, ds, u[order], v[order])
         back = np.argsort(order)  # sub-samples back in (pixel, sample) order
         # one shading call for centres and sub-samples: shading has a sizeable per-call cost
         d = np.concatenate([d, ds[back]])

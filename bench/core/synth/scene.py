@@ -17,8 +17,10 @@ from .classes import BUILDING, CAR, POLE, SIDEWALK, VEGETATION
 
 # Primitive kinds.
 BOX, CYLINDER, SPHERE = 0, 1, 2
-# Materials (texture programs in render.py). ASPHALT is used only by the ground plane.
-ASPHALT, PAVEMENT, FACADE, CAR_BODY, CAR_CABIN, METAL, BARK, FOLIAGE = range(8)
+# Materials (texture programs in textures.py). ASPHALT is used only by the ground plane; GRAIN
+# and PAINT only by the appearance controls' drawn materials (controls.py).
+ASPHALT, PAVEMENT, FACADE, CAR_BODY, CAR_CABIN, METAL, BARK, FOLIAGE, GRAIN, PAINT = range(10)
+GROUND_COLOR = np.array([0.60, 0.58, 0.55])  # base albedo of the ground plane's pavement part
 
 GROUND_Y = 1.5        # camera height above the road, metres
 ROAD_HALF = 4.0       # road spans |x| < ROAD_HALF (two 3 m lanes plus parking strips)
@@ -27,6 +29,7 @@ PARK_X = 3.05         # parked-car centre line on both kerbs
 CURB_H = 0.15         # sidewalk height above the road
 SIDEWALK_W = 3.5      # pavement width in front of the building line
 FAR = 1000.0          # sidewalks extend this far along z in both directions
+SUN = np.array([-0.5, -0.75, -0.45]) / np.linalg.norm([-0.5, -0.75, -0.45])  # y is down: sun is up
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Prims:
     velocity: np.ndarray   # (N, 3)
     obj: np.ndarray        # (N,) instance id (a car's body and cabin share one)
     param: np.ndarray      # (N, 4) material parameters (e.g. window grid)
+    tex_scale: np.ndarray | None = None  # (N,) texture-coordinate scale; None: 1 (the controls set it)
 
     def __len__(self) -> int:
         return len(self.kind)
@@ -67,6 +71,10 @@ class Scene:
     tex_seed: int
     ground_y: float = GROUND_Y
     road_half: float = ROAD_HALF
+    ground_styles: dict | None = None  # {ROAD/SIDEWALK: controls.SurfaceStyle or None}; None: native
+    light: object = None               # controls.Light; None: today's fixed sun, no shadows
+    has_ground: bool = True            # False: no ground plane (the out-of-domain crops' objects float)
+    background: np.ndarray | None = None  # RGB in place of the sky (the out-of-domain crops' backdrop)
 
 
 @dataclass
@@ -131,23 +139,23 @@ def _jitter(rng, base, amount=0.06):
     return np.clip(base + rng.uniform(-amount, amount, 3), 0.02, 0.98)
 
 
-def _buildings(b: _Builder, rng, z0, z1):
+def _buildings(b: _Builder, rng, z0, z1, sz):
     for side in (-1.0, 1.0):
         z = z0
         while z < z1:
-            width = rng.uniform(6.0, 18.0)
+            width = rng.uniform(6.0, 18.0) * sz.size()
             if rng.random() < 0.3:  # gap between buildings, sometimes filled by a hedge
                 gap = rng.uniform(3.0, 9.0)
                 if rng.random() < 0.6:
                     x_in = ROAD_HALF + SIDEWALK_W + rng.uniform(0.2, 1.0)
                     xs = sorted((side * x_in, side * (x_in + rng.uniform(0.8, 2.0))))
-                    b.box((xs[0], GROUND_Y - rng.uniform(0.9, 1.8), z + 0.5), (xs[1], GROUND_Y, z + gap - 0.5),
+                    b.box((xs[0], GROUND_Y - rng.uniform(0.9, 1.8) * sz.size(), z + 0.5), (xs[1], GROUND_Y, z + gap - 0.5),
                           VEGETATION, FOLIAGE, _jitter(rng, np.array([0.22, 0.42, 0.16]), 0.05))
                 z += gap
-            x_in = ROAD_HALF + SIDEWALK_W + rng.uniform(0.0, 3.0)
+            x_in = ROAD_HALF + SIDEWALK_W + rng.uniform(0.0, 3.0) + sz.setback()
             depth = rng.uniform(8.0, 15.0)
             xs = sorted((side * x_in, side * (x_in + depth)))
-            height = rng.uniform(6.0, 24.0)
+            height = rng.uniform(6.0, 24.0) * sz.size()
             # param: window period along the facade, period vertically, open fractions (u, v)
             param = (rng.uniform(2.0, 3.5), rng.uniform(2.8, 3.6), rng.uniform(0.35, 0.6), rng.uniform(0.35, 0.55))
             b.box((xs[0], GROUND_Y - height, z), (xs[1], GROUND_Y, z + width), BUILDING, FACADE,
@@ -160,24 +168,27 @@ def _buildings(b: _Builder, rng, z0, z1):
             x_in = ROAD_HALF + SIDEWALK_W + rng.uniform(22.0, 30.0)
             xs = sorted((side * x_in, side * (x_in + 12.0)))
             param = (rng.uniform(2.0, 3.5), rng.uniform(2.8, 3.6), rng.uniform(0.35, 0.6), rng.uniform(0.35, 0.55))
-            b.box((xs[0], GROUND_Y - rng.uniform(12.0, 35.0), z), (xs[1], GROUND_Y, z + width), BUILDING, FACADE,
+            b.box((xs[0], GROUND_Y - rng.uniform(12.0, 35.0) * sz.size(), z), (xs[1], GROUND_Y, z + width),
+                  BUILDING, FACADE,
                   _jitter(rng, _FACADES[rng.integers(len(_FACADES))]), param=param)
             z += width + rng.uniform(0.0, 6.0)
 
 
-def _tree(b: _Builder, rng, x, z):
-    trunk_h = rng.uniform(2.0, 3.2)
-    r = rng.uniform(1.2, 2.2)
+def _tree(b: _Builder, rng, x, z, sz):
+    s = sz.size()
+    trunk_h = rng.uniform(2.0, 3.2) * s
+    r = rng.uniform(1.2, 2.2) * s
     top = GROUND_Y - CURB_H - trunk_h
-    b.cylinder(x, z, top + 0.5, GROUND_Y - CURB_H, rng.uniform(0.12, 0.22), VEGETATION, BARK,
+    b.cylinder(x, z, top + 0.5 * s, GROUND_Y - CURB_H, rng.uniform(0.12, 0.22) * s, VEGETATION, BARK,
                _jitter(rng, np.array([0.36, 0.26, 0.17]), 0.04))
     b.sphere((x, top - 0.6 * r, z), r, VEGETATION, FOLIAGE, _jitter(rng, np.array([0.20, 0.40, 0.13]), 0.06))
 
 
-def _pole(b: _Builder, rng, side, z):
+def _pole(b: _Builder, rng, side, z, sz):
+    s = sz.size()
     x = side * (ROAD_HALF + 0.45)
-    h = rng.uniform(4.5, 8.0)
-    r = rng.uniform(0.08, 0.14)
+    h = rng.uniform(4.5, 8.0) * s
+    r = rng.uniform(0.08, 0.14) * s
     col = _jitter(rng, np.array([0.52, 0.53, 0.55]), 0.08)
     obj = b.cylinder(x, z, GROUND_Y - CURB_H - h, GROUND_Y - CURB_H, r, POLE, METAL, col)
     if rng.random() < 0.6:  # street-light arm reaching over the road
@@ -186,7 +197,7 @@ def _pole(b: _Builder, rng, side, z):
         b.box((xs[0], y, z - 0.07), (xs[1], y + 0.14, z + 0.07), POLE, METAL, col, obj=obj)
 
 
-def _street_furniture(b: _Builder, rng, z0, z1, near_z):
+def _street_furniture(b: _Builder, rng, z0, z1, near_z, sz):
     """Trees and poles on both sidewalks; one of each is forced close ahead of the start."""
     for side in (-1.0, 1.0):
         taken = []
@@ -197,32 +208,33 @@ def _street_furniture(b: _Builder, rng, z0, z1, near_z):
         # Guarantees that every sequence shows a pole and a tree early on.
         if side > 0:
             z = near_z + rng.uniform(8.0, 14.0)
-            _pole(b, rng, side, z)
+            _pole(b, rng, side, z, sz)
             taken.append((z, 0.5))
         else:
             z = near_z + rng.uniform(10.0, 18.0)
-            _tree(b, rng, side * (ROAD_HALF + rng.uniform(1.6, 2.4)), z)
+            _tree(b, rng, side * (ROAD_HALF + rng.uniform(1.6, 2.4)), z, sz)
             taken.append((z, 2.5))
         z = z0
         while z < z1:
             z += rng.uniform(6.0, 16.0)
             if rng.random() < 0.5 and free(z, 2.5):
-                _tree(b, rng, side * (ROAD_HALF + rng.uniform(1.6, 2.4)), z)
+                _tree(b, rng, side * (ROAD_HALF + rng.uniform(1.6, 2.4)), z, sz)
                 taken.append((z, 2.5))
             elif free(z, 0.5):
-                _pole(b, rng, side, z)
+                _pole(b, rng, side, z, sz)
                 taken.append((z, 0.5))
 
 
-def _car_boxes(rng, x, z, length, facing):
-    """Body and cabin AABBs of a car centred at (x, z); the cabin sits towards the rear."""
-    width = rng.uniform(1.6, 1.8)
-    body_h = rng.uniform(0.65, 0.85)
+def _car_boxes(rng, x, z, length, facing, s=1.0):
+    """Body and cabin AABBs of a car centred at (x, z); the cabin sits towards the rear. `s`
+    scales the car (length is given already scaled)."""
+    width = rng.uniform(1.6, 1.8) * s
+    body_h = rng.uniform(0.65, 0.85) * s
     lo = np.array([x - width / 2, GROUND_Y - body_h, z - length / 2])
     hi = np.array([x + width / 2, GROUND_Y, z + length / 2])
     cab_len = length * rng.uniform(0.45, 0.6)
     cab_z = z - facing * length * rng.uniform(0.05, 0.15)
-    cab_lo = np.array([x - width / 2 + 0.08, GROUND_Y - body_h - rng.uniform(0.45, 0.6), cab_z - cab_len / 2])
+    cab_lo = np.array([x - width / 2 + 0.08, GROUND_Y - body_h - rng.uniform(0.45, 0.6) * s, cab_z - cab_len / 2])
     cab_hi = np.array([x + width / 2 - 0.08, GROUND_Y - body_h, cab_z + cab_len / 2])
     return (lo, hi), (cab_lo, cab_hi)
 
@@ -230,8 +242,8 @@ def _car_boxes(rng, x, z, length, facing):
 class _Traffic:
     """Places cars so that, at every frame, no two overlap and none comes near the camera."""
 
-    def __init__(self, b: _Builder, rng, poses):
-        self.b, self.rng = b, rng
+    def __init__(self, b: _Builder, rng, poses, sz):
+        self.b, self.rng, self.sz = b, rng, sz
         self.frames = np.arange(len(poses) + 1, dtype=float)  # +1: flow looks one frame ahead
         cam = poses[:, :3, 3]
         cam = np.vstack([cam, 2 * cam[-1] - cam[-2] if len(cam) > 1 else cam[-1]])
@@ -253,8 +265,9 @@ class _Traffic:
     def add(self, x, z, vel_z, tries=1) -> bool:
         for _ in range(tries):
             facing = 1.0 if x > 0 else -1.0  # right-hand traffic: cars on the left face -z
-            length = self.rng.uniform(3.8, 4.8)
-            body, cab = _car_boxes(self.rng, x, z, length, facing)
+            s = self.sz.size()
+            length = self.rng.uniform(3.8, 4.8) * s
+            body, cab = _car_boxes(self.rng, x, z, length, facing, s)
             vel = np.array([0.0, 0.0, vel_z])
             if self._clear(body[0], body[1], vel):
                 self.cars.append((body[0], body[1], vel))
@@ -266,8 +279,8 @@ class _Traffic:
         return False
 
 
-def _traffic(b: _Builder, rng, poses, z0, z1):
-    t = _Traffic(b, rng, poses)
+def _traffic(b: _Builder, rng, poses, z0, z1, sz):
+    t = _Traffic(b, rng, poses, sz)
     cam_z, speed = poses[0, 2, 3], (poses[-1, 2, 3] - poses[0, 2, 3]) / max(len(poses) - 1, 1)
     # Guaranteed: a car ahead in our lane that pulls away, an oncoming car close enough that its
     # flow clearly differs from ego-motion flow, and a parked car in view.
@@ -288,8 +301,16 @@ def _traffic(b: _Builder, rng, poses, z0, z1):
             t.add(LANE_X + rng.uniform(-0.2, 0.2), z, speed * rng.uniform(1.1, 1.5))
 
 
-def generate_scene(rng: np.random.Generator, frames: int) -> Scene:
-    """One sequence's world: layout covers the whole drive plus the 80 m view distance."""
+def generate_scene(rng: np.random.Generator, frames: int, controls=None, style=None) -> Scene:
+    """One sequence's world: layout covers the whole drive plus the 80 m view distance.
+
+    controls: a controls.Controls (None: the defaults); style: (material banks, the controls'
+    own generator), needed when a control is set (writer.py passes them)."""
+    from .controls import Controls, SizeDraw, draw_light, restyle
+
+    controls = controls or Controls()
+    banks, srng = style if style is not None else (None, None)
+    sz = SizeDraw(controls.object_scale, srng)
     poses = trajectory(rng, frames)
     z_start, z_end = poses[0, 2, 3], poses[-1, 2, 3]
     z0, z1 = z_start - 30.0, z_end + 120.0
@@ -298,7 +319,11 @@ def generate_scene(rng: np.random.Generator, frames: int) -> Scene:
     for side in (-1.0, 1.0):
         xs = sorted((side * ROAD_HALF, side * (ROAD_HALF + 80.0)))
         b.box((xs[0], GROUND_Y - CURB_H, -FAR), (xs[1], GROUND_Y, FAR), SIDEWALK, PAVEMENT, pave)
-    _buildings(b, rng, z0, z1)
-    _street_furniture(b, rng, z0, z1, z_start)
-    _traffic(b, rng, poses, z0 + 20.0, z1 - 20.0)
-    return Scene(prims=b.build(), poses=poses, tex_seed=int(rng.integers(0, 2**31 - 1)))
+    _buildings(b, rng, z0, z1, sz)
+    _street_furniture(b, rng, z0, z1, z_start, sz)
+    _traffic(b, rng, poses, z0 + 20.0, z1 - 20.0, sz)
+    scene = Scene(prims=b.build(), poses=poses, tex_seed=int(rng.integers(0, 2**31 - 1)))
+    if controls.restyles:
+        scene.prims, scene.ground_styles = restyle(scene.prims, controls, banks, srng)
+    scene.light = draw_light(controls, srng, SUN) if srng is not None else None
+    return scene

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .noise import fbm, value_noise
-from .scene import ASPHALT, BARK, CAR_BODY, CAR_CABIN, FACADE, FOLIAGE, METAL, PAVEMENT
+from .scene import ASPHALT, BARK, CAR_BODY, CAR_CABIN, FACADE, FOLIAGE, GRAIN, METAL, PAINT, PAVEMENT
 
 
 def _rgb(*v):
@@ -124,20 +124,44 @@ def metal(q, fp, fpg, color, seed):
     return color * (1 + 0.5 * fbm(q, 5.0, 4, np.sqrt(fp * fpg), seed))[:, None]
 
 
-def albedo(mat, q, n, fp, fpg, color, param, lo0, hi0, seed, ground_y, road_half):
+def grain(q, n, fp, fpg, color, seed):
+    """Asphalt-like grain and patches in any colour, without road markings (a drawn material)."""
+    u, w, _ = _tangent_uv(q, n)
+    uw = np.stack([u, w], 1)
+    fpm = np.sqrt(fp * fpg)
+    return color * (1 + 0.9 * fbm(uw, 3.0, 6, fpm, seed) + 0.6 * fbm(uw, 0.25, 2, fpm, seed + 1))[:, None]
+
+
+def paint(q, fp, fpg, color, seed):
+    """Smooth paint: the base colour with faint large-scale mottling (a drawn material)."""
+    return color * (1 + 0.25 * fbm(q, 0.8, 3, np.sqrt(fp * fpg), seed))[:, None]
+
+
+# Programs whose look does not depend on absolute geometry (window grids in metres, a car's box,
+# the road's lane lines), so a texture scale may stretch their coordinates.
+_SCALABLE = (PAVEMENT, FOLIAGE, BARK, METAL, GRAIN, PAINT)
+
+
+def albedo(mat, q, n, fp, fpg, color, param, lo0, hi0, seed, ground_y, road_half, scale=None):
     """Dispatch per material; all inputs are per-point arrays of the same length. Points are
     sorted by material once so each texture works on a contiguous slice (cheaper than one
-    boolean gather of every input per material)."""
+    boolean gather of every input per material). `scale` (per point, or None) multiplies the
+    texture coordinates and footprints of the scalable programs: a finer or coarser texture."""
     order = np.argsort(mat, kind="stable")
     mat, seed = mat[order], seed[order]
     q, n, fp, fpg, color, param, lo0, hi0 = (
         x[order].astype(np.float32) for x in (q, n, fp, fpg, color, param, lo0, hi0))
+    if scale is not None:
+        scale = scale[order].astype(np.float32)
     ids, starts = np.unique(mat, return_index=True)
     ends = np.append(starts[1:], len(mat))
     out = np.empty_like(q)
     for m_id, a, b in zip(ids, starts, ends):
         m = slice(a, b)
         g = (q[m], n[m], fp[m], fpg[m])
+        if scale is not None and m_id in _SCALABLE:
+            s = scale[m]
+            g = (q[m] * s[:, None], n[m], fp[m] * s, fpg[m] * s)
         if m_id == ASPHALT:
             out[m] = asphalt(*g, seed[m], road_half)
         elif m_id == PAVEMENT:
@@ -147,11 +171,15 @@ def albedo(mat, q, n, fp, fpg, color, param, lo0, hi0, seed, ground_y, road_half
         elif m_id in (CAR_BODY, CAR_CABIN):
             out[m] = car(*g, color[m], lo0[m], hi0[m], m_id == CAR_CABIN, ground_y, seed[m])
         elif m_id == FOLIAGE:
-            out[m] = foliage(q[m], fp[m], fpg[m], color[m], seed[m])
+            out[m] = foliage(g[0], g[2], g[3], color[m], seed[m])
         elif m_id == BARK:
-            out[m] = bark(q[m], fp[m], fpg[m], color[m], seed[m])
+            out[m] = bark(g[0], g[2], g[3], color[m], seed[m])
         elif m_id == METAL:
-            out[m] = metal(q[m], fp[m], fpg[m], color[m], seed[m])
+            out[m] = metal(g[0], g[2], g[3], color[m], seed[m])
+        elif m_id == GRAIN:
+            out[m] = grain(*g, color[m], seed[m])
+        elif m_id == PAINT:
+            out[m] = paint(g[0], g[2], g[3], color[m], seed[m])
         else:
             raise ValueError(f"unknown material {m_id}")
     result = np.empty_like(out)

@@ -23,12 +23,15 @@ from bench.core.atomic import current_umask
 from bench.core.errors import UserError
 
 from .classes import BASELINE, CLASSES, IGNORE_INDEX, MAX_DEPTH, PALETTE
+from .controls import Controls, material_banks, style_rng
 from .crops import crop_scenes, render_crop
+from .object_crops import BACKGROUNDS, object_crops
 from .render import color_map, depth_map, flow_map, intrinsics, label_map, trace
 from .scene import GROUND_Y, ROAD_HALF, generate_scene
 
 FORMAT, VERSION = "depth2seg-synth", 1
 _MAX_ATTEMPTS = 20  # scene re-draws per sequence until every class is visible
+PRETRAIN_INDEX = 1_000_000  # seed index of the first pre-training-only sequence
 
 
 def right_pose(pose: np.ndarray, baseline: float = BASELINE) -> np.ndarray:
@@ -38,11 +41,15 @@ def right_pose(pose: np.ndarray, baseline: float = BASELINE) -> np.ndarray:
     return out
 
 
-def _render_sequence(seed: int, index: int, frames: int, height: int, width: int, K, antialias: bool):
+def _render_sequence(seed: int, index: int, frames: int, height: int, width: int, K, antialias: bool,
+                     controls: Controls | None = None):
     """Frames of one sequence. The scene is re-drawn (deterministically) until every class is
     visible somewhere in it; that check needs only the traces, so shading happens once."""
+    controls = controls or Controls()
+    banks = material_banks(seed, controls.materials_per_class) if controls.restyles else None
     for attempt in range(_MAX_ATTEMPTS):
-        scene = generate_scene(np.random.default_rng([seed, index, attempt]), frames)
+        scene = generate_scene(np.random.default_rng([seed, index, attempt]), frames, controls,
+                               (banks, style_rng(seed, index, attempt)))
         traces = [trace(scene, k, scene.poses[k], K, height, width) for k in range(frames)]
         labels = [label_map(tr) for tr in traces]
         if set(np.unique(np.stack(labels)).tolist()) >= set(range(len(CLASSES))):
@@ -74,9 +81,9 @@ def _write_sequence(seq_dir: Path, scene, views) -> None:
     (seq_dir / "scene.json").write_text(json.dumps({"tex_seed": scene.tex_seed, **scene.prims.to_json()}))
 
 
-def _class_crops(seed: int, cls: int, per_class: int, size: int) -> list[np.ndarray]:
+def _class_crops(seed: int, cls: int, per_class: int, size: int, controls: Controls | None = None) -> list[np.ndarray]:
     """All crops of one class (a self-contained unit of work, so it can run in a worker)."""
-    scenes = crop_scenes(seed, max(1, min(8, per_class // 10 + 1)))
+    scenes = crop_scenes(seed, max(1, min(8, per_class // 10 + 1)), controls)
     rng = np.random.default_rng([seed, 0xC409, 1000 + cls])
     return [render_crop(scenes[i % len(scenes)], cls, size, rng) for i in range(per_class)]
 
@@ -115,17 +122,40 @@ class _Deferred:
 
 def render_world(out_dir, sequences: int = 4, frames: int = 10, height: int = 64, width: int = 192,
                  seed: int = 0, crops_per_class: int = 40, crop_size: int = 64, antialias: bool = True,
-                 overwrite: bool = False, workers: int = 1) -> Path:
+                 overwrite: bool = False, workers: int = 1, *, materials_per_class: int = 1,
+                 shared_materials: float = 0.0, instance_jitter: float = 0.0, illumination: float = 0.0,
+                 shadows: bool = False, object_scale: str = "default", pretrain_sequences: int = 0,
+                 pretrain_frames: int | None = None, ood_crops_per_class: int = 0,
+                 ood_background: str = "clutter") -> Path:
     """Render the world to `out_dir` and return it. Same arguments ⇒ byte-identical files.
 
     antialias: extra colour sub-samples on object silhouettes; depth, labels and flow are always
     exact pixel-centre values.
     workers: > 1 renders sequences and crop classes in that many spawned processes (each unit is
     seeded on its own, so the files are identical for any number of workers).
+    The keyword-only arguments are the world's controls (docs/datasets.md); at their defaults the
+    world is the one rendered before they existed, file for file. pretrain_sequences extra
+    sequences (`pre_NNN`, pretrain_frames frames each, default: frames) are for pre-training only:
+    transfer never sees them and the evaluation split is unchanged. ood_crops_per_class > 0 adds
+    the out-of-domain, object-centric crops under crops_ood/ (object_crops.py).
     """
     out_dir = Path(out_dir)
     if sequences < 1 or frames < 1 or height < 8 or width < 8 or crops_per_class < 0 or crop_size < 8:
         raise ValueError("need sequences, frames >= 1; height, width, crop_size >= 8; crops_per_class >= 0")
+    if pretrain_sequences < 0 or (pretrain_frames is not None and pretrain_frames < 1) or ood_crops_per_class < 0:
+        raise ValueError("need pretrain_sequences, ood_crops_per_class >= 0 and pretrain_frames >= 1")
+    if ood_background not in BACKGROUNDS:
+        raise ValueError(f"ood_background must be one of {', '.join(BACKGROUNDS)}")
+    controls = Controls(materials_per_class=materials_per_class, shared_materials=shared_materials,
+                        instance_jitter=instance_jitter, illumination=illumination, shadows=shadows,
+                        object_scale=object_scale)
+    world_controls = {**controls.changed(),
+                      **{k: v for k, v, default in (("pretrain_sequences", pretrain_sequences, 0),
+                                                    ("pretrain_frames", pretrain_frames, None),
+                                                    ("ood_crops_per_class", ood_crops_per_class, 0),
+                                                    ("ood_background", ood_background, "clutter"))
+                         if v != default}}
+    ctl = controls if controls.changed() else None  # None: the code path of today, untouched
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (pass overwrite=True to replace it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -137,16 +167,25 @@ def render_world(out_dir, sequences: int = 4, frames: int = 10, height: int = 64
         pool = (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
                 if workers > 1 else _Serial())
         try:
-            seq_jobs = [pool.submit(_render_sequence, seed, s, frames, height, width, K, antialias)
+            seq_jobs = [pool.submit(_render_sequence, seed, s, frames, height, width, K, antialias, ctl)
                         for s in range(sequences)]
-            crop_jobs = [pool.submit(_class_crops, seed, c, crops_per_class, crop_size) for c in range(len(CLASSES))]
-            seq_meta = []
-            for s, job in enumerate(seq_jobs):
-                name = f"seq_{s:03d}"
-                scene, views = job.result()
-                _write_sequence(tmp / name, scene, views)
-                seq_meta.append({"name": name, "poses": scene.poses.round(12).tolist()})
+            # pre-training-only sequences: their own seed indices, so adding them moves no other
+            pre_jobs = [pool.submit(_render_sequence, seed, PRETRAIN_INDEX + s, pretrain_frames or frames, height,
+                                    width, K, antialias, ctl) for s in range(pretrain_sequences)]
+            crop_jobs = [pool.submit(_class_crops, seed, c, crops_per_class, crop_size, ctl)
+                         for c in range(len(CLASSES))]
+            ood_jobs = [pool.submit(object_crops, seed, c, ood_crops_per_class, crop_size, ood_background)
+                        for c in range(len(CLASSES))] if ood_crops_per_class else []
+            seq_meta, pre_meta = [], []
+            for prefix, jobs, listing in (("seq", seq_jobs, seq_meta), ("pre", pre_jobs, pre_meta)):
+                for s, job in enumerate(jobs):
+                    name = f"{prefix}_{s:03d}"
+                    scene, views = job.result()
+                    _write_sequence(tmp / name, scene, views)
+                    listing.append({"name": name, "poses": scene.poses.round(12).tolist()})
             _write_crops(tmp / "crops", [job.result() for job in crop_jobs])
+            if ood_jobs:
+                _write_crops(tmp / "crops_ood", [job.result() for job in ood_jobs])
         finally:
             pool.shutdown(cancel_futures=True)  # on failure: drop queued jobs, don't run them
         meta = {"format": FORMAT, "version": VERSION, "seed": seed, "height": height, "width": width,
@@ -154,6 +193,10 @@ def render_world(out_dir, sequences: int = 4, frames: int = 10, height: int = 64
                 "palette": [list(c) for c in PALETTE], "ignore_index": IGNORE_INDEX, "max_depth": MAX_DEPTH,
                 "intrinsics": K.tolist(), "baseline": BASELINE, "camera_height": GROUND_Y,
                 "road_half_width": ROAD_HALF, "crop_size": crop_size, "sequences": seq_meta}
+        if world_controls:  # only when set, so a default world's meta.json is today's, byte for byte
+            meta["controls"] = world_controls
+        if pre_meta:
+            meta["pretrain_sequences"] = pre_meta
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         _publish(tmp, out_dir, overwrite)
     except BaseException:
