@@ -120,17 +120,3 @@ def explain_cell(run_dir: Path, images: int, layer: str, *, root=None, device: s
     with atomic_path(npz) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
     return [*written, npz]
-
-
-def explain(run, images: int, layer: str, *, root=None, device: str = "cpu") -> tuple[dict[Path, list[Path]], list[Path]]:
-    """`bench explain`: per cell folder explained, the files written; and, for a results folder, the
-    comparison figures written under plots/ (bench.explain_grid)."""
-    if images < 1:
-        raise UserError(f"--images must be at least 1, not {images}")
-    run = Path(run)
-    written = {cell: explain_cell(cell, images, layer, root=root, device=device) for cell in cell_folders(run)}
-    if (run / "record.json").is_file():
-        return written, []
-    from bench.explain_grid import write_explain_grids
-
-    return written, write_explain_grids(run, layer, written, root)

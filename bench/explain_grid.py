@@ -18,7 +18,8 @@ import pandas as pd
 from PIL import Image
 
 from bench.core.records import read_json
-from bench.explain import COLOURMAP, EXPLAIN_DIR, first_eval_images
+from bench.core.errors import UserError
+from bench.explain import COLOURMAP, EXPLAIN_DIR, cell_folders, explain_cell, first_eval_images
 from bench.qualitative import (COMPARISON, Grid, comparison_slug, comparison_words, draw_grid,
                                first_seed_cells)
 
@@ -94,3 +95,15 @@ def write_explain_grids(results_dir: Path, layer: str, explained, root=None) -> 
             paths += draw_grid(grid, results_dir / "plots" / f"{PREFIX}{_slug(layer)}_{comparison_slug(key)}",
                                key=colour_bar, subject=subject)
     return paths
+
+
+def explain(run, images: int, layer: str, *, root=None, device: str = "cpu") -> tuple[dict[Path, list[Path]], list[Path]]:
+    """`bench explain`: per cell folder explained, the files written; and, for a results folder, the
+    comparison figures written under plots/ (bench.explain_grid)."""
+    if images < 1:
+        raise UserError(f"--images must be at least 1, not {images}")
+    run = Path(run)
+    written = {cell: explain_cell(cell, images, layer, root=root, device=device) for cell in cell_folders(run)}
+    if (run / "record.json").is_file():
+        return written, []
+    return written, write_explain_grids(run, layer, written, root)

@@ -21,8 +21,8 @@ from bench.core.kept_weights import FP16_MAX, half_precision, load_kept_weights
 from bench.core.metrics import confusion_matrices
 from bench import report
 from bench.aggregate import write_reports
-from bench.explain import explain, first_eval_images, overlay
-from bench.explain_grid import explain_grid
+from bench.explain import first_eval_images, overlay
+from bench.explain_grid import explain, explain_grid
 from bench.layer_cka import load_encoder
 from bench.qualitative import GAP, comparison_grid, grid_title, mosaic, write_qualitative
 from tests.conftest import cell_config

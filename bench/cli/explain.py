@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from bench.explain import explain
+    from bench.explain_grid import explain
 
     written, figures = explain(Path(args.run), args.images, args.layer, root=args.root, device=args.device)
     for cell, paths in written.items():

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .classes import CLASSES, ROAD, SIDEWALK
-from .scene import ASPHALT, BARK, FACADE, FOLIAGE, GRAIN, GROUND_COLOR, METAL, PAINT, PAVEMENT, Prims
+from .prims import ASPHALT, BARK, FACADE, FOLIAGE, GRAIN, GROUND_COLOR, METAL, PAINT, PAVEMENT, Prims
 
 OBJECT_SCALES = ("default", "near", "far", "wide")
 # object_scale preset -> (size multiplier range, extra building set-back range in metres).

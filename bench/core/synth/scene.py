@@ -9,18 +9,17 @@ stay axis-aligned at every time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .classes import BUILDING, CAR, POLE, SIDEWALK, VEGETATION
+from .controls import Controls, SizeDraw, draw_light, restyle
 
-# Primitive kinds.
-BOX, CYLINDER, SPHERE = 0, 1, 2
-# Materials (texture programs in textures.py). ASPHALT is used only by the ground plane; GRAIN
-# and PAINT only by the appearance controls' drawn materials (controls.py).
-ASPHALT, PAVEMENT, FACADE, CAR_BODY, CAR_CABIN, METAL, BARK, FOLIAGE, GRAIN, PAINT = range(10)
-GROUND_COLOR = np.array([0.60, 0.58, 0.55])  # base albedo of the ground plane's pavement part
+# The primitive table and its ids live in prims.py; re-exported here, where the modules that draw
+# scenes have always found them.
+from .prims import (ASPHALT, BARK, BOX, CAR_BODY, CAR_CABIN, CYLINDER, FACADE, FOLIAGE, GRAIN,  # noqa: F401
+                    GROUND_COLOR, METAL, PAINT, PAVEMENT, SPHERE, Prims)
 
 GROUND_Y = 1.5        # camera height above the road, metres
 ROAD_HALF = 4.0       # road spans |x| < ROAD_HALF (two 3 m lanes plus parking strips)
@@ -30,38 +29,6 @@ CURB_H = 0.15         # sidewalk height above the road
 SIDEWALK_W = 3.5      # pavement width in front of the building line
 FAR = 1000.0          # sidewalks extend this far along z in both directions
 SUN = np.array([-0.5, -0.75, -0.45]) / np.linalg.norm([-0.5, -0.75, -0.45])  # y is down: sun is up
-
-
-@dataclass
-class Prims:
-    """Struct-of-arrays primitive table (N rows). `lo`/`hi` is the AABB of every kind, which is
-    also the exact shape of a box. Geometry is given at time 0; `velocity` is metres per frame."""
-
-    kind: np.ndarray       # (N,) int
-    lo: np.ndarray         # (N, 3)
-    hi: np.ndarray         # (N, 3)
-    center: np.ndarray     # (N, 3) sphere centre / cylinder axis point (y unused)
-    radius: np.ndarray     # (N,)
-    cls: np.ndarray        # (N,) train id
-    material: np.ndarray   # (N,)
-    color: np.ndarray      # (N, 3) base albedo in [0, 1]
-    velocity: np.ndarray   # (N, 3)
-    obj: np.ndarray        # (N,) instance id (a car's body and cabin share one)
-    param: np.ndarray      # (N, 4) material parameters (e.g. window grid)
-    tex_scale: np.ndarray | None = None  # (N,) texture-coordinate scale; None: 1 (the controls set it)
-
-    def __len__(self) -> int:
-        return len(self.kind)
-
-    def at(self, time: float) -> "Prims":
-        """The table with moving primitives translated to frame `time`."""
-        off = self.velocity * float(time)
-        return replace(self, lo=self.lo + off, hi=self.hi + off, center=self.center + off)
-
-    def to_json(self) -> dict:
-        return {"kind": self.kind.tolist(), "lo": self.lo.round(6).tolist(), "hi": self.hi.round(6).tolist(),
-                "center": self.center.round(6).tolist(), "radius": self.radius.round(6).tolist(),
-                "class": self.cls.tolist(), "velocity": self.velocity.round(6).tolist(), "object": self.obj.tolist()}
 
 
 @dataclass
@@ -306,8 +273,6 @@ def generate_scene(rng: np.random.Generator, frames: int, controls=None, style=N
 
     controls: a controls.Controls (None: the defaults); style: (material banks, the controls'
     own generator), needed when a control is set (writer.py passes them)."""
-    from .controls import Controls, SizeDraw, draw_light, restyle
-
     controls = controls or Controls()
     banks, srng = style if style is not None else (None, None)
     sz = SizeDraw(controls.object_scale, srng)
