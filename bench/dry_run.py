@@ -11,6 +11,44 @@ of the method's data kind listed. The generated world needs no check: it is rend
 from __future__ import annotations
 
 from bench.core.errors import UserError
+from bench.core.sizes import MIN_SIDE, parse_size
+
+
+def size_problems(m, backbones) -> list[str]:
+    """One line per image size the manifest names that no stride-32 encoder can take (a side under
+    MIN_SIDE): a dataset entry's training crop or resize and evaluation resize, a pre-training's
+    crop or resize, and the generated world's own size where a stage keeps it. Only what the
+    manifest states is checked (a real dataset's native size shows when it is opened), so it needs
+    no data: `bench run` refuses such a manifest before anything runs, where a cell or a
+    pre-training would otherwise fail on it later."""
+    world = (m.data.synth.height, m.data.synth.width)
+    problems = []
+
+    def check(where: str, candidates) -> None:
+        """`candidates`: (what, value) in the order a stage applies them; the first one set decides."""
+        for what, value in candidates:
+            size = value if what == "the world's size" else parse_size(value, what)
+            if size is None:
+                continue
+            shortest = size if isinstance(size, int) else min(size)
+            if shortest < MIN_SIDE:
+                shown = f"a short side of {size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
+                problems.append(f"{where}: {what} {shown} is too small for a stride-32 encoder (at least "
+                                f"{MIN_SIDE} pixels a side)")
+            return
+
+    for i, spec in enumerate(m.datasets):
+        settings = spec.settings()
+        native = [("the world's size", world)] if spec.name == "synth" else []
+        where = f"datasets[{i}] ({spec.display_name})"
+        check(where, [("crop", settings.get("crop")), ("resize", settings.get("resize")), *native])
+        check(where, [("eval_resize", settings.get("eval_resize")), *native])
+    for b in backbones:
+        if b.pretrain is not None:
+            native = [("the world's size", world)] if b.pretrain.dataset == "synth" and b.pretrain.root is None else []
+            check(f"backbones.{b.display_name}.pretrain",
+                  [("crop", b.pretrain.crop), ("resize", b.pretrain.resize), *native])
+    return problems
 
 
 def data_problems(m, backbones) -> list[str]:

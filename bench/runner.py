@@ -200,13 +200,13 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     if extra_backbones:
         m.backbones = [*m.backbones, *extra_backbones]
     selected = [b for b in m.backbones if only is None or b.display_name in only]
-    if dry_run:
-        from bench.dry_run import data_problems
-        from bench.manifest import format_problems
+    from bench.dry_run import data_problems, size_problems
+    from bench.manifest import format_problems
 
-        problems = [] if manifest_only else data_problems(m, selected)
-        if problems:
-            raise UserError(format_problems(path, problems))
+    # Sizes no encoder can take refuse every run before it starts; the data itself, a dry run's.
+    problems = size_problems(m, selected) + (data_problems(m, selected) if dry_run and not manifest_only else [])
+    if problems:
+        raise UserError(format_problems(path, problems))
     methods = _checkpoint_methods(m, only_existing=manifest_only)
     cells = [c for c in expand(m, methods) if only is None or c.backbone_key in only]
     if dry_run:

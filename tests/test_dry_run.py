@@ -106,3 +106,38 @@ def test_a_run_on_real_data_alone_renders_no_world(tmp_path, voc_root, monkeypat
     assert rendered == [] and not (tmp_path / "results" / "data").exists()
     assert main(["run", str(tiny_manifest(tmp_path)), "--no-progress"]) == 130
     assert len(rendered) == 1
+
+
+def test_sizes_no_encoder_can_take_refuse_the_run_before_anything_is_written(tmp_path, capsys):
+    # A resolution study with one size too small: found at once, every one, with no data needed,
+    # rather than as a failed pre-training and failed cells after the rest has run.
+    path = tmp_path / "small.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: small
+        out: {tmp_path / 'results'}
+        data:
+          synth: {{sequences: 3, frames: 4, height: 48, width: 144, seed: 0, crops_per_class: 6}}
+        backbones:
+          - {{name: depth, variant: half, arch: resnet10t, pretrain: {{method: depth_supervised, steps: 2, resize: 24x72}}}}
+          - {{name: depth, variant: crop, arch: resnet10t, pretrain: {{method: depth_supervised, steps: 2, crop: 40x96}}}}
+        datasets:
+          - {{name: synth, variant: small, resize: 24x72}}
+          - {{name: synth, variant: short, resize: 20}}
+          - {{name: synth, variant: eval, eval_resize: 16x48}}
+          - {{name: synth, variant: ok}}
+        transfer: {{protocols: [linear], train_sizes: [2], seeds: [0], steps: 2}}
+        """))
+    for argv in (["run", str(path)], ["run", str(path), "--dry-run", "--manifest-only"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "4 problems" in err
+        assert "datasets[0] (synth@small): resize 24x72 is too small" in err
+        assert "datasets[1] (synth@short): resize a short side of 20 is too small" in err
+        assert "datasets[2] (synth@eval): eval_resize 16x48 is too small" in err
+        assert "backbones.depth@half.pretrain: resize 24x72 is too small" in err
+        assert "synth@ok" not in err and "depth@crop" not in err
+        assert not (tmp_path / "results").exists()
+    # The world's own size counts where a stage keeps it.
+    path.write_text(path.read_text().replace("height: 48", "height: 32"))
+    assert main(["run", str(path), "--dry-run", "--manifest-only"]) == 2
+    assert "datasets[3] (synth@ok): the world's size 32x144 is too small" in capsys.readouterr().err

@@ -23,14 +23,12 @@ import torch
 from PIL import Image
 
 from bench.core.errors import UserError
-from bench.core.sizes import parse_size
+from bench.core.sizes import MIN_SIDE, parse_size
 from transfer.datasets import dataset_class, open_dataset
 from transfer.datasets.base import IGNORE_INDEX, VALIDATION_RULE, Resize, Sample, SegmentationDataset, read_pair
 from transfer.splits import few_shot_stems, split_file_name, write_stems
 
 CACHE_BYTES = 2 * 1024**3
-# The stride-32 feature map must be at least 2x2: the decoders' reflection padding needs it.
-MIN_SIDE = 33
 
 
 def _check_side(dataset: SegmentationDataset, size: tuple[int, int], what: str) -> None:

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from bench.core.errors import UserError
 
+# A stride-32 encoder needs at least 2 pixels at its deepest level (the decoders' reflection
+# padding needs a 2x2 feature map); smaller inputs would fail deep inside a convolution. Both
+# stages check their images against it, and `bench run` checks a manifest's sizes before it starts.
+MIN_SIDE = 33
+
 
 def parse_size(text, what: str, allow_short_side: bool = True):
     """`"192x640"` -> (192, 640); `512` or `"512"` -> 512 (short side, if allowed);

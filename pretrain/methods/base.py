@@ -34,14 +34,11 @@ from bench.core.errors import UserError
 from bench.core.options import options_help as _options_help
 from bench.core.options import parse_options as _parse_options
 from bench.core.registry import Registry
+from bench.core.sizes import MIN_SIDE
 from bench.core.models.backbones import create_encoder, normalize
 from pretrain.batches import Batches
 from pretrain.sources.base import PretrainSource
 
-
-# A stride-32 encoder needs at least 2 pixels at its deepest level for the decoders' reflection
-# padding; smaller inputs would fail deep inside a convolution.
-MIN_SIDE = 33
 
 
 class MethodOptions(BaseModel):
