@@ -21,8 +21,11 @@ def size_problems(m, backbones) -> list[str]:
     manifest states is checked (a real dataset's native size shows when it is opened), so it needs
     no data: `bench run` refuses such a manifest before anything runs, where a cell or a
     pre-training would otherwise fail on it later."""
-    world = (m.data.synth.height, m.data.synth.width)
     problems = []
+
+    def world(name):  # the size of the world an entry reads (a named world may change it)
+        w = m.data.world(name)
+        return [("the world's size", (w.height, w.width))]
 
     def check(where: str, candidates) -> None:
         """`candidates`: (what, value) in the order a stage applies them; the first one set decides."""
@@ -39,13 +42,13 @@ def size_problems(m, backbones) -> list[str]:
 
     for i, spec in enumerate(m.datasets):
         settings = spec.settings()
-        native = [("the world's size", world)] if spec.name == "synth" else []
+        native = world(spec.world) if spec.reads_world else []
         where = f"datasets[{i}] ({spec.display_name})"
         check(where, [("crop", settings.get("crop")), ("resize", settings.get("resize")), *native])
         check(where, [("eval_resize", settings.get("eval_resize")), *native])
     for b in backbones:
         if b.pretrain is not None:
-            native = [("the world's size", world)] if b.pretrain.dataset == "synth" and b.pretrain.root is None else []
+            native = world(b.pretrain.world) if b.pretrain.reads_world else []
             check(f"backbones.{b.display_name}.pretrain",
                   [("crop", b.pretrain.crop), ("resize", b.pretrain.resize), *native])
     return problems

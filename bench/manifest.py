@@ -70,8 +70,55 @@ class SynthWorld(_Strict):
         return {k: v for k, v in self.identity().items() if k in WORLD_CONTROLS}
 
 
+    def fingerprint(self) -> str:
+        """The world's id: its folder name under RESULTS/data and the `data_id` of everything on it."""
+        from bench.core.records import fingerprint
+
+        # identity(): a control enters only when set, so worlds made before the controls keep their id
+        return fingerprint({"synth": self.identity()})
+
+
 class DataSection(_Strict):
+    """The generated world (`synth`) and its named variations (`worlds`): each a set of `synth`
+    keys over the base world, one control changed for a study of it (docs/manifest.md#worlds).
+    A synth dataset entry or a pre-training names the world it reads with `world: NAME`."""
+
     synth: SynthWorld = SynthWorld()
+    worlds: dict[str, dict] = Field(default_factory=dict)
+
+    @field_validator("worlds")
+    @classmethod
+    def _worlds_are_named_overrides(cls, v: dict) -> dict:
+        import re
+
+        for name, overrides in v.items():
+            if not re.match(NAME_PATTERN, name):
+                raise ValueError(f"world name {name!r}: letters, digits, '_', '.', '-' only")
+            if not isinstance(overrides, dict) or not overrides:
+                raise ValueError(f"world {name!r}: give the data.synth keys it changes, e.g. {{object_scale: far}}")
+        return v
+
+    @model_validator(mode="after")
+    def _worlds_are_valid(self):
+        seen = {self.synth.fingerprint(): "the base world (data.synth)"}
+        for name in self.worlds:
+            try:
+                world = self.world(name)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise ValueError(f"world {name!r}: {_loc(_user_loc(first['loc']))}: "
+                                 f"{first['msg'].removeprefix('Value error, ')}") from None
+            key = world.fingerprint()
+            if key in seen:  # the same world twice would run the same cells under two names
+                raise ValueError(f"world {name!r} is the same world as {seen[key]}; a world must change something")
+            seen[key] = f"world {name!r}"
+        return self
+
+    def world(self, name: str | None) -> SynthWorld:
+        """The world an entry names: the base world for None, else the base with the named keys."""
+        if name is None:
+            return self.synth
+        return SynthWorld(**{**self.synth.model_dump(), **self.worlds[name]})
 
 
 class PretrainSpec(_Strict):
@@ -81,6 +128,7 @@ class PretrainSpec(_Strict):
     method: str
     dataset: str = "synth"
     root: Path | None = None  # default: the generated world of the `data.synth` section
+    world: str | None = None  # a named world of `data.worlds` (default: the base world)
     steps: int = Field(300, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -136,7 +184,14 @@ class PretrainSpec(_Strict):
             raise ValueError(str(exc).replace("--method ", "method ")) from None
         if self.dataset != "synth" and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs a root folder")
+        if self.world is not None and (self.dataset != "synth" or self.root is not None):
+            raise ValueError("world names a generated world: only for the synth dataset without a root")
         return self
+
+    @property
+    def reads_world(self) -> bool:
+        """Whether this pre-training reads a generated world (the base one or a named one)."""
+        return self.dataset == "synth" and self.root is None
 
 
 class ImportSpec(_Strict):
@@ -216,6 +271,7 @@ class DatasetSpec(_Strict):
     name: str
     variant: str | None = Field(None, pattern=NAME_PATTERN)  # as a backbone's: shown as NAME@LABEL
     root: Path | None = None  # required for real datasets; default (synth): the generated world
+    world: str | None = None  # synth: a named world of `data.worlds` (default: the base world)
     classes: int | None = None  # nyuv2: 40 (default) or 13
     train_split: str | None = None  # default: the dataset's training pool
     eval_split: str | None = None  # default: its evaluation set
@@ -236,6 +292,8 @@ class DatasetSpec(_Strict):
     def _real_data_has_root(self):
         if self.name != "synth" and self.root is None:
             raise ValueError(f"dataset {self.name} needs a root folder (docs/datasets.md gives the layout)")
+        if self.world is not None and not self.reads_world:
+            raise ValueError("world names a generated world: only for the synth dataset without a root")
         try:
             self.settings()  # geometry strings parse, or a one-line error now rather than mid-run
         except UserError as exc:
@@ -247,9 +305,15 @@ class DatasetSpec(_Strict):
         """NAME, or NAME@LABEL for a variant: its comparisons' name and its `splits/` folder."""
         return display_name(self.name, self.variant)
 
+    @property
+    def reads_world(self) -> bool:
+        """Whether this entry is a generated world (the base one or a named one)."""
+        return self.name == "synth" and self.root is None
+
     def geometry(self) -> dict:
-        """The dataset as written (name, class set, splits, sizes), for `transfer.api`."""
-        return self.model_dump(exclude={"root", "variant"})
+        """The dataset as written (name, class set, splits, sizes), for `transfer.api`; which data
+        it is (its root, or its world) is the cell's `data_id`."""
+        return self.model_dump(exclude={"root", "variant", "world"})
 
     def settings(self) -> dict:
         """The resolved data settings (the dataset's defaults filled in)."""
@@ -267,6 +331,9 @@ class TransferSection(TransferSettings):
     decoders: list[str] = Field(default_factory=lambda: ["monodepth2"], min_length=1)
     train_sizes: list[int] = Field(default_factory=lambda: [16], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    # A backbone pre-trained on one generated world transfers to the datasets of that world only
+    # (a world study: every world its own comparison); true pairs it with every dataset too.
+    cross_world: bool = False
 
     @field_validator("train_sizes")
     @classmethod
@@ -400,15 +467,36 @@ class Manifest(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _named_worlds_exist(self):
+        known = ", ".join(self.data.worlds) or "none (data.worlds is empty)"
+        entries = [(f"datasets[{i}].world", d.world) for i, d in enumerate(self.datasets)]
+        entries += [(f"backbones[{i}].pretrain.world", b.pretrain.world) for i, b in enumerate(self.backbones)
+                    if b.pretrain is not None]
+        for where, name in entries:
+            if name is not None and name not in self.data.worlds:
+                raise ValueError(f"{where}: no world {name!r} in data.worlds; named worlds: {known}")
+        return self
+
+    @model_validator(mode="after")
     def _world_has_the_crops_asked_for(self):
         # caught here, before anything runs, rather than when the pre-training opens the world
         for i, b in enumerate(self.backbones):
             pre = b.pretrain
-            if (pre is not None and pre.root is None and pre.dataset == "synth"
-                    and pre.source_options.get("crops") == "out_of_domain" and not self.data.synth.ood_crops_per_class):
+            if (pre is not None and pre.reads_world and pre.source_options.get("crops") == "out_of_domain"
+                    and not self.data.world(pre.world).ood_crops_per_class):
+                where = "data.synth" if pre.world is None else f"world {pre.world!r}"
                 raise ValueError(f"backbones[{i}].pretrain.source_options.crops: out_of_domain needs "
-                                 "data.synth.ood_crops_per_class > 0 (the world has no out-of-domain crops otherwise)")
+                                 f"ood_crops_per_class > 0 in {where} (the world has no out-of-domain crops otherwise)")
         return self
+
+    def backbone_world(self, backbone) -> str | None:
+        """The world id a backbone was pre-trained on (None: it was not pre-trained on one)."""
+        pre = backbone.pretrain
+        return self.data.world(pre.world).fingerprint() if pre is not None and pre.reads_world else None
+
+    def dataset_world(self, spec) -> str | None:
+        """The world id a dataset entry reads (None: a real dataset)."""
+        return self.data.world(spec.world).fingerprint() if spec.reads_world else None
 
 
 def _repeat_problem(section: str, rule: str, entries) -> str | None:

@@ -25,7 +25,7 @@ from bench.executors import Job, make_executor
 from bench.manifest import Manifest, SynthWorld, load_manifest
 from bench.matrix import expand
 from bench.tracking import open_tracking
-from bench.core.records import fingerprint, is_finished, read_json, write_json_atomic
+from bench.core.records import is_finished, read_json, write_json_atomic
 from bench.importers.cache import import_backbone
 from pretrain.loop import Diverged
 from transfer.api import RECORD_NAME, Cell, resolve_cell_config
@@ -40,8 +40,7 @@ def _say(msg: str) -> None:
 
 
 def world_fingerprint(world: SynthWorld) -> str:
-    # identity(): a control enters only when set, so worlds made before the controls keep their id
-    return fingerprint({"synth": world.identity()})
+    return world.fingerprint()
 
 
 def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
@@ -61,24 +60,49 @@ def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
     return path
 
 
-def dataset_data(spec, world_root: Path | None, world_id: str) -> tuple[Path | None, str, bool]:
+class Worlds:
+    """The generated worlds a run reads: the base world (`data.synth`) and the named ones of
+    `data.worlds` that an entry asks for, each rendered once on first use into
+    RESULTS/data/synth-<id>/ and named by its parameters (its id), so a moved results folder
+    keeps every fingerprint."""
+
+    def __init__(self, m: Manifest, out_dir: Path, names):
+        self.ids = {name: m.data.world(name).fingerprint() for name in names}
+        self.roots = {name: ensure_world(m.data.world(name), self.ids[name], out_dir) for name in names}
+        self.identities = {name: m.data.world(name).identity() for name in names}
+
+    def of(self, name: str | None) -> tuple[Path | None, str | None]:
+        """(folder, id) of a world the run rendered (None, None: one it did not need)."""
+        return self.roots.get(name), self.ids.get(name)
+
+
+def dataset_data(spec, world_root: Path | None, world_id: str | None) -> tuple[Path | None, str, bool]:
     """(root, data_id, generated) of one manifest dataset entry: its own folder, named by its
-    path, or the generated world, named by its parameters (so a moved results folder keeps every
-    fingerprint). The one place an entry -- a variant too -- finds its data."""
+    path, or its generated world (`world_root`, `world_id`: the one it names), named by its
+    parameters. The one place an entry -- a variant too -- finds its data."""
     if spec.root is not None:
         return spec.root, str(spec.root), False
     return world_root, world_id, True
 
 
+def worlds_used(m: Manifest, backbones) -> list[str | None]:
+    """The worlds (None: the base world; else a `data.worlds` name) that a dataset of the
+    matrix, or a pre-training of `backbones`, reads, in manifest order."""
+    names = [d.world for d in m.datasets if d.reads_world]
+    names += [b.pretrain.world for b in backbones if b.pretrain is not None and b.pretrain.reads_world]
+    return list(dict.fromkeys(names))
+
+
 def uses_world(m: Manifest, backbones) -> bool:
-    """Whether a dataset of the matrix, or a pre-training of `backbones`, reads the generated world."""
-    return (any(d.root is None for d in m.datasets)
-            or any(b.pretrain is not None and b.pretrain.root is None for b in backbones))
+    """Whether a dataset of the matrix, or a pre-training of `backbones`, reads a generated world."""
+    return bool(worlds_used(m, backbones))
 
 
-def pretrain_config(backbone, world_root: Path, world_id: str) -> dict:
+def pretrain_config(backbone, world_root: Path | None, world_id: str | None) -> dict:
+    """The pre-training's config; `world_root`/`world_id` are the world it reads (unused for real data)."""
     spec = backbone.pretrain.model_dump(mode="json")
     root = spec.pop("root")
+    spec.pop("world", None)  # which world is `data_id`: its parameters, not its name
     if spec.get("processes") is None and spec.get("gpus", 0) > 1:  # one data-parallel rank per GPU
         spec["processes"] = spec["gpus"]
     # The generated world is named by its parameters, so moving the results folder (and with it
@@ -238,9 +262,8 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     executor = make_executor(m.executor, workers=workers or m.workers, out_dir=out_dir, **(executor_overrides or {}))
     tracker = open_tracking(m.tracking, out_dir, m.name, say=_say)  # logs finished jobs' files; never fails one
     try:
-        world_id = world_fingerprint(m.data.synth)
-        # Rendered only for a manifest that trains or transfers on it.
-        world_root = ensure_world(m.data.synth, world_id, out_dir) if uses_world(m, selected) else None
+        # Rendered only for a manifest that trains or transfers on them.
+        worlds = Worlds(m, out_dir, worlds_used(m, selected))
         retries = m.executor.retries
         claims = m.executor.claims.model_dump()  # taken by each job where it runs (a worker, a node)
 
@@ -251,6 +274,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         jobs, names = [], []
         for b in selected:
             if b.pretrain is not None:
+                world_root, world_id = worlds.of(b.pretrain.world)
                 cfg = pretrain_config(b, world_root, world_id)
                 pre_dir = out_dir / "pretrain" / b.display_name
                 try:
@@ -263,7 +287,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                 jobs.append(Job(_pretrain_job, {"config": cfg, "out_dir": str(pre_dir), "progress": progress,
                                                 "claims": claims},
                                 name=f"pretrain/{b.display_name}", out_dir=pre_dir,
-                                needs=[world_root] if b.pretrain.root is None else [],
+                                needs=[world_root] if b.pretrain.reads_world else [],
                                 resources=pretrain_resources(b, m.executor.resources.model_dump())))
                 names.append(b.display_name)
         broken: dict[str, str] = {}
@@ -291,7 +315,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         datasets = {d.display_name: d for d in m.datasets}
         backbones = {b.display_name: b for b in m.backbones}
         for spec in m.datasets:
-            root, _, _ = dataset_data(spec, world_root, world_id)
+            root, _, _ = dataset_data(spec, *worlds.of(spec.world))
             publish_splits(spec.settings(), root, m.transfer.train_sizes, m.transfer.seeds, out_dir,
                            name=spec.display_name)
         todo, current = [], 0
@@ -307,14 +331,14 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                     "config": {"init": m.transfer.init}})
                 continue
             spec = datasets[cell.dataset_key]
-            root, data_id, generated = dataset_data(spec, world_root, world_id)
+            root, data_id, generated = dataset_data(spec, *worlds.of(spec.world))
             config = resolve_cell_config(cell, m.transfer, dataset=spec.geometry(), dataset_root=root,
                                          data_id=data_id, checkpoint=checkpoints[key],
                                          checkpoint_sha256=hashes.get(key),
                                          processes=m.executor.resources.ddp_processes(),
                                          random_init=backbones[key].random_init)
             if generated:  # the world's parameters and controls, for the record (data_id names them already)
-                config["world"] = m.data.synth.identity()
+                config["world"] = worlds.identities[spec.world]
             if is_finished(cell_dir / RECORD_NAME, config["fingerprint"]):
                 current += 1
                 continue
