@@ -11,8 +11,9 @@ seeds whose record is `ok`, metrics in percent (as papers report them):
   practice (Lao et al. Table 1), not encoders alone (Table 3, `init: encoder`);
 - `rank` by mean mIoU among the backbones of one comparison (same dataset, protocol, decoder,
   requested init and train size);
-- `miou_diff` to the baseline backbone of that comparison with its paired 95 % interval
-  (`bench.statistics`: paired t over seeds, or a paired bootstrap over evaluation images with
+- `miou_diff` to the baseline backbone of that comparison with its paired 95 % interval (where a
+  comparison lacks the baseline, the one backbone of the baseline's NAME in it: in a world study,
+  `depth@far` in the far world; `baseline` names the row used) (`bench.statistics`: paired t over seeds, or a paired bootstrap over evaluation images with
   one seed), `diff_interval` naming which, and `significant` when the interval excludes zero.
 Failed and diverged cells are listed in `failures.csv`, never averaged in.
 """
@@ -30,7 +31,8 @@ from bench.core.claims import exclusive_lock
 from bench.core.errors import UserError
 from bench.core.records import iter_records
 from bench.core.sizes import size_text
-from bench.core.variants import cell_display, display_name
+from bench.manifest import WORLD_CONTROLS, SynthWorld
+from bench.core.variants import base_name, cell_display, display_name
 from bench.report import render_report
 from bench.statistics import paired_difference, t_interval
 
@@ -47,7 +49,8 @@ def records_frame(results_dir) -> pd.DataFrame:
     so that variants are rows and comparisons of their own; `backbone_variant`/`dataset_variant`
     hold the labels alone (None: no label). `pretrain_size` is the HxW the checkpoint was
     pre-trained at (None: random init, or a checkpoint that does not say), `transfer_size` the
-    cell's training size: its crop, else its resize (`native`: the images as they are)."""
+    cell's training size: its crop, else its resize (`native`: the images as they are). `world`
+    and `world_<control>` describe the generated world a cell ran in (`world_columns`)."""
     rows = []
     for path, record in iter_records(results_dir):
         metrics = record.get("metrics") or {}
@@ -63,14 +66,15 @@ def records_frame(results_dir) -> pd.DataFrame:
                "status": record.get("status"), "error": record.get("error"), "record": str(path),
                "curve": record.get("curve") or [], "per_class_iou": metrics.get("per_class_iou") or {},
                "per_image": record.get("per_image"), "selected": _selected(record),
-               "checkpoint": (record.get("checkpoint") or {}).get("path"), "config": record.get("config") or {}}
+               "checkpoint": (record.get("checkpoint") or {}).get("path"), "config": record.get("config") or {},
+               **world_columns(record)}
         for k in METRICS:
             row[k] = 100.0 * metrics[k] if metrics.get(k) is not None else float("nan")
         rows.append(row)
     extra = ["seed", "status", "error", "record", "curve", "per_class_iou", "per_image", "selected", "checkpoint",
-             "config", *VARIANT_COLUMNS]
+             "config", *VARIANT_COLUMNS, *WORLD_COLUMNS]
     df = pd.DataFrame(rows, columns=CELL + extra + METRICS)
-    for column in VARIANT_COLUMNS:  # None, not NaN, where unset: these are labels, not numbers
+    for column in [*VARIANT_COLUMNS, "world"]:  # None, not NaN, where unset: these are labels, not numbers
         df[column] = df[column].astype(object).where(df[column].notna(), None)
     # A failed or skipped cell records no init: it belongs to the row of its seeds that ran.
     same_row = [c for c in CELL if c != "init_effective"]
@@ -83,6 +87,22 @@ def records_frame(results_dir) -> pd.DataFrame:
 
 
 VARIANT_COLUMNS = ["backbone_variant", "dataset_variant", "pretrain_size", "transfer_size"]
+
+
+WORLD_COLUMNS = ["world", *(f"world_{k}" for k in WORLD_CONTROLS)]
+
+
+def world_columns(record: dict) -> dict:
+    """The generated world a cell ran in, as columns: `world` its controls in words (`default`:
+    none set), and `world_<control>` each control's value, the default where unset. None for a
+    cell on real data, or one whose record predates `config.world`."""
+    world = (record.get("config") or {}).get("world")
+    if not isinstance(world, dict):
+        return dict.fromkeys(WORLD_COLUMNS)
+    defaults = SynthWorld.model_construct().model_dump()
+    set_ = {k: world[k] for k in WORLD_CONTROLS if k in world}
+    return {"world": ", ".join(f"{k}={v}" for k, v in set_.items()) or "default",
+            **{f"world_{k}": set_.get(k, defaults[k]) for k in WORLD_CONTROLS}}
 
 
 def _pretrain_size(record: dict) -> str | None:
@@ -157,11 +177,11 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     for _, group in board.groupby(COMPARISON, dropna=False):
         mixed, words = comparison_inits(group)
         board.loc[group.index, "mixed_init"], board.loc[group.index, "comparison_inits"] = mixed, words
-        base = group[group["backbone"] == baseline] if baseline is not None else group.iloc[:0]
-        if base.empty:
+        b = baseline_row(group, baseline)
+        if b is None:
             board.loc[group.index, "diff_interval"] = "no baseline in this comparison"
             continue
-        b = base.index[0]
+        board.loc[group.index, "baseline"] = board.at[b, "backbone"]
         for i in group.index:
             if i == b:
                 board.at[i, "diff_interval"] = "baseline"
@@ -177,6 +197,19 @@ def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
                    "diff_ci_low", "diff_ci_high", "diff_interval", "significant"] + \
         [f"{k}_{s}" for k in METRICS for s in ("mean", "std", "ci_low", "ci_high")]
     return board[cols].reset_index(drop=True)
+
+
+def baseline_row(group: pd.DataFrame, baseline: str | None):
+    """The index of a comparison's baseline row: the backbone of that display name, else the one
+    row of its NAME (a world study's `depth@far` in the far world's comparison, when the baseline is
+    `depth@base` or `depth`; bench/core/variants.py). None: no such row, or several of that NAME."""
+    if baseline is None:
+        return None
+    exact = group.index[group["backbone"] == baseline]
+    if len(exact):
+        return exact[0]
+    same_name = group.index[[base_name(b) == base_name(baseline) for b in group["backbone"]]]
+    return same_name[0] if len(same_name) == 1 else None
 
 
 def per_class_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -232,7 +265,7 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     order = manifest_backbones(results_dir)
     order += [b for b in dict.fromkeys(df["backbone"]) if b not in order]
     known = set(df["backbone"])
-    if baseline is not None and baseline not in known:
+    if baseline is not None and baseline not in known | {base_name(b) for b in known}:
         raise UserError(f"--baseline {baseline!r} is not a backbone of {results_dir}; "
                         f"backbones: {', '.join(sorted(known))}")
     baseline = baseline or next((b for b in order if b in known), None)
@@ -247,7 +280,8 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     write_text_atomic(paths["leaderboard.csv"], board.to_csv(index=False, float_format="%.4f"))
     write_text_atomic(paths["per_class.csv"], per_class.to_csv(index=False, float_format="%.4f"))
     write_text_atomic(paths["failures.csv"], failures.to_csv(index=False))
-    sections = [(header, note, _display(rows, baseline)) for header, note, rows in _sections(board)]
+    # each comparison's Δ column names the baseline row it has (a world study's differs per world)
+    sections = [(header, note, _display(rows, _shown_baseline(rows, baseline))) for header, note, rows in _sections(board)]
     markdown = "\n\n".join(f"### {header}\n\n{note}\n\n{shown.to_markdown(index=False)}"
                              for header, note, shown in sections)
     fail_md = failures.drop(columns=["record"]).to_markdown(index=False) if not failures.empty else "None."
@@ -256,6 +290,7 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     table_files = write_tables(results_dir / "tables", tables)
     figures = []
     if plots:
+        from bench.contrasts import plot_contrasts
         from bench.layer_cka import cka_across_frame, pretrained_vs_finetuned
         from bench.plots import backbone_colours, plot_cka_across, plot_pretrain_losses, write_all
         from bench.qualitative import write_qualitative
@@ -266,6 +301,7 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
         figures += write_qualitative(df, results_dir / "plots", order)
         colours = backbone_colours([*order, *df["backbone"].dropna()])
         figures += plot_cka_across(cka_across_frame(df), results_dir / "plots", colours)
+        figures += plot_contrasts(board, results_dir / "plots", order)
         figures += plot_pretrain_losses(pretrain_histories(results_dir), results_dir / "plots", colours,
                                         results_dir.name)
         # `bench explain`'s figures: written by that verb, not here; every one present is shown (a cell
@@ -294,7 +330,8 @@ _LEGEND = ("Final-step metrics in percent over the seeds whose run is `ok`: mean
            "evaluation set scores only that one). `rank` orders the backbones of one comparison (dataset, protocol, decoder, init, train size); "
            "`effective init` is what the requested init became per backbone (none: random encoder; encoder: "
            "pre-trained encoder, fresh decoder; encoder+decoder: its pre-trained decoder reused too). `Δ {baseline}` "
-           "is the mIoU difference to the baseline backbone with its paired 95 % interval: a paired t over the "
+           "is the mIoU difference to the baseline backbone (in a comparison without it, the one backbone of its name "
+           "there, e.g. a world study's `depth@far`) with its paired 95 % interval: a paired t over the "
            "seeds both ran, or with one seed a paired bootstrap over the evaluation images (the same images "
            "resampled for both, mIoU recomputed from per-image counts); `*` marks an interval that excludes zero.")
 
@@ -310,6 +347,11 @@ def _sections(board: pd.DataFrame):
         else:
             note = f"One initialisation: {rows['comparison_inits'].iloc[0]}."
         yield header, note, rows
+
+
+def _shown_baseline(rows: pd.DataFrame, baseline):
+    mine = rows.loc[rows["diff_interval"] == "baseline", "backbone"]
+    return mine.iloc[0] if len(mine) else baseline
 
 
 def _display(board: pd.DataFrame, baseline) -> pd.DataFrame:

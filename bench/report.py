@@ -54,13 +54,17 @@ CAPTIONS = {  # prefix -> sentence; {subject} is what the figure compares
                  "gradient of the sum of each pixel's predicted-class score with respect to that layer's "
                  "activations concentrates, as a heat map over the image, each map divided by its maximum "
                  "(0..1 per image)."),
+    "contrast_": ("The baseline's advantage over each other backbone ({subject}): the baseline's mIoU minus the "
+                  "other's, in points, in each variant of the dataset (a world study's worlds), with the paired 95 % "
+                  "interval over seeds of the leaderboard; above the zero line the baseline transfers better."),
     "pretrain_loss_": ("Training loss against step of each pre-training of this folder ({subject}): one panel per "
                        "pre-training with its method's own loss and scale (the losses of different methods are not "
                        "comparable), the thin line every step, the thick one a running mean."),
 }
-FIGURE_ORDER = ["bars_", "few_shot_", "frozen_vs_full_", "learning_curves_", "cka_across_", "cka_", "qualitative_",
+FIGURE_ORDER = ["bars_", "contrast_", "few_shot_", "frozen_vs_full_", "learning_curves_", "cka_across_", "cka_", "qualitative_",
                 "explain_", "pretrain_loss_"]
 SECTION_TITLES = {"bars_": "mIoU by protocol", "few_shot_": "Few-shot curves", "frozen_vs_full_": "Frozen vs full",
+                  "contrast_": "The baseline's advantage, per dataset variant",
                   "learning_curves_": "Learning curves", "cka_across_": "CKA across backbones",
                   "cka_": "CKA heatmaps: pre-trained vs fine-tuned", "qualitative_": "Qualitative results",
                   "explain_": "Grad-CAM (bench explain)", "pretrain_loss_": "Pre-training losses", None: "Other figures"}

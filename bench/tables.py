@@ -8,6 +8,8 @@
   records carry `pretrain_size` / `transfer_size` and they take several values): per protocol x
   decoder, rows backbone x pre-training size, columns transfer size (Lao et al. Table 5, "Depth"
   against "Depth-cropped", and Fig. 5, pre-train at one resolution, fine-tune at another).
+- `contrast_<dataset>` (only for a dataset run in several variants, a world study): the baseline's
+  advantage over every other backbone per variant, with paired intervals (bench/contrasts.py).
 
 Both are written as Markdown and LaTeX (booktabs) under RESULTS/tables/ by `write_tables`.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.compare import compare_table
+from bench.contrasts import contrast_tables
 from bench.core.atomic import write_text_atomic
 from bench.statistics import t_interval
 from bench.table_format import MARKS, TEX_PREAMBLE, Cell, Table, to_latex, to_markdown
@@ -281,6 +284,7 @@ def all_tables(df: pd.DataFrame, board: pd.DataFrame, order: list[str], results_
     comparison that cannot be matched refuses before any report is replaced."""
     files = {t.name: [t] for t in paper_tables(df, order, manifest_decoders(results_dir))}
     files.update(resolution_tables(df, order))
+    files.update(contrast_tables(board, order))
     if compare is not None:
         table, _ = compare_table(compare[0], compare[1], board)
         files[table.name] = [table]
@@ -290,7 +294,7 @@ def all_tables(df: pd.DataFrame, board: pd.DataFrame, order: list[str], results_
 # --- files ---------------------------------------------------------------------------------------------------------
 
 
-PREFIXES = ("miou_", "resolution_", "compare_")  # the tables this module derives (others' files are left alone)
+PREFIXES = ("miou_", "resolution_", "compare_", "contrast_")  # the tables this module derives (others' files are left alone)
 
 
 def write_tables(folder: Path, files: dict[str, list[Table]]) -> list[Path]:

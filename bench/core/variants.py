@@ -20,3 +20,8 @@ def cell_display(cell: dict, axis: str) -> str:
     """The display name of a record's `cell` dict along `axis` (`backbone` or `dataset`): its
     name with its `AXIS_variant` label, when the cell has one."""
     return display_name(cell[axis], cell.get(f"{axis}_variant"))
+
+
+def base_name(display: str) -> str:
+    """NAME of a display name `NAME@LABEL` (or of a plain NAME)."""
+    return display.split(SEPARATOR, 1)[0]
