@@ -11,7 +11,8 @@ def add_parser(sub) -> None:
                        "Student-t CI, rank, difference to a baseline), per_class.csv, failures.csv, tables/ (the "
                        "papers' layout, Markdown and LaTeX), plots/ and report.html.")
     a.add_argument("results_dir", help="results folder of a `bench run`")
-    a.add_argument("--baseline", help="backbone to compare every row with (default: the manifest's first)")
+    a.add_argument("--baseline", help="backbone to compare every row with, by display name or NAME (a comparison without it uses "
+                        "the one backbone of its NAME there; default: the manifest's first)")
     a.add_argument("--compare", metavar="FILE.csv",
                    help="published numbers (columns backbone,dataset,protocol,decoder,train_size,metric,published,"
                         "source; e.g. configs/paper/*.csv): writes tables/compare_<stem>.md/.tex with ours, "
