@@ -291,6 +291,7 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     figures = []
     if plots:
         from bench.contrasts import plot_contrasts
+        from bench.tables import manifest_datasets
         from bench.layer_cka import cka_across_frame, pretrained_vs_finetuned
         from bench.plots import backbone_colours, plot_cka_across, plot_pretrain_losses, write_all
         from bench.qualitative import write_qualitative
@@ -301,7 +302,7 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
         figures += write_qualitative(df, results_dir / "plots", order)
         colours = backbone_colours([*order, *df["backbone"].dropna()])
         figures += plot_cka_across(cka_across_frame(df), results_dir / "plots", colours)
-        figures += plot_contrasts(board, results_dir / "plots", order)
+        figures += plot_contrasts(board, results_dir / "plots", order, manifest_datasets(results_dir))
         figures += plot_pretrain_losses(pretrain_histories(results_dir), results_dir / "plots", colours,
                                         results_dir.name)
         # `bench explain`'s figures: written by that verb, not here; every one present is shown (a cell

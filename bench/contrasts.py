@@ -34,8 +34,9 @@ def _variant(dataset: str) -> str:
     return dataset.split(SEPARATOR, 1)[1] if SEPARATOR in dataset else dataset
 
 
-def contrast_frame(board: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, comparison, other backbone) of every dataset run in several variants:
+def contrast_frame(board: pd.DataFrame, dataset_order=()) -> pd.DataFrame:
+    """One row per (dataset, comparison, other backbone) of every dataset run in several variants,
+    the datasets in `dataset_order` (display names; others after them, as the board has them):
     `against` (the other backbone's NAME, or its display name where its NAME repeats in the
     comparison), `baseline` (the row it is compared with), `advantage` = baseline minus it in mIoU
     points, `low`/`high` its paired 95 % interval, `significant`, `interval` (which interval), `n`."""
@@ -43,7 +44,10 @@ def contrast_frame(board: pd.DataFrame) -> pd.DataFrame:
                "significant", "interval", "n"]
     if board.empty or "diff_interval" not in board.columns:
         return pd.DataFrame(columns=columns)
-    board = board.assign(dataset_base=[base_name(d) for d in board["dataset"]])
+    known = list(dataset_order)
+    board = board.assign(dataset_base=[base_name(d) for d in board["dataset"]],
+                         _rank=[known.index(d) if d in known else len(known) for d in board["dataset"]])
+    board = board.sort_values("_rank", kind="stable")
     studied = board.groupby("dataset_base")["dataset"].nunique()
     rows = []
     for (dataset, *key), group in board[board["dataset_base"].isin(studied[studied > 1].index)].groupby(
@@ -87,9 +91,10 @@ def _cell(row) -> Cell:
     return Cell(f"{row['advantage']:+.2f} [{row['low']:+.2f}, {row['high']:+.2f}]", bold=significant)
 
 
-def contrast_tables(board: pd.DataFrame, order: list[str]) -> dict[str, list]:
-    """`contrast_<dataset>` -> one table per protocol x decoder (x init, train size)."""
-    c = contrast_frame(board)
+def contrast_tables(board: pd.DataFrame, order: list[str], dataset_order=()) -> dict[str, list]:
+    """`contrast_<dataset>` -> one table per protocol x decoder (x init, train size); `order`: the
+    backbones' display names, `dataset_order` the datasets', in manifest order (rows, columns)."""
+    c = contrast_frame(board, dataset_order)
     backbone_order = list(dict.fromkeys(base_name(b) for b in order))
     out = {}
     for dataset, of_dataset in c.groupby("dataset_base", sort=False):
@@ -115,11 +120,11 @@ def contrast_tables(board: pd.DataFrame, order: list[str]) -> dict[str, list]:
     return out
 
 
-def contrast_figures(board: pd.DataFrame, order: list[str]):
+def contrast_figures(board: pd.DataFrame, order: list[str], dataset_order=()):
     """(file stem, figure) per dataset run in several variants; the figures are open, for the tests."""
     from bench.plots import _figure, _slug, _with_all, backbone_colours
 
-    c = contrast_frame(board)
+    c = contrast_frame(board, dataset_order)
     backbone_order = list(dict.fromkeys(base_name(b) for b in order))
     out = []
     for dataset, of_dataset in c.groupby("dataset_base", sort=False):
@@ -145,18 +150,17 @@ def contrast_figures(board: pd.DataFrame, order: list[str]):
                    xlabel=f"{dataset} variant", ylabel="advantage (mIoU points)")
         baseline = base_name(of_dataset["baseline"].iloc[0])
         fig.legend(title=f"{baseline} minus", loc="outside right upper", frameon=False)
-        fig.suptitle(f"{dataset}: {baseline}'s advantage over each backbone, per variant "
-                     f"(paired 95 % intervals over seeds; above 0: {baseline} is better)")
+        fig.suptitle(f"{dataset}: {baseline}'s advantage per variant (paired 95 % intervals; > 0: {baseline} better)")
         fig.set_label(f"{baseline} on the variants of {dataset}")
         out.append((f"contrast_{_slug(dataset)}", fig))
     return out
 
 
-def plot_contrasts(board: pd.DataFrame, plots_dir, order: list[str]) -> list:
+def plot_contrasts(board: pd.DataFrame, plots_dir, order: list[str], dataset_order=()) -> list:
     from bench.plots import _save, _style
 
     paths = []
     with _style():
-        for stem, fig in contrast_figures(board, order):
+        for stem, fig in contrast_figures(board, order, dataset_order):
             paths += _save(fig, plots_dir / stem)
     return paths

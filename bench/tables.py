@@ -277,6 +277,17 @@ def manifest_decoders(results_dir: Path) -> list[str]:
         return []
 
 
+def manifest_datasets(results_dir: Path) -> list[str]:
+    """The manifest's dataset display names in its order (a world study's worlds as written)."""
+    from bench.core.variants import display_name
+
+    try:
+        datasets = json.loads((Path(results_dir) / "manifest.resolved.json").read_text())["datasets"]
+        return [display_name(d["name"], d.get("variant")) for d in datasets]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def all_tables(df: pd.DataFrame, board: pd.DataFrame, order: list[str], results_dir: Path,
                compare: tuple[Path, pd.DataFrame] | None = None) -> dict[str, list[Table]]:
     """File stem -> its tables: the paper-layout ones, the resolution ones where sizes vary, and with
@@ -284,7 +295,7 @@ def all_tables(df: pd.DataFrame, board: pd.DataFrame, order: list[str], results_
     comparison that cannot be matched refuses before any report is replaced."""
     files = {t.name: [t] for t in paper_tables(df, order, manifest_decoders(results_dir))}
     files.update(resolution_tables(df, order))
-    files.update(contrast_tables(board, order))
+    files.update(contrast_tables(board, order, manifest_datasets(results_dir)))
     if compare is not None:
         table, _ = compare_table(compare[0], compare[1], board)
         files[table.name] = [table]

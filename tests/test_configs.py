@@ -28,12 +28,17 @@ def _pool_size(world) -> int:
 
 
 def _quickstart_checkpoints(root: Path) -> None:
-    """Stand-ins for the checkpoints `make quickstart` writes, where manifests that reuse them
-    look (configs/../results/quickstart/pretrain/NAME/)."""
-    for b in load_manifest(CONFIGS / "quickstart.yaml").backbones:
-        if b.pretrain is not None:
+    """Stand-ins for the checkpoints `make quickstart` and the mechanisms study write, where
+    manifests that reuse them look (configs/../results/<study>/pretrain/NAME/)."""
+    _stand_ins(root, "quickstart", lambda b: True)
+    _stand_ins(root, "mechanisms", lambda b: b.variant == "base")  # what mechanisms_cross.yaml reads
+
+
+def _stand_ins(root: Path, study: str, wanted) -> None:
+    for b in load_manifest(CONFIGS / f"{study}.yaml").backbones:
+        if b.pretrain is not None and wanted(b):
             torch.manual_seed(0)
-            save_checkpoint(root / "results" / "quickstart" / "pretrain" / b.name / "checkpoint.safetensors",
+            save_checkpoint(root / "results" / study / "pretrain" / b.display_name / "checkpoint.safetensors",
                             create_encoder(b.arch).state_dict(),
                             {"arch": b.arch, "method": b.pretrain.method, "data": {}, "steps": 1, "seed": 0,
                              "normalization": {"mean": [0.5] * 3, "std": [0.5] * 3}, "decoder": None})

@@ -296,3 +296,11 @@ def test_the_mechanisms_study_pairs_each_recipe_with_each_world():
         changed = {k for k, v in m.data.world(name).model_dump().items() if v != base[k]}
         assert changed == set(keys), name
     assert m.transfer.seeds == [0, 1, 2, 3, 4] and m.transfer.init == "encoder"
+
+
+def test_the_worlds_are_shown_in_manifest_order():
+    board = leaderboard(_records(ADVANTAGES), "depth@base")
+    (table,) = contrast_tables(board, [], ["synth@far", "synth@base"])["contrast_synth"]
+    assert [c[0] for c in table.columns] == ["far", "base"]
+    ((_, fig),) = contrast_figures(board, [], ["synth@far", "synth@base"])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["far", "base"]
