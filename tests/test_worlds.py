@@ -270,14 +270,16 @@ def test_records_without_a_world_have_no_world_columns():
 
 
 def test_the_mechanisms_study_pairs_each_recipe_with_each_world():
-    """configs/mechanisms.yaml: six backbones in four worlds, each pre-trained where it transfers,
+    """configs/mechanisms.yaml: six backbones in six worlds, each pre-trained where it transfers,
     with one recipe per method across worlds (the world is the only thing that changes)."""
     from pathlib import Path
 
     m = load_manifest(Path(__file__).parents[1] / "configs" / "mechanisms.yaml")
     worlds = {None: "base", **{w: w for w in m.data.worlds}}
     cells = expand(m)
-    assert len(cells) == 6 * 4 * 2 * 5
+    assert len(cells) == 6 * 6 * 2 * 5
+    # the appearance world is the texture and light worlds' keys together (their strongest setting)
+    assert m.data.worlds["appearance"] == {**m.data.worlds["texture"], **m.data.worlds["light"]}
     for c in cells:
         b = next(b for b in m.backbones if b.display_name == c.backbone_key)
         if b.pretrain is None:
