@@ -43,6 +43,21 @@ def tiny_depth_ckpt(tiny_world, tmp_path_factory) -> Path:
     return run_pretrain(config, tmp_path_factory.mktemp("pre") / "depth", progress=False, log=lambda m: None)
 
 
+TINY_WORLD_YAML = "{" + ", ".join(f"{k}: {v}" for k, v in TINY_WORLD.items()) + "}"
+
+
+def write_manifest(tmp_path: Path, *, backbones: str, datasets: str = "  - {name: synth}\n", transfer: str = "",
+                   worlds: str = "", name: str = "m", out: Path | None = None) -> Path:
+    """A manifest over the tiny world, written from its sections' YAML: `backbones` and `datasets`
+    as list items (`  - {...}` lines), `transfer` as the whole `transfer:` line or block, `worlds`
+    as the lines of `data.worlds` (indented 4). `out`: its results folder (default: none given)."""
+    head = f"name: {name}\n" + (f"out: {out}\n" if out is not None else "")
+    data = f"data:\n  synth: {TINY_WORLD_YAML}\n" + (f"  worlds:\n{worlds}" if worlds else "")
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(head + data + "backbones:\n" + backbones + "datasets:\n" + datasets + transfer)
+    return path
+
+
 def tiny_manifest(tmp_path: Path, *, name="tiny", out=None, extra_backbones="", steps=6, pretrain_steps=6,
                   protocols="[full, frozen, linear]", seeds="[0]") -> Path:
     """A manifest small enough for a test: resnet10t, a 48×144 world, a handful of steps."""
@@ -50,7 +65,7 @@ def tiny_manifest(tmp_path: Path, *, name="tiny", out=None, extra_backbones="", 
     name: {name}
     out: {out or tmp_path / 'results'}
     data:
-      synth: {{sequences: 3, frames: 4, height: 48, width: 144, seed: 0, crops_per_class: 6}}
+      synth: {TINY_WORLD_YAML}
     backbones:
       - name: random
         arch: resnet10t

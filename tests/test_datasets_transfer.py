@@ -2,7 +2,6 @@
 prints its JSON, and a manifest on a real layout publishes its few-shot splits."""
 
 import json
-import textwrap
 
 import pytest
 
@@ -15,7 +14,7 @@ from fixtures.nyuv2 import build_nyuv2
 from fixtures.voc import build_voc
 from transfer.data import dataset_settings
 from transfer.datasets import list_datasets, open_dataset
-from tests.conftest import cell_config
+from tests.conftest import cell_config, write_manifest
 from transfer.api import Cell, run_cell
 
 BUILDERS = {"ade20k": build_ade20k, "voc": build_voc, "cityscapes": build_cityscapes, "nyuv2": build_nyuv2,
@@ -85,16 +84,10 @@ def test_inspect_errors_are_one_line(roots, tmp_path, capsys):
 
 
 def test_manifest_on_a_real_layout_publishes_its_splits(roots, tmp_path):
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(textwrap.dedent(f"""
-        name: real
-        out: {tmp_path / 'results'}
-        backbones:
-          - {{name: random, arch: resnet10t}}
-        datasets:
-          - {{name: cityscapes, root: {roots['cityscapes']}, resize: 64x96, crop: 64x64, eval_resize: 64x96}}
-        transfer: {{protocols: [linear], train_sizes: [1, 2], seeds: [0, 1], steps: 2, batch_size: 2, eval_every: 2}}
-    """))
+    manifest = write_manifest(  # (its data.synth stays unrendered: no entry reads the world)
+        tmp_path, name="real", out=tmp_path / "results", backbones="  - {name: random, arch: resnet10t}\n",
+        datasets=f"  - {{name: cityscapes, root: {roots['cityscapes']}, resize: 64x96, crop: 64x64, eval_resize: 64x96}}\n",
+        transfer="transfer: {protocols: [linear], train_sizes: [1, 2], seeds: [0, 1], steps: 2, batch_size: 2, eval_every: 2}\n")
     assert main(["run", str(manifest), "--no-progress"]) == 0
     splits = tmp_path / "results" / "splits" / "cityscapes"
     val_stems = [s.stem for s in open_dataset("cityscapes", roots["cityscapes"]).samples("val")]

@@ -11,7 +11,7 @@ from bench.cli import main
 from bench.manifest import load_manifest
 from bench.runner import uses_world
 from fixtures.voc import build_voc
-from tests.conftest import tiny_manifest
+from tests.conftest import tiny_manifest, write_manifest
 
 
 def _voc_manifest(tmp_path, root, train_sizes="[1]", extra=""):
@@ -111,22 +111,15 @@ def test_a_run_on_real_data_alone_renders_no_world(tmp_path, voc_root, monkeypat
 def test_sizes_no_encoder_can_take_refuse_the_run_before_anything_is_written(tmp_path, capsys):
     # A resolution study with one size too small: found at once, every one, with no data needed,
     # rather than as a failed pre-training and failed cells after the rest has run.
-    path = tmp_path / "small.yaml"
-    path.write_text(textwrap.dedent(f"""
-        name: small
-        out: {tmp_path / 'results'}
-        data:
-          synth: {{sequences: 3, frames: 4, height: 48, width: 144, seed: 0, crops_per_class: 6}}
-        backbones:
-          - {{name: depth, variant: half, arch: resnet10t, pretrain: {{method: depth_supervised, steps: 2, resize: 24x72}}}}
-          - {{name: depth, variant: crop, arch: resnet10t, pretrain: {{method: depth_supervised, steps: 2, crop: 40x96}}}}
-        datasets:
-          - {{name: synth, variant: small, resize: 24x72}}
-          - {{name: synth, variant: short, resize: 20}}
-          - {{name: synth, variant: eval, eval_resize: 16x48}}
-          - {{name: synth, variant: ok}}
-        transfer: {{protocols: [linear], train_sizes: [2], seeds: [0], steps: 2}}
-        """))
+    path = write_manifest(
+        tmp_path, name="small", out=tmp_path / "results",
+        backbones=("  - {name: depth, variant: half, arch: resnet10t, pretrain: {method: depth_supervised, steps: 2, resize: 24x72}}\n"
+                   "  - {name: depth, variant: crop, arch: resnet10t, pretrain: {method: depth_supervised, steps: 2, crop: 40x96}}\n"),
+        datasets=("  - {name: synth, variant: small, resize: 24x72}\n"
+                  "  - {name: synth, variant: short, resize: 20}\n"
+                  "  - {name: synth, variant: eval, eval_resize: 16x48}\n"
+                  "  - {name: synth, variant: ok}\n"),
+        transfer="transfer: {protocols: [linear], train_sizes: [2], seeds: [0], steps: 2}\n")
     for argv in (["run", str(path)], ["run", str(path), "--dry-run", "--manifest-only"]):
         assert main(argv) == 2
         err = capsys.readouterr().err

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import textwrap
 
 from tqdm import tqdm
 
 from bench.core.progress import PlainProgress, bar
+from tests.conftest import write_manifest
 
 
 class FakeClock:
@@ -67,18 +67,11 @@ def test_a_run_logged_to_a_file_has_no_cursor_codes_and_a_line_per_finished_job(
     """`bench run` with stderr captured at the file-descriptor level (a file, as in a Slurm log)."""
     from bench.cli import main
 
-    manifest = tmp_path / "m.yaml"
-    manifest.write_text(textwrap.dedent(f"""
-        name: logs
-        out: {tmp_path / 'results'}
-        data:
-          synth: {{sequences: 3, frames: 4, height: 48, width: 144, seed: 0, crops_per_class: 6}}
-        backbones:
-          - {{name: random, arch: resnet10t}}
-          - {{name: depth, arch: resnet10t, pretrain: {{method: depth_supervised, steps: 4, batch_size: 2}}}}
-        datasets: [{{name: synth}}]
-        transfer: {{protocols: [linear], train_sizes: [4], seeds: [0], steps: 4, batch_size: 2}}
-        """))
+    manifest = write_manifest(
+        tmp_path, name="logs", out=tmp_path / "results",
+        backbones=("  - {name: random, arch: resnet10t}\n"
+                   "  - {name: depth, arch: resnet10t, pretrain: {method: depth_supervised, steps: 4, batch_size: 2}}\n"),
+        transfer="transfer: {protocols: [linear], train_sizes: [4], seeds: [0], steps: 4, batch_size: 2}\n")
     assert main(["run", str(manifest)]) == 0
     text = capfd.readouterr().err
     assert "\r" not in text and "\x1b" not in text

@@ -13,21 +13,15 @@ from bench.core.errors import UserError
 from bench.core.sizes import pretrain_image_size, size_text
 from bench.manifest import load_manifest
 from bench.matrix import expand
+from tests.conftest import write_manifest
 from transfer.api import Cell, TransferSettings, resolve_cell_config
 
-HEAD = """
-name: v
-data:
-  synth: {sequences: 3, frames: 4, height: 48, width: 144, seed: 0, crops_per_class: 6}
-"""
 RANDOM = "  - {name: random, arch: resnet10t}\n"
 SYNTH = "  - {name: synth}\n"
 
 
 def _manifest(tmp_path, backbones=RANDOM, datasets=SYNTH, transfer="transfer: {protocols: [linear]}\n"):
-    path = tmp_path / "v.yaml"
-    path.write_text(HEAD + "backbones:\n" + backbones + "datasets:\n" + datasets + transfer)
-    return path
+    return write_manifest(tmp_path, name="v", backbones=backbones, datasets=datasets, transfer=transfer)
 
 
 DEPTH_VARIANTS = ("  - {name: depth, variant: crop40, arch: resnet10t,\n"

@@ -17,13 +17,9 @@ from bench.core.errors import UserError
 from bench.manifest import SynthWorld, load_manifest
 from bench.matrix import expand
 from bench.runner import pretrain_config, worlds_used
+from tests.conftest import write_manifest
 
-HEAD = """
-name: w
-data:
-  synth: {sequences: 3, frames: 4, height: 48, width: 144, seed: 0, crops_per_class: 6}
-"""
-WORLDS = "  worlds:\n    far: {object_scale: far}\n"
+WORLDS = "    far: {object_scale: far}\n"
 BACKBONES = ("  - {name: depth, variant: base, arch: resnet10t,\n"  # first: the leaderboard's baseline
              "     pretrain: {method: depth_supervised, steps: 2, batch_size: 2}}\n"
              "  - {name: depth, variant: far, arch: resnet10t,\n"
@@ -34,9 +30,7 @@ TRANSFER = "transfer: {protocols: [linear]}\n"
 
 
 def _manifest(tmp_path, worlds=WORLDS, backbones=BACKBONES, datasets=DATASETS, transfer=TRANSFER):
-    path = tmp_path / "w.yaml"
-    path.write_text(HEAD + worlds + "backbones:\n" + backbones + "datasets:\n" + datasets + transfer)
-    return path
+    return write_manifest(tmp_path, name="w", worlds=worlds, backbones=backbones, datasets=datasets, transfer=transfer)
 
 
 # -- the manifest ------------------------------------------------------------------------------------------
@@ -58,15 +52,15 @@ def test_a_named_world_is_the_base_world_with_its_keys():
      "datasets[0].world: no world 'far' in data.worlds; named worlds: none (data.worlds is empty)"),
     (WORLDS, "  - {name: synth}\n", "  - {name: d, arch: resnet10t, pretrain: {method: depth_supervised, world: x}}\n",
      "backbones[0].pretrain.world: no world 'x' in data.worlds"),
-    ("  worlds:\n    far: {object_scale: huge}\n", "  - {name: synth}\n", "  - {name: random, arch: resnet10t}\n",
+    ("    far: {object_scale: huge}\n", "  - {name: synth}\n", "  - {name: random, arch: resnet10t}\n",
      "world 'far': object_scale: Input should be 'default', 'near', 'far' or 'wide'"),
-    ("  worlds:\n    far: {objects: 3}\n", "  - {name: synth}\n", "  - {name: random, arch: resnet10t}\n",
+    ("    far: {objects: 3}\n", "  - {name: synth}\n", "  - {name: random, arch: resnet10t}\n",
      "world 'far': objects: Extra inputs are not permitted"),
-    ("  worlds:\n    same: {seed: 0}\n", "  - {name: synth}\n", "  - {name: random, arch: resnet10t}\n",
+    ("    same: {seed: 0}\n", "  - {name: synth}\n", "  - {name: random, arch: resnet10t}\n",
      "world 'same' is the same world as the base world (data.synth); a world must change something"),
-    ("  worlds:\n    a: {seed: 1}\n    b: {seed: 1}\n", "  - {name: synth}\n", "  - {name: random, arch: resnet10t}\n",
+    ("    a: {seed: 1}\n    b: {seed: 1}\n", "  - {name: synth}\n", "  - {name: random, arch: resnet10t}\n",
      "world 'b' is the same world as world 'a'"),
-    ("  worlds:\n    e: {}\n", "  - {name: synth}\n", "  - {name: random, arch: resnet10t}\n",
+    ("    e: {}\n", "  - {name: synth}\n", "  - {name: random, arch: resnet10t}\n",
      "world 'e': give the data.synth keys it changes"),
     (WORLDS, "  - {name: voc, root: /nowhere, world: far}\n", "  - {name: random, arch: resnet10t}\n",
      "world names a generated world: only for the synth dataset without a root"),
@@ -81,7 +75,7 @@ def test_world_mistakes_are_one_line(tmp_path, worlds, datasets, backbones, mess
 
 
 def test_out_of_domain_crops_may_come_from_the_named_world(tmp_path):
-    worlds = "  worlds:\n    ood: {ood_crops_per_class: 4}\n"
+    worlds = "    ood: {ood_crops_per_class: 4}\n"
     backbones = ("  - {name: c, arch: resnet10t, pretrain: {method: classification, "
                  "source_options: {crops: out_of_domain}, world: ood}}\n")
     m = load_manifest(_manifest(tmp_path, worlds, backbones, "  - {name: synth, world: ood}\n"))
@@ -131,7 +125,7 @@ def test_manifests_without_worlds_expand_as_before(tmp_path):
 def test_a_named_world_too_small_for_an_encoder_is_refused_before_running(tmp_path):
     from bench.dry_run import size_problems
 
-    m = load_manifest(_manifest(tmp_path, worlds="  worlds:\n    far: {object_scale: far, height: 32}\n"))
+    m = load_manifest(_manifest(tmp_path, worlds="    far: {object_scale: far, height: 32}\n"))
     problems = size_problems(m, m.backbones)
     assert any(p.startswith("datasets[1] (synth@far): the world's size 32x144") for p in problems)
     assert any(p.startswith("backbones.depth@far.pretrain: the world's size 32x144") for p in problems)
