@@ -99,7 +99,7 @@ def world_columns(record: dict) -> dict:
     world = (record.get("config") or {}).get("world")
     if not isinstance(world, dict):
         return dict.fromkeys(WORLD_COLUMNS)
-    defaults = SynthWorld.model_construct().model_dump()
+    defaults = SynthWorld.defaults()
     set_ = {k: world[k] for k in WORLD_CONTROLS if k in world}
     return {"world": ", ".join(f"{k}={v}" for k, v in set_.items()) or "default",
             **{f"world_{k}": set_.get(k, defaults[k]) for k in WORLD_CONTROLS}}

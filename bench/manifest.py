@@ -7,6 +7,7 @@ written. Relative paths are resolved against the manifest's folder.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -59,16 +60,20 @@ class SynthWorld(_Strict):
     ood_crops_per_class: int = Field(0, ge=0)
     ood_background: Literal["clutter", "plain"] = "clutter"
 
+    @staticmethod
+    @functools.cache
+    def defaults() -> dict:
+        """Every parameter's default, computed once (shared: callers only read it)."""
+        return SynthWorld.model_construct().model_dump()
+
     def identity(self) -> dict:
         """What names the world: every parameter, and each control only when set."""
-        data = self.model_dump()
-        defaults = SynthWorld.model_construct().model_dump()
-        return {k: v for k, v in data.items() if k not in WORLD_CONTROLS or v != defaults[k]}
+        defaults = self.defaults()
+        return {k: v for k, v in self.model_dump().items() if k not in WORLD_CONTROLS or v != defaults[k]}
 
     def controls(self) -> dict:
         """The controls set away from their defaults (what a cell's record shows of the world)."""
         return {k: v for k, v in self.identity().items() if k in WORLD_CONTROLS}
-
 
     def fingerprint(self) -> str:
         """The world's id: its folder name under RESULTS/data and the `data_id` of everything on it."""
@@ -184,7 +189,7 @@ class PretrainSpec(_Strict):
             raise ValueError(str(exc).replace("--method ", "method ")) from None
         if self.dataset != "synth" and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs a root folder")
-        if self.world is not None and (self.dataset != "synth" or self.root is not None):
+        if self.world is not None and not self.reads_world:
             raise ValueError("world names a generated world: only for the synth dataset without a root")
         return self
 

@@ -19,10 +19,13 @@ def expand(manifest: Manifest, methods: dict[str, str] | None = None) -> list[Ce
     `Cell.dataset_variant`)."""
     methods = methods or {}
     t = manifest.transfer
+    # Which world each entry reads (None: none), once per entry rather than once per pair.
+    pre_world = [manifest.backbone_world(b) for b in manifest.backbones]
+    data_world = [manifest.dataset_world(d) for d in manifest.datasets]
     cells: list[Cell] = []
-    for b in manifest.backbones:
-        for d in manifest.datasets:
-            if not (t.cross_world or _same_world(manifest, b, d)):
+    for b, b_world in zip(manifest.backbones, pre_world):
+        for d, d_world in zip(manifest.datasets, data_world):
+            if not (t.cross_world or _same_world(b_world, d_world)):
                 continue
             for protocol in t.protocols:
                 for decoder in decoders_for(protocol, t.decoders):
@@ -34,9 +37,8 @@ def expand(manifest: Manifest, methods: dict[str, str] | None = None) -> list[Ce
     return list(dict.fromkeys(cells))  # a repeated axis value must not run a cell twice
 
 
-def _same_world(manifest: Manifest, backbone, dataset) -> bool:
-    """Whether a backbone and a dataset may meet in a world study: unless both are of generated
-    worlds, and different ones. A backbone not pre-trained on a world (random, imported, real
-    data) meets every dataset."""
-    pre, data = manifest.backbone_world(backbone), manifest.dataset_world(dataset)
+def _same_world(pre: str | None, data: str | None) -> bool:
+    """Whether a backbone pre-trained on world `pre` and a dataset of world `data` (ids; None: no
+    generated world) may meet in a world study: unless both are generated worlds, and different
+    ones. A backbone not pre-trained on a world (random, imported, real data) meets every dataset."""
     return pre is None or data is None or pre == data

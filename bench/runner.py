@@ -39,10 +39,6 @@ def _say(msg: str) -> None:
     tqdm.write(msg, file=sys.stderr)
 
 
-def world_fingerprint(world: SynthWorld) -> str:
-    return world.fingerprint()
-
-
 def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
     """The generated world for these parameters, rendered on first use (atomically)."""
     from bench.core.synth import render_world
@@ -67,9 +63,10 @@ class Worlds:
     keeps every fingerprint."""
 
     def __init__(self, m: Manifest, out_dir: Path, names):
-        self.ids = {name: m.data.world(name).fingerprint() for name in names}
-        self.roots = {name: ensure_world(m.data.world(name), self.ids[name], out_dir) for name in names}
-        self.identities = {name: m.data.world(name).identity() for name in names}
+        worlds = {name: m.data.world(name) for name in names}
+        self.ids = {name: world.fingerprint() for name, world in worlds.items()}
+        self.roots = {name: ensure_world(world, self.ids[name], out_dir) for name, world in worlds.items()}
+        self.identities = {name: world.identity() for name, world in worlds.items()}
 
     def of(self, name: str | None) -> tuple[Path | None, str | None]:
         """(folder, id) of a world the run rendered (None, None: one it did not need)."""

@@ -256,15 +256,14 @@ def test_source_options_are_checked(tmp_path):
 def test_controls_enter_the_world_identity_only_when_set():
     from bench.core.records import fingerprint
     from bench.manifest import SynthWorld
-    from bench.runner import world_fingerprint
 
     before = {"sequences": 4, "frames": 10, "height": 64, "width": 192, "seed": 0, "crops_per_class": 40}
-    assert world_fingerprint(SynthWorld()) == fingerprint({"synth": before})
-    ids = {world_fingerprint(SynthWorld(**{k: v})) for k, v in (
+    assert SynthWorld().fingerprint() == fingerprint({"synth": before})
+    ids = {SynthWorld(**{k: v}).fingerprint() for k, v in (
         ("materials_per_class", 2), ("shared_materials", 0.5), ("instance_jitter", 0.5), ("illumination", 0.5),
         ("shadows", True), ("object_scale", "far"), ("pretrain_sequences", 2), ("pretrain_frames", 5),
         ("ood_crops_per_class", 5), ("ood_background", "plain"))}
-    assert len(ids | {world_fingerprint(SynthWorld())}) == 11
+    assert len(ids | {SynthWorld().fingerprint()}) == 11
     assert SynthWorld(shadows=True, object_scale="near").controls() == {"shadows": True, "object_scale": "near"}
 
 
@@ -294,7 +293,6 @@ def test_a_cell_records_the_world_controls(tmp_path):
     fingerprint for a world at the defaults (data_id is unchanged there)."""
     from bench.cli import main
     from bench.manifest import SynthWorld
-    from bench.runner import world_fingerprint
 
     path = tmp_path / "c.yaml"
     path.write_text(
@@ -312,7 +310,7 @@ def test_a_cell_records_the_world_controls(tmp_path):
     [record_path] = results.glob("runs/*/record.json")
     record = json.loads(record_path.read_text())
     assert record["status"] == "ok"
-    assert record["config"]["data_id"] == world_fingerprint(world)
+    assert record["config"]["data_id"] == world.fingerprint()
     assert record["config"]["world"] == world.identity()
     assert {k: record["config"]["world"][k] for k in world.controls()} == {
         "shared_materials": 1.0, "shadows": True, "pretrain_sequences": 1}
