@@ -226,14 +226,29 @@ def failures_table(df: pd.DataFrame) -> pd.DataFrame:
     return bad[CELL + ["seed", "status", "error", "record"]].reset_index(drop=True)
 
 
-def manifest_backbones(results_dir: Path) -> list[str]:
-    """Backbone display names (`NAME@LABEL` for a variant) in manifest order (from
-    `manifest.resolved.json`), if the folder has one."""
+def manifest_order(results_dir: Path) -> dict[str, list[str]]:
+    """The orders the reports follow, from the folder's `manifest.resolved.json` (read once):
+    `backbones` and `datasets` as display names (`NAME@LABEL` for a variant), `decoders` as
+    listed. Each is [] where the folder has no readable resolved manifest, or it lacks that part."""
     try:
-        resolved = json.loads((results_dir / "manifest.resolved.json").read_text())
-        return [display_name(b["name"], b.get("variant")) for b in resolved.get("backbones", [])]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
+        resolved = json.loads((Path(results_dir) / "manifest.resolved.json").read_text())
+    except (OSError, ValueError):
+        resolved = {}
+
+    def part(read) -> list[str]:
+        try:
+            return read()
+        except (AttributeError, KeyError, TypeError):
+            return []
+
+    return {section: part(lambda: [display_name(e["name"], e.get("variant")) for e in resolved.get(section, [])])
+            for section in ("backbones", "datasets")} | \
+        {"decoders": part(lambda: list(resolved["transfer"]["decoders"]))}
+
+
+def manifest_backbones(results_dir: Path) -> list[str]:
+    """Backbone display names in manifest order (`manifest_order`)."""
+    return manifest_order(results_dir)["backbones"]
 
 
 AGGREGATE_LOCK = ".aggregate.lock"
@@ -262,7 +277,8 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     if df.empty:
         raise UserError(f"{results_dir}: no run records under runs/*/record.json")
     # Manifest order first; backbones added by `bench submit` (records, not manifest) after it.
-    order = manifest_backbones(results_dir)
+    manifest = manifest_order(results_dir)
+    order = list(manifest["backbones"])
     order += [b for b in dict.fromkeys(df["backbone"]) if b not in order]
     known = set(df["backbone"])
     if baseline is not None and baseline not in known | {base_name(b) for b in known}:
@@ -273,7 +289,7 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     board = leaderboard(df, baseline)
     from bench.tables import all_tables, write_tables
 
-    tables = all_tables(df, board, order, results_dir, published)  # may refuse: before anything is written
+    tables = all_tables(df, board, order, manifest["decoders"], manifest["datasets"], published)  # may refuse: before anything is written
     per_class, failures = per_class_table(df), failures_table(df)
     paths = {name: results_dir / name for name in
              ("leaderboard.csv", "leaderboard.md", "per_class.csv", "failures.csv", "report.html")}
@@ -281,7 +297,7 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     write_text_atomic(paths["per_class.csv"], per_class.to_csv(index=False, float_format="%.4f"))
     write_text_atomic(paths["failures.csv"], failures.to_csv(index=False))
     # each comparison's Δ column names the baseline row it has (a world study's differs per world)
-    sections = [(header, note, _display(rows, _shown_baseline(rows, baseline))) for header, note, rows in _sections(board)]
+    sections = [(header, note, _display(rows, rows["baseline"].iloc[0])) for header, note, rows in _sections(board)]
     markdown = "\n\n".join(f"### {header}\n\n{note}\n\n{shown.to_markdown(index=False)}"
                              for header, note, shown in sections)
     fail_md = failures.drop(columns=["record"]).to_markdown(index=False) if not failures.empty else "None."
@@ -291,7 +307,6 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     figures = []
     if plots:
         from bench.contrasts import plot_contrasts
-        from bench.tables import manifest_datasets
         from bench.layer_cka import cka_across_frame, pretrained_vs_finetuned
         from bench.plots import backbone_colours, plot_cka_across, plot_pretrain_losses, write_all
         from bench.qualitative import write_qualitative
@@ -302,7 +317,7 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
         figures += write_qualitative(df, results_dir / "plots", order)
         colours = backbone_colours([*order, *df["backbone"].dropna()])
         figures += plot_cka_across(cka_across_frame(df), results_dir / "plots", colours)
-        figures += plot_contrasts(board, results_dir / "plots", order, manifest_datasets(results_dir))
+        figures += plot_contrasts(board, results_dir / "plots", order, manifest["datasets"])
         figures += plot_pretrain_losses(pretrain_histories(results_dir), results_dir / "plots", colours,
                                         results_dir.name)
         # `bench explain`'s figures: written by that verb, not here; every one present is shown (a cell
@@ -348,11 +363,6 @@ def _sections(board: pd.DataFrame):
         else:
             note = f"One initialisation: {rows['comparison_inits'].iloc[0]}."
         yield header, note, rows
-
-
-def _shown_baseline(rows: pd.DataFrame, baseline):
-    mine = rows.loc[rows["diff_interval"] == "baseline", "backbone"]
-    return mine.iloc[0] if len(mine) else baseline
 
 
 def _display(board: pd.DataFrame, baseline) -> pd.DataFrame:

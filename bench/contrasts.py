@@ -24,9 +24,9 @@ import pandas as pd
 
 from bench.core.variants import SEPARATOR, base_name
 from bench.table_format import Cell, Table
+from transfer.protocols import PROTOCOLS
 
-SECTIONS = ["protocol", "decoder", "init", "train_size"]
-PROTOCOL_ORDER = ("full", "frozen", "linear")
+SECTIONS = ["protocol", "decoder", "init", "train_size"]  # a comparison's keys but its dataset
 
 
 def _variant(dataset: str) -> str:
@@ -77,7 +77,7 @@ def _order(values, first=()) -> list:
 
 def _sections(c: pd.DataFrame):
     keys = sorted(dict.fromkeys(zip(*(c[k] for k in SECTIONS))),
-                  key=lambda k: (PROTOCOL_ORDER.index(k[0]) if k[0] in PROTOCOL_ORDER else 9, *map(str, k[1:])))
+                  key=lambda k: (PROTOCOLS.index(k[0]) if k[0] in PROTOCOLS else len(PROTOCOLS), *map(str, k[1:])))
     for key in keys:
         yield key, c[(c[SECTIONS] == pd.Series(key, index=SECTIONS)).all(axis=1)]
 

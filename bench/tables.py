@@ -16,7 +16,6 @@ Both are written as Markdown and LaTeX (booktabs) under RESULTS/tables/ by `writ
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -27,10 +26,12 @@ import pandas as pd
 from bench.compare import compare_table
 from bench.contrasts import contrast_tables
 from bench.core.atomic import write_text_atomic
+from bench.core.variants import base_name
 from bench.statistics import t_interval
 from bench.table_format import MARKS, TEX_PREAMBLE, Cell, Table, to_latex, to_markdown
+from transfer.protocols import PROTOCOLS
 
-PROTOCOL_ORDER = ("full", "frozen", "linear")
+PROTOCOL_ORDER = PROTOCOLS
 INIT_WORDS = {"none": "random encoder", "encoder": "pre-trained encoder, fresh decoder",
               "encoder+decoder": "pre-trained encoder and its pre-trained decoder", "unknown": "no seed ran"}
 LEGEND = ("Bold: the best mean of each column (ties all bold). —: not run; failed, diverged or skipped: no seed "
@@ -188,12 +189,6 @@ def _paper_table(name: str, dataset: str | None, init: str, s: pd.DataFrame, key
 # --- Lao et al. Table 5 / Fig. 5: pre-training size x transfer size ----------------------------------------------
 
 
-def _base(names: pd.Series, variants: pd.Series) -> list[str]:
-    """NAME of a display name NAME@LABEL (contract 1), so that a backbone's variants share a row group."""
-    return [n[: -len(v) - 1] if isinstance(v, str) and v and n.endswith(f"@{v}") else n
-            for n, v in zip(names, variants)]
-
-
 def _size_key(size) -> tuple:
     if not isinstance(size, str) or not size:
         return (0, 0, "")
@@ -216,8 +211,9 @@ def resolution_tables(df: pd.DataFrame, order: list[str]) -> dict[str, list[Tabl
     for column, owner in (("pretrain_size", "backbone"), ("transfer_size", "dataset")):
         known = df.dropna(subset=[column]).groupby(owner)[column].first()
         df = df.assign(**{column: df[column].where(df[column].notna(), df[owner].map(known))})
-    df = df.assign(backbone_base=_base(df["backbone"], df["backbone_variant"]),
-                   dataset_base=_base(df["dataset"], df["dataset_variant"]),
+    # NAME of each display name, so that a backbone's (a dataset's) variants share a row (column) group
+    df = df.assign(backbone_base=[base_name(b) for b in df["backbone"]],
+                   dataset_base=[base_name(d) for d in df["dataset"]],
                    pretrain_label=[_size_label(v) for v in df["pretrain_size"]],
                    transfer_label=[_size_label(v) for v in df["transfer_size"]])
     # Two variants of one backbone at the same size (another learning rate, say) are different
@@ -238,7 +234,7 @@ def resolution_tables(df: pd.DataFrame, order: list[str]) -> dict[str, list[Tabl
         summary = summarise(of_dataset, sections + ["backbone_base", "pretrain_label", "transfer_label"])
         sizes = dict(zip(of_dataset["pretrain_label"], of_dataset["pretrain_size"]))
         tsizes = dict(zip(of_dataset["transfer_label"], of_dataset["transfer_size"]))
-        base_order = list(dict.fromkeys(b.split("@")[0] for b in order))
+        base_order = list(dict.fromkeys(base_name(b) for b in order))
         keys = sorted(dict.fromkeys(zip(*(summary[k] for k in sections))),
                       key=lambda k: (_rank(k[0], PROTOCOL_ORDER), str(k[1]), str(k[2]), k[3]))
         out[name] = []
@@ -269,33 +265,17 @@ def _resolution_table(name, dataset, key, s: pd.DataFrame, base_order, sizes, ts
 # --- all of them -------------------------------------------------------------------------------------------------
 
 
-def manifest_decoders(results_dir: Path) -> list[str]:
-    """The manifest's decoder order (columns follow it), if the folder has a resolved manifest."""
-    try:
-        return list(json.loads((Path(results_dir) / "manifest.resolved.json").read_text())["transfer"]["decoders"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-def manifest_datasets(results_dir: Path) -> list[str]:
-    """The manifest's dataset display names in its order (a world study's worlds as written)."""
-    from bench.core.variants import display_name
-
-    try:
-        datasets = json.loads((Path(results_dir) / "manifest.resolved.json").read_text())["datasets"]
-        return [display_name(d["name"], d.get("variant")) for d in datasets]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-def all_tables(df: pd.DataFrame, board: pd.DataFrame, order: list[str], results_dir: Path,
-               compare: tuple[Path, pd.DataFrame] | None = None) -> dict[str, list[Table]]:
-    """File stem -> its tables: the paper-layout ones, the resolution ones where sizes vary, and with
-    `compare` (the CSV's path and its `read_published` rows) the comparison. Writes nothing, so a
-    comparison that cannot be matched refuses before any report is replaced."""
-    files = {t.name: [t] for t in paper_tables(df, order, manifest_decoders(results_dir))}
+def all_tables(df: pd.DataFrame, board: pd.DataFrame, order: list[str], decoders: list[str] = (),
+               dataset_order: list[str] = (), compare: tuple[Path, pd.DataFrame] | None = None
+               ) -> dict[str, list[Table]]:
+    """File stem -> its tables: the paper-layout ones, the resolution ones where sizes vary, the
+    contrasts where a dataset ran in several variants, and with `compare` (the CSV's path and its
+    `read_published` rows) the comparison. `order`, `decoders` and `dataset_order` are the
+    manifest's (`bench.aggregate.manifest_order`). Writes nothing, so a comparison that cannot be
+    matched refuses before any report is replaced."""
+    files = {t.name: [t] for t in paper_tables(df, order, list(decoders))}
     files.update(resolution_tables(df, order))
-    files.update(contrast_tables(board, order, manifest_datasets(results_dir)))
+    files.update(contrast_tables(board, order, dataset_order))
     if compare is not None:
         table, _ = compare_table(compare[0], compare[1], board)
         files[table.name] = [table]
