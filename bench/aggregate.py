@@ -246,6 +246,12 @@ def manifest_order(results_dir: Path) -> dict[str, list[str]]:
         {"decoders": part(lambda: list(resolved["transfer"]["decoders"]))}
 
 
+def backbone_order(manifest_backbones: list[str], df: pd.DataFrame) -> list[str]:
+    """Every backbone of the records in report order: the manifest's first, then those only the
+    records name (added by `bench submit`), as they come."""
+    return [*manifest_backbones, *(b for b in dict.fromkeys(df["backbone"]) if b not in manifest_backbones)]
+
+
 def manifest_backbones(results_dir: Path) -> list[str]:
     """Backbone display names in manifest order (`manifest_order`)."""
     return manifest_order(results_dir)["backbones"]
@@ -276,10 +282,8 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     df = records_frame(results_dir)
     if df.empty:
         raise UserError(f"{results_dir}: no run records under runs/*/record.json")
-    # Manifest order first; backbones added by `bench submit` (records, not manifest) after it.
     manifest = manifest_order(results_dir)
-    order = list(manifest["backbones"])
-    order += [b for b in dict.fromkeys(df["backbone"]) if b not in order]
+    order = backbone_order(manifest["backbones"], df)
     known = set(df["backbone"])
     if baseline is not None and baseline not in known | {base_name(b) for b in known}:
         raise UserError(f"--baseline {baseline!r} is not a backbone of {results_dir}; "

@@ -81,6 +81,11 @@ def first_eval_images(record: dict, images: int, root=None):
     return EvalImages(dataset, evaluation[:images], as_size(settings["eval_resize"]))
 
 
+def layer_file_part(layer: str) -> str:
+    """The layer as it appears in the cell's file names (explain/<part>_eval<index>.png, <part>.npz)."""
+    return layer.replace("/", "_")
+
+
 def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """H x W x 3 uint8: the image with the [0, 1] map over it as a `jet` heat map."""
     from matplotlib import colormaps
@@ -109,7 +114,7 @@ def explain_cell(run_dir: Path, images: int, layer: str, *, root=None, device: s
         cams += list(normalise_cams(cam, x.shape[-2:]).cpu().numpy())
         labels += list(predicted.cpu().numpy().astype(np.uint8))
         indices += index
-    safe = layer.replace("/", "_")
+    safe = layer_file_part(layer)
     arrays = {"indices": np.array(indices), "stems": np.array([eval_images.samples[i].stem for i in indices])}
     for i, cam, predicted in zip(indices, cams, labels):
         buffer = io.BytesIO()

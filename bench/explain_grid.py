@@ -19,17 +19,12 @@ from PIL import Image
 
 from bench.core.records import read_json
 from bench.core.errors import UserError
-from bench.explain import COLOURMAP, EXPLAIN_DIR, cell_folders, explain_cell, first_eval_images
+from bench.explain import COLOURMAP, EXPLAIN_DIR, cell_folders, explain_cell, first_eval_images, layer_file_part
 from bench.qualitative import (COMPARISON, Grid, comparison_slug, comparison_words, draw_grid,
                                first_seed_cells)
 
 PREFIX = "explain_"
 SCALE_LABEL = "Grad-CAM / its max\n(0..1 per image)"  # each map divided by its own maximum
-
-
-def layer_file_part(layer: str) -> str:
-    """The layer as it appears in the cell's file names (explain/<part>_eval<index>.png)."""
-    return layer.replace("/", "_")
 
 
 def explain_grid(rows: pd.DataFrame, order: list[str], layer: str, explained: set[Path], root=None) -> Grid | None:
@@ -77,14 +72,13 @@ def colour_bar(fig, grid: Grid) -> None:
 
 def write_explain_grids(results_dir: Path, layer: str, explained, root=None) -> list[Path]:
     """`plots/explain_<layer>_<slug>.png/.svg` for every comparison with an explained cell."""
-    from bench.aggregate import manifest_backbones, records_frame
+    from bench.aggregate import backbone_order, manifest_backbones, records_frame
     from bench.plots import _slug
 
     results_dir = Path(results_dir)
     done = {Path(p).resolve() for p in explained}
     df = records_frame(results_dir)
-    order = manifest_backbones(results_dir)
-    order += [b for b in dict.fromkeys(df["backbone"]) if b not in order]
+    order = backbone_order(manifest_backbones(results_dir), df)
     paths: list[Path] = []
     for key, rows in df.groupby(COMPARISON, sort=False, dropna=False):
         grid = explain_grid(rows, order, layer, done, root)
