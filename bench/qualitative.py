@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from bench.core.records import read_json
-from transfer.predictions import PREDICTIONS_DIR, PREDICTIONS_NAME, PREDICTIONS_SCHEMA
+from transfer.predictions import PREDICTIONS_DIR, PREDICTIONS_NAME, PREDICTIONS_SCHEMA, palette_table
 
 COMPARISON = ["dataset", "protocol", "decoder", "init", "train_size"]  # bench.aggregate's
 PANEL_WIDTH_IN = 2.4
@@ -59,10 +59,7 @@ def _indices(path: Path) -> np.ndarray:
 
 def colour(labels: np.ndarray, palette: list, ignore_index: int, ignore_colour) -> np.ndarray:
     """H x W x 3 uint8: each class index in its palette colour, `ignore_index` in `ignore_colour`."""
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    table[ignore_index] = ignore_colour
-    return table[labels]
+    return palette_table(palette, ignore_index, ignore_colour)[labels]
 
 
 def first_seed_cells(rows: pd.DataFrame, order: list[str]) -> tuple[int, pd.DataFrame, list[str]] | None:

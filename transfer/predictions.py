@@ -61,13 +61,20 @@ def ignore_colour(palette) -> tuple[int, int, int]:
     return next((c for c in IGNORE_COLOURS if c not in used), IGNORE_COLOURS[0])
 
 
+def palette_table(palette, ignore_index: int, ignore_rgb) -> np.ndarray:
+    """256 x 3 uint8: each class index's colour, `ignore_index`'s `ignore_rgb` (the rest black);
+    a palette PNG's palette, and the lookup that colours its stored indices back."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    table[ignore_index] = ignore_rgb
+    return table
+
+
 def palette_png(label: np.ndarray, palette, ignore_index: int) -> bytes:
     """A label map (class indices, `ignore_index` unscored) as a palette PNG."""
     if len(palette) > 255:
         raise ValueError(f"a palette PNG holds at most 255 classes besides the ignore index, not {len(palette)}")
-    table = np.zeros((256, 3), dtype=np.uint8)
-    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    table[ignore_index] = ignore_colour(palette)
+    table = palette_table(palette, ignore_index, ignore_colour(palette))
     image = Image.fromarray(np.asarray(label, dtype=np.uint8), mode="P")
     image.putpalette(table.reshape(-1).tolist())
     buffer = io.BytesIO()
