@@ -183,6 +183,12 @@ class Light:
     shadows: bool
 
 
+def direction(azimuth: float, elevation: float) -> np.ndarray:
+    """The unit vector at `azimuth` (radians, from +z towards +x) and `elevation` above the
+    horizon, in the world frame (y down): a sun, a camera's line of sight."""
+    return np.array([np.cos(elevation) * np.sin(azimuth), -np.sin(elevation), np.cos(elevation) * np.cos(azimuth)])
+
+
 def draw_light(controls: Controls, rng: np.random.Generator, default_sun: np.ndarray) -> Light | None:
     """None at the defaults (the fixed sun of today, no shadows). Strength s in [0, 1] mixes the
     fixed sun with a random one (azimuth anywhere, elevation 12-75 degrees) and spreads sun and
@@ -191,7 +197,7 @@ def draw_light(controls: Controls, rng: np.random.Generator, default_sun: np.nda
     if s == 0 and not controls.shadows:
         return None
     az, el = rng.uniform(-np.pi, np.pi), np.deg2rad(rng.uniform(12.0, 75.0))
-    rand = np.array([np.cos(el) * np.sin(az), -np.sin(el), np.cos(el) * np.cos(az)])
+    rand = direction(az, el)
     sun = (1 - s) * default_sun + s * rand
     if sun[1] > -0.15:  # keep the sun above the horizon (y is down)
         sun[1] = -0.15

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .classes import BUILDING, CAR, CLASSES, POLE, ROAD, SIDEWALK, SKY, VEGETATION
+from .controls import direction
 from .render import color_map, label_map, trace
 from .scene import BOX, CURB_H, CYLINDER, ROAD_HALF, SIDEWALK_W, SPHERE, Scene, generate_scene
 
@@ -56,8 +57,7 @@ def _view(scene: Scene, cls: int, rng: np.random.Generator):
         eye = np.array([rng.uniform(-2.0, 2.0), 0.0, z_mid])
         az = rng.uniform(-0.4, 0.4) + rng.choice([0.0, np.pi])
         pitch = np.deg2rad(rng.uniform(50.0, 85.0))
-        direction = np.array([np.sin(az) * np.cos(pitch), -np.sin(pitch), np.cos(az) * np.cos(pitch)])
-        return eye, eye + direction, rng.uniform(0.8, 1.6)  # width at distance 1 ⇒ field of view
+        return eye, eye + direction(az, pitch), rng.uniform(0.8, 1.6)  # width at distance 1 ⇒ field of view
     if cls == BUILDING:
         # rows by class and shape, not material: the appearance controls may repaint any of them
         near = np.where(p.cls == BUILDING, np.minimum(np.abs(p.lo[:, 0]), np.abs(p.hi[:, 0])), np.inf)

@@ -21,7 +21,7 @@ import colorsys
 import numpy as np
 
 from .classes import BUILDING, CAR, POLE, ROAD, SIDEWALK, SKY, VEGETATION
-from .controls import Light
+from .controls import Light, direction
 from .crops import look_at
 from .render import color_map, trace
 from .scene import (ASPHALT, BARK, CAR_BODY, CAR_CABIN, FACADE, FOLIAGE, GRAIN, GROUND_Y, METAL, PAINT,
@@ -105,7 +105,7 @@ def render_object_crop(rng: np.random.Generator, cls: int, size: int, background
     if cls == SKY:
         eye = np.zeros(3)
         el = np.deg2rad(rng.uniform(15.0, 80.0))
-        target = np.array([np.cos(el) * np.sin(az), -np.sin(el), np.cos(el) * np.cos(az)])
+        target = direction(az, el)
     else:
         _object(b, cls, rng)
         lo = np.min([r[1] for r in b.rows], 0)
@@ -114,7 +114,7 @@ def render_object_crop(rng: np.random.Generator, cls: int, size: int, background
         radius = np.linalg.norm(hi - lo) / 2
         dist = _FOCAL * radius / _OBJECT_SHARE  # fixed apparent scale: radius -> share of the crop
         el = np.deg2rad(rng.uniform(35.0, 75.0) if cls in (ROAD, SIDEWALK) else rng.uniform(0.0, 35.0))
-        eye = target + dist * np.array([np.cos(el) * np.sin(az), -np.sin(el), np.cos(el) * np.cos(az)])
+        eye = target + dist * direction(az, el)
         if background == "clutter":
             view_dir = (target - eye) / dist
             _clutter(b, rng, target, view_dir, radius, int(rng.integers(6, 14)))
@@ -122,7 +122,7 @@ def render_object_crop(rng: np.random.Generator, cls: int, size: int, background
     # texture scale: the separate bank's wider range (in-domain drawn materials use exp(+-0.9))
     prims.tex_scale = np.exp(rng.uniform(-1.4, 1.4, len(prims)))
     sun_az, sun_el = rng.uniform(-np.pi, np.pi), np.deg2rad(rng.uniform(20.0, 80.0))
-    light = Light(sun=np.array([np.cos(sun_el) * np.sin(sun_az), -np.sin(sun_el), np.cos(sun_el) * np.cos(sun_az)]),
+    light = Light(sun=direction(sun_az, sun_el),
                   sun_gain=float(rng.uniform(0.35, 0.7)), ambient=float(rng.uniform(0.35, 0.6)),
                   tint=np.ones(3), shadows=False)
     bg = None if cls == SKY else np.clip(_colour(rng) * rng.uniform(0.3, 1.0) + rng.uniform(0.0, 0.3), 0, 1)
