@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -17,11 +18,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from bench.aggregate import where, write_reports
+from bench.core.atomic import remove_temp_files
 from bench.core.checkpoint import file_sha256, read_checkpoint_meta
-from bench.core.claims import CLAIMED, Claim, claimed, exclusive_lock, holder, identity, read_claim
+from bench.core.claims import CLAIM_NAME, CLAIMED, Claim, claimed, exclusive_lock, holder, identity, read_claim
 from bench.core.errors import UserError, one_line
 from bench.core.progress import bar as progress_bar
 from bench.executors import Job, make_executor
+from bench.explain import EXPLAIN_DIR
 from bench.manifest import Manifest, SynthWorld, load_manifest
 from bench.matrix import expand
 from bench.tracking import open_tracking
@@ -50,6 +53,9 @@ def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
     # first renders, the other waits on the lock and then finds it there.
     with exclusive_lock(out_dir / "data" / f".synth-{world_id[:12]}.lock"):
         if not (path / "meta.json").is_file():
+            # a render killed before it published left its temp folder (render_world's `.NAME.tmp-*`)
+            for debris in path.parent.glob(f".{path.name}.tmp-*"):
+                shutil.rmtree(debris, ignore_errors=True)
             t0 = time.perf_counter()
             render_world(path, **world.model_dump())
             _say(f"rendered world {path} in {time.perf_counter() - t0:.1f}s")
@@ -137,6 +143,7 @@ def _pretrain_job(config: dict, out_dir: str, progress: bool, claims: dict | Non
 
             if isinstance(claim, Claim) and claim.took_over:
                 log(claim.took_over)
+            _remove_debris(Path(out_dir), log)
             # Re-checked under the claim: run_pretrain skips a checkpoint another driver finished
             # while this one waited ("up to date, skipped"), so each pre-training runs once.
             return str(run_pretrain(config, Path(out_dir), progress=progress, log=log))
@@ -156,8 +163,8 @@ def _transfer_job(config: dict, out_dir: str, progress: bool, claims: dict | Non
         if is_finished(Path(out_dir) / RECORD_NAME, config["fingerprint"]):
             return DONE_ELSEWHERE  # finished by another driver between our look and our claim
         if isinstance(claim, Claim) and claim.took_over:
-            with open(Path(out_dir) / "log.txt", "a") as log:
-                log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {claim.took_over}\n")
+            _append_log(Path(out_dir), claim.took_over)
+        _remove_debris(Path(out_dir), lambda msg: _append_log(Path(out_dir), msg))
         with running_marker(Path(out_dir)):  # `bench status` shows the cell as running meanwhile
             try:
                 return run_cell(config, Path(out_dir), progress=progress)["status"]
@@ -171,6 +178,21 @@ def _transfer_job(config: dict, out_dir: str, progress: bool, claims: dict | Non
                     "error": f"{type(exc).__name__}: {one_line(exc)}", "config": config, "ran_by": identity(),
                 })
                 return "failed"
+
+
+def _append_log(out_dir: Path, msg: str) -> None:
+    with open(out_dir / "log.txt", "a") as log:
+        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
+
+
+def _remove_debris(out_dir: Path, log) -> None:
+    """Remove what a killed earlier run of this job left half-written: the temp files of atomic
+    writes it was making (the finished files they would have replaced are intact). Called once the
+    folder is this job's; `explain/` is `bench explain`'s, which does not claim the folder."""
+    removed = remove_temp_files(out_dir, skip_dirs=(EXPLAIN_DIR,), keep_prefixes=(f".{CLAIM_NAME}.",))
+    if removed:
+        log(f"removed {len(removed)} temp file(s) a killed run left: "
+            + ", ".join(str(p.relative_to(out_dir)) for p in removed))
 
 
 @contextlib.contextmanager

@@ -156,3 +156,17 @@ def test_a_requeued_slurm_job_takes_over_its_own_earlier_claim(tmp_path, monkeyp
     claim = acquire(tmp_path / "job", "cell a", heartbeat=False)
     assert claim.acquired and "Slurm job 777 (requeued)" in claim.took_over
     assert read_claim(tmp_path / "job")["slurm_job"] == "777"
+
+
+def test_acquiring_a_folder_removes_a_killed_publishers_temp_claim(tmp_path):
+    folder = tmp_path / "job"
+    folder.mkdir()
+    debris = folder / f".{CLAIM_NAME}.dead1234.tmp"
+    debris.write_text('{"half": ')
+    holder = acquire(folder, "cell a", heartbeat=False)
+    try:
+        assert holder.acquired and not debris.exists()
+        debris.write_text('{"half": ')  # while the folder is held, another driver's acquire leaves it alone
+        assert not acquire(folder, "cell a", heartbeat=False).acquired and debris.exists()
+    finally:
+        holder.release()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,6 +116,35 @@ def test_kill_9_then_rerun_leaves_one_ok_record_per_cell(tmp_path):
     for name, rec in before.items():  # finished cells were not run again
         assert after[name]["finished_at"] == rec["finished_at"]
     assert not [p for p in results.rglob("*.tmp")]
+
+
+def test_a_rerun_removes_what_a_killed_run_left_half_written(tmp_path, capsys):
+    """The kill -9 test above catches this only when the kill lands inside an atomic write; here
+    the debris is planted: a cell and a pre-training killed mid-write, and a world killed mid-render."""
+    manifest = tiny_manifest(tmp_path, protocols="[linear]")
+    results = tmp_path / "results"
+    assert main(["run", str(manifest), "--workers", "1", "--no-progress"]) == 0
+    cell = next(p.parent for p in results.glob("runs/random__*/record.json"))
+    (cell / "record.json").unlink()  # killed before its record landed: the cell runs again
+    cell_debris = [cell / ".record.json.dead01.tmp", cell / "predictions" / ".eval00000_pred.png.dead02.tmp"]
+    explain_temp = cell / "explain" / ".layer4_eval00000.png.live03.tmp"  # bench explain's, which claims nothing
+    pretrain = results / "pretrain" / "depth"
+    (pretrain / "checkpoint.safetensors").unlink()
+    pretrain_debris = [pretrain / ".checkpoint.safetensors.dead04.tmp"]
+    world = next(results.glob("data/synth-*"))
+    shutil.rmtree(world)
+    world_debris = world.parent / f".{world.name}.tmp-dead05"
+    (world_debris / "seq_000").mkdir(parents=True)
+    explain_temp.parent.mkdir()
+    for path in [*cell_debris, *pretrain_debris, explain_temp]:
+        path.write_bytes(b"half")
+    assert main(["run", str(manifest), "--workers", "1", "--no-progress"]) == 0
+    assert not any(p.exists() for p in [*cell_debris, *pretrain_debris, world_debris])
+    assert explain_temp.exists()
+    assert (world / "meta.json").is_file() and read_json(cell / "record.json")["status"] == "ok"
+    assert "removed 2 temp file(s) a killed run left: .record.json.dead01.tmp, predictions/" in (cell / "log.txt").read_text()
+    assert "removed 1 temp file(s)" in (pretrain / "log.txt").read_text()
+    capsys.readouterr()
 
 
 def test_a_diverging_pretraining_blocks_only_its_own_cells(tmp_path, capsys, monkeypatch):

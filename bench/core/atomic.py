@@ -79,6 +79,25 @@ def atomic_path(path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def remove_temp_files(folder, *, skip_dirs=(), keep_prefixes=()) -> list[Path]:
+    """Remove the temp files `atomic_path` leaves when its process is killed between creating and
+    renaming one (`.NAME.RANDOM.tmp`), in `folder` and its subfolders (but not `skip_dirs`, names
+    of subfolders another program writes); names starting with one of `keep_prefixes` stay.
+    Only for a folder the caller owns (it holds the folder's claim or lock): a live writer's temp
+    file would go too. Returns what was removed."""
+    folder, removed = Path(folder), []
+    for path in sorted(folder.rglob(".*.tmp")):
+        inside = path.relative_to(folder).parts
+        if not path.is_file() or inside[0] in skip_dirs or path.name.startswith(tuple(keep_prefixes)):
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        removed.append(path)
+    return removed
+
+
 def write_bytes_atomic(path, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

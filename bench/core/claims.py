@@ -167,6 +167,8 @@ def _publish(folder: Path, info: dict, *, replace: bool) -> bool:
             os.link(tmp, folder / CLAIM_NAME)
         except FileExistsError:
             return False
+        except FileNotFoundError:  # our temp file swept as debris: only where flock is missing (see acquire)
+            return False
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -253,6 +255,11 @@ def acquire(folder, job: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         elif not _publish(folder, info, replace=False):  # created meanwhile, outside a working flock
             claim.other = read_claim(folder) or {}
             return claim
+        # A driver killed while publishing a claim left its temp file. Every publish runs under this
+        # lock, so while we hold it any such file is a dead process's.
+        for debris in folder.glob(f".{CLAIM_NAME}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                debris.unlink()
     claim.acquired = True
     if heartbeat:
         claim.start_heartbeat()
