@@ -51,10 +51,11 @@ def ensure_world(world: SynthWorld, world_id: str, out_dir: Path) -> Path:
         return path
     # Two drivers starting together would both render it and the second publish would fail: the
     # first renders, the other waits on the lock and then finds it there.
-    with exclusive_lock(out_dir / "data" / f".synth-{world_id[:12]}.lock"):
+    with exclusive_lock(out_dir / "data" / f".synth-{world_id[:12]}.lock") as locked:
         if not (path / "meta.json").is_file():
-            # a render killed before it published left its temp folder (render_world's `.NAME.tmp-*`)
-            for debris in path.parent.glob(f".{path.name}.tmp-*"):
+            # a render killed before it published left its temp folder (render_world's `.NAME.tmp-*`);
+            # without a working lock it may be a live render's: left alone
+            for debris in path.parent.glob(f".{path.name}.tmp-*") if locked else ():
                 shutil.rmtree(debris, ignore_errors=True)
             t0 = time.perf_counter()
             render_world(path, **world.model_dump())

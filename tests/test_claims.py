@@ -170,3 +170,17 @@ def test_acquiring_a_folder_removes_a_killed_publishers_temp_claim(tmp_path):
         assert not acquire(folder, "cell a", heartbeat=False).acquired and debris.exists()
     finally:
         holder.release()
+
+
+def test_without_a_working_flock_a_temp_claim_is_left_alone(tmp_path, monkeypatch):
+    """Where flock is missing, a temp claim may be a live driver's about to be linked: kept."""
+    import contextlib
+
+    monkeypatch.setattr(claims, "exclusive_lock", lambda path: contextlib.nullcontext(False))
+    folder = tmp_path / "job"
+    folder.mkdir()
+    other = folder / f".{CLAIM_NAME}.live1234.tmp"
+    other.write_text("{}")
+    claim = acquire(folder, "cell a", heartbeat=False)
+    assert claim.acquired and other.exists()
+    claim.release()

@@ -127,12 +127,14 @@ def read_claim(folder) -> dict | None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path) -> Iterator[None]:
+def exclusive_lock(path) -> Iterator[bool]:
     """Hold an exclusive flock on `path` (created if missing) for the block; blocks until free.
-    Without flock support (some network filesystems) the block runs unguarded, with a warning."""
+    Yields True when locked; without flock support (some network filesystems) False: the block
+    runs unguarded, with a warning."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, ordinary_file_mode())
+    locked = True
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -145,7 +147,8 @@ def exclusive_lock(path) -> Iterator[None]:
                 print(f"warning: {path.parent}: this filesystem has no flock ({exc.strerror}); claims are "
                       f"created exclusively but stale takeovers and leaderboard writes are not serialised",
                       file=sys.stderr)
-        yield
+            locked = False
+        yield locked
     finally:
         os.close(fd)  # releases the lock
 
@@ -166,8 +169,6 @@ def _publish(folder: Path, info: dict, *, replace: bool) -> bool:
         try:
             os.link(tmp, folder / CLAIM_NAME)
         except FileExistsError:
-            return False
-        except FileNotFoundError:  # our temp file swept as debris: only where flock is missing (see acquire)
             return False
         return True
     finally:
@@ -243,7 +244,7 @@ def acquire(folder, job: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     if _slurm_job():
         info["slurm_job"] = _slurm_job()
     claim = Claim(folder, job, acquired=False, info=info, heartbeat_s=heartbeat_s)
-    with exclusive_lock(folder / MUTEX_NAME):
+    with exclusive_lock(folder / MUTEX_NAME) as locked:
         current = read_claim(folder)
         if current is not None:
             why = staleness(current, stale_after_s)
@@ -256,8 +257,9 @@ def acquire(folder, job: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
             claim.other = read_claim(folder) or {}
             return claim
         # A driver killed while publishing a claim left its temp file. Every publish runs under this
-        # lock, so while we hold it any such file is a dead process's.
-        for debris in folder.glob(f".{CLAIM_NAME}.*.tmp"):
+        # lock, so while we really hold it any such file is a dead process's (without flock it may be
+        # a live one's, about to be linked: left alone).
+        for debris in folder.glob(f".{CLAIM_NAME}.*.tmp") if locked else ():
             with contextlib.suppress(FileNotFoundError):
                 debris.unlink()
     claim.acquired = True
