@@ -29,7 +29,7 @@ import pandas as pd
 from bench.core.atomic import write_text_atomic
 from bench.core.claims import exclusive_lock
 from bench.core.errors import UserError
-from bench.core.records import iter_records
+from bench.core.records import COMPARISON, iter_records
 from bench.core.sizes import size_text
 from bench.manifest import WORLD_CONTROLS, SynthWorld
 from bench.core.variants import base_name, cell_display, display_name
@@ -37,7 +37,6 @@ from bench.report import render_report
 from bench.statistics import paired_difference, t_interval
 
 CELL = ["backbone", "method", "arch", "dataset", "protocol", "decoder", "init", "init_effective", "train_size"]
-COMPARISON = ["dataset", "protocol", "decoder", "init", "train_size"]
 METRICS = ["miou", "pixel_acc", "mean_class_acc"]
 PERCENT = (0.0, 100.0)
 

@@ -22,11 +22,12 @@ import math
 import numpy as np
 import pandas as pd
 
+from bench.core.records import COMPARISON
 from bench.core.variants import SEPARATOR, base_name
 from bench.table_format import Cell, Table
 from transfer.protocols import PROTOCOLS
 
-SECTIONS = ["protocol", "decoder", "init", "train_size"]  # a comparison's keys but its dataset
+SECTIONS = [k for k in COMPARISON if k != "dataset"]  # a comparison's keys but its dataset
 
 
 def _variant(dataset: str) -> str:

@@ -17,10 +17,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bench.core.records import read_json
+from bench.core.records import COMPARISON, read_json
 from bench.core.errors import UserError
 from bench.explain import COLOURMAP, EXPLAIN_DIR, cell_folders, explain_cell, first_eval_images, layer_file_part
-from bench.qualitative import (COMPARISON, Grid, comparison_slug, comparison_words, draw_grid,
+from bench.qualitative import (Grid, comparison_slug, comparison_words, draw_grid,
                                first_seed_cells)
 
 PREFIX = "explain_"

@@ -24,7 +24,7 @@ from bench.core.checkpoint import read_checkpoint_meta
 from bench.core.cka import encoder_from_checkpoint, layer_cka
 from bench.core.errors import UserError
 from bench.core.kept_weights import verified_checkpoint
-from bench.core.records import read_json
+from bench.core.records import COMPARISON, read_json
 
 __all__ = ["resolve_weights", "load_encoder", "layer_cka", "dataset_batches", "write_cka", "pretrained_vs_finetuned",
            "cka_across_frame"]
@@ -149,7 +149,6 @@ def cka_across_frame(df: pd.DataFrame) -> pd.DataFrame:
     of the pre-trained and of the fine-tuned network (`within_pretrained`, `within_finetuned`).
     Cells without a stored matrix of their fingerprint are left out (their heatmap may come from kept
     weights, but the across-backbone figure reads documents only)."""
-    from bench.plots import CKA_COMPARISON
     from transfer.similarity import as_matrix, read_cka_document
 
     rows = []
@@ -161,7 +160,7 @@ def cka_across_frame(df: pd.DataFrame) -> pd.DataFrame:
         layers_a, layers_b = list(doc["layers_a"]), list(doc["layers_b"])
         if layers_a != layers_b:
             continue  # rows and columns are different layers: there is no "same layer" diagonal
-        base = {k: cell[k] for k in CKA_COMPARISON} | {"backbone": cell["backbone"], "seed": cell["seed"]}
+        base = {k: cell[k] for k in COMPARISON} | {"backbone": cell["backbone"], "seed": cell["seed"]}
         series = {"pretrained_vs_finetuned": np.diag(as_matrix(doc["matrix"]))}
         within = doc.get("within") or {}
         for side in ("pretrained", "finetuned"):
@@ -170,4 +169,4 @@ def cka_across_frame(df: pd.DataFrame) -> pd.DataFrame:
         for kind, values in series.items():
             rows += [{**base, "kind": kind, "layer_index": i, "layer": layer, "cka": float(v)}
                      for i, (layer, v) in enumerate(zip(layers_a, values))]
-    return pd.DataFrame(rows, columns=[*CKA_COMPARISON, "backbone", "seed", "kind", "layer_index", "layer", "cka"])
+    return pd.DataFrame(rows, columns=[*COMPARISON, "backbone", "seed", "kind", "layer_index", "layer", "cka"])

@@ -36,6 +36,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
+from bench.core.records import COMPARISON
 from transfer.protocols import PROTOCOLS
 
 DPI = 150
@@ -417,17 +418,16 @@ CKA_KINDS = {  # cka_across_ panels: kind -> (title, y label)
     "within_pretrained": ("within the pre-trained network", "CKA(layer 0, layer)"),
     "within_finetuned": ("within the fine-tuned network", "CKA(layer 0, layer)"),
 }
-CKA_COMPARISON = ["dataset", "protocol", "decoder", "init", "train_size"]
 
 
 def _cka_across_figures(cka: pd.DataFrame, colours):
     """(name, figure, {kind: axes}) per comparison of `cka`, a long frame with one row per (comparison,
-    backbone, seed, kind, layer_index) and columns CKA_COMPARISON + backbone, seed, kind, layer_index, layer,
+    backbone, seed, kind, layer_index) and columns COMPARISON + backbone, seed, kind, layer_index, layer,
     cka (see bench.layer_cka.cka_across_frame). Lines: mean over seeds per layer; band: min–max."""
     if cka is None or cka.empty:
         return []
     colours, out = _with_all(colours, cka["backbone"]), []
-    for key, d in cka.groupby(CKA_COMPARISON, sort=True, dropna=False):
+    for key, d in cka.groupby(COMPARISON, sort=True, dropna=False):
         dataset, protocol, decoder, init, n = key
         kinds = [k for k in CKA_KINDS if (d["kind"] == k).any()]
         backbones = [b for b in colours if b in set(d["backbone"])]

@@ -22,10 +22,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bench.core.records import read_json
+from bench.core.records import COMPARISON, read_json
 from transfer.predictions import PREDICTIONS_DIR, PREDICTIONS_NAME, PREDICTIONS_SCHEMA, palette_table
 
-COMPARISON = ["dataset", "protocol", "decoder", "init", "train_size"]  # bench.aggregate's
 PANEL_WIDTH_IN = 2.4
 MAX_LEGEND_CLASSES = 40
 

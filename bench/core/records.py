@@ -15,6 +15,9 @@ from pathlib import Path
 from bench.core.atomic import write_text_atomic
 
 FINAL_STATUSES = ("ok", "diverged")
+# The cell fields that make a comparison: cells that differ only in backbone and seed are compared
+# (ranked, contrasted, drawn side by side). Every report groups by this one key.
+COMPARISON = ["dataset", "protocol", "decoder", "init", "train_size"]
 
 
 def fingerprint(config: dict) -> str:
