@@ -264,6 +264,22 @@ def test_options_are_validated_in_one_line():
     assert "teacher_temp" in one_line_error(parse_options, DINO, {"teacher_temp": 0})
 
 
+@pytest.mark.parametrize("option", ["dino.global_size", "dino.local_size", "contrastive.view_size"])
+def test_every_hxw_option_reads_and_refuses_the_same_spellings(option):
+    """DINO's crop sizes and MoCo's view size share one parser (bench.core.options.ImageSizeOption)."""
+    from pretrain.methods.contrastive import MoCo
+
+    method, name = option.split(".")
+    cls = {"dino": DINO, "contrastive": MoCo}[method]
+    for given, parsed in (("16x48", (16, 48)), ("16X48", (16, 48)), ([16, 48], (16, 48)), (None, None)):
+        assert getattr(parse_options(cls, {name: given}), name) == parsed
+    for bad, why in (("96", "expected HxW such as 96x96, got '96'"), ("16by48", "expected HxW such as 96x96"),
+                     ("16x48x3", "expected HxW such as 96x96"), ("0x48", "sides must be positive, got 0x48"),
+                     ([16, 0], "sides must be positive, got 16x0")):
+        message = one_line_error(parse_options, cls, {name: bad})
+        assert f"option {name}:" in message and why in message, message
+
+
 def test_checkpoint_holds_the_teacher(tiny_world, tmp_path):
     # With momentum 1 the teacher never moves: the checkpoint's parameters are the initial ones,
     # although the student trained (the BatchNorm statistics of a training-mode teacher do move).

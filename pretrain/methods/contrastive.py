@@ -34,11 +34,12 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import nn
 
 from bench.core.errors import UserError
 from bench.core.models.backbones import normalize
+from bench.core.options import ImageSizeOption
 from pretrain.methods.base import MethodOptions, PretrainMethod, register_method
 from pretrain.moco_views import moco_v2_view
 
@@ -90,25 +91,8 @@ class MoCo(PretrainMethod):
         temperature: float = Field(0.2, gt=0, description="InfoNCE temperature")
         bn_groups: int = Field(2, ge=1, description="sub-batches with their own BN statistics, keys shuffled "
                                                      "across them (MoCo's shuffling BN in one process; 1: off)")
-        view_size: tuple[int, int] | None = Field(None, description="HxW of the augmented views "
-                                                  "(default: the training size, or --crop)")
-
-        @field_validator("view_size", mode="before")
-        @classmethod
-        def _parse_hw(cls, value):
-            if isinstance(value, str):  # -o view_size=96x96 arrives as a string
-                parts = value.lower().split("x")
-                if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-                    raise ValueError(f"expected HxW such as 96x96, got {value!r}")
-                return int(parts[0]), int(parts[1])
-            return value
-
-        @field_validator("view_size")
-        @classmethod
-        def _positive(cls, value):
-            if value is not None and min(value) < 1:
-                raise ValueError(f"view sides must be positive, got {value[0]}x{value[1]}")
-            return value
+        view_size: ImageSizeOption = Field(None, description="HxW of the augmented views "
+                                           "(default: the training size, or --crop)")
 
     def __init__(self, config, source):
         super().__init__(config, source)

@@ -54,6 +54,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from bench.core.distributed import rank_and_world
 from bench.core.models.backbones import backbone_spec, create_encoder, normalize
+from bench.core.options import ImageSizeOption
 from pretrain.dino_views import GLOBAL_SCALE, LOCAL_SCALE, local_size, multi_crop, recipes
 from pretrain.methods.base import MethodOptions, PretrainMethod, register_method
 
@@ -176,15 +177,15 @@ def multi_crop_forward(encoder: nn.Module, head: nn.Module, crops: list[torch.Te
 
 # -------------------------------------------------------------------------------------- options
 
-def _pair(value, what: str, cast):
-    if isinstance(value, str):  # -o global_size=96x320, -o local_crops_scale=0.05,0.4
-        parts = value.lower().replace("x", ",").split(",")
-        if len(parts) != 2:
-            raise ValueError(f"expected two {what}, got {value!r}")
+def _fractions(value):
+    if isinstance(value, str):  # -o local_crops_scale=0.05,0.4
+        parts = value.split(",")
         try:
-            return cast(parts[0].strip()), cast(parts[1].strip())
+            if len(parts) == 2:
+                return float(parts[0]), float(parts[1])
         except ValueError:
-            raise ValueError(f"expected two {what}, got {value!r}") from None
+            pass
+        raise ValueError(f"expected two fractions such as 0.4,1, got {value!r}")
     return value
 
 
@@ -221,17 +222,17 @@ class DINO(PretrainMethod):
                                                         "crops (DINO's ResNet-50 run: 0.14,1)")
         local_crops_scale: tuple[float, float] = Field(LOCAL_SCALE, description="area range of the local "
                                                        "crops (DINO's ResNet-50 run: 0.05,0.14)")
-        global_size: tuple[int, int] | None = Field(None, description="HxW of the global crops "
-                                                    "(default: the training size, or --crop)")
-        local_size: tuple[int, int] | None = Field(None, description="HxW of the local crops (default: 96/224 "
-                                                   "of the global size a side, DINO's 96 vs 224 px)")
+        global_size: ImageSizeOption = Field(None, description="HxW of the global crops "
+                                             "(default: the training size, or --crop)")
+        local_size: ImageSizeOption = Field(None, description="HxW of the local crops (default: 96/224 "
+                                            "of the global size a side, DINO's 96 vs 224 px)")
         drop_path_rate: float = Field(0.1, ge=0, lt=1, description="stochastic depth of a ViT student "
                                       "(the teacher has none; CNNs ignore it)")
 
         @field_validator("global_crops_scale", "local_crops_scale", mode="before")
         @classmethod
         def _parse_scale(cls, value):
-            return _pair(value, "fractions such as 0.4,1", float)
+            return _fractions(value)
 
         @field_validator("global_crops_scale", "local_crops_scale")
         @classmethod
@@ -239,18 +240,6 @@ class DINO(PretrainMethod):
             lo, hi = value
             if not 0 < lo <= hi <= 1:
                 raise ValueError(f"needs 0 < low <= high <= 1, got {lo},{hi}")
-            return value
-
-        @field_validator("global_size", "local_size", mode="before")
-        @classmethod
-        def _parse_hw(cls, value):
-            return _pair(value, "sides HxW such as 96x96", int)
-
-        @field_validator("global_size", "local_size")
-        @classmethod
-        def _positive(cls, value):
-            if value is not None and min(value) < 1:
-                raise ValueError(f"sides must be positive, got {value[0]}x{value[1]}")
             return value
 
     def __init__(self, config, source):
