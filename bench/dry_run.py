@@ -11,7 +11,7 @@ of the method's data kind listed. The generated world needs no check: it is rend
 from __future__ import annotations
 
 from bench.core.errors import UserError
-from bench.core.sizes import MIN_SIDE, parse_size
+from bench.core.sizes import parse_size, too_small
 
 
 def size_problems(m, backbones) -> list[str]:
@@ -33,11 +33,9 @@ def size_problems(m, backbones) -> list[str]:
             size = value if what == "the world's size" else parse_size(value, what)
             if size is None:
                 continue
-            shortest = size if isinstance(size, int) else min(size)
-            if shortest < MIN_SIDE:
-                shown = f"a short side of {size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
-                problems.append(f"{where}: {what} {shown} is too small for a stride-32 encoder (at least "
-                                f"{MIN_SIDE} pixels a side)")
+            why = too_small(size)
+            if why:
+                problems.append(f"{where}: {what} {why}")
             return
 
     for i, spec in enumerate(m.datasets):

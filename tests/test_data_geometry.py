@@ -103,7 +103,7 @@ def test_training_batches_crop_flip_and_refuse_mixed_sizes_without_a_crop():
 
 
 def test_eval_batches_group_equal_sizes_and_keep_native_labels(monkeypatch):
-    monkeypatch.setattr("transfer.data.MIN_SIDE", 1)  # no encoder here: tiny sizes keep the test readable
+    monkeypatch.setattr("bench.core.sizes.MIN_SIDE", 1)  # no encoder here: tiny sizes keep the test readable
     ds = _Blocks([(8, 8), (8, 8), (12, 8), (8, 8)])
     ev = EvalImages(ds, ds.samples("val"), resize=(4, 4))
     shapes = [(tuple(x.shape), tuple(y.shape)) for x, y in ev.batches(batch_size=8)]
@@ -129,7 +129,7 @@ class _Oracle(torch.nn.Module):
 
 
 def test_evaluation_scores_upsampled_predictions_on_native_labels(monkeypatch):
-    monkeypatch.setattr("transfer.data.MIN_SIDE", 1)
+    monkeypatch.setattr("bench.core.sizes.MIN_SIDE", 1)
     ds = _Blocks([(8, 8), (12, 16)])
     # Blocks survive a 4x4 resize and the bilinear upsampling back: a perfect score.
     m = evaluate(_Oracle(), EvalImages(ds, ds.samples("val"), resize=(4, 4)), 4, 255, batch_size=2)
@@ -150,7 +150,16 @@ def test_dataset_settings_take_defaults_and_overrides():
 
 def test_images_too_small_for_the_encoder_are_a_user_error():
     ds = _Blocks([(8, 12)])
-    with pytest.raises(UserError, match="at least 33 pixels per side"):
+    with pytest.raises(UserError, match="at least 33 pixels a side"):
         TrainImages(ds, ds.samples("train"), resize=None, crop=(8, 8)).batch(step_generator(0, 0), 1)
-    with pytest.raises(UserError, match="evaluation images are 8x12"):
+    with pytest.raises(UserError, match="evaluation images: 8x12 is too small"):
         next(EvalImages(ds, ds.samples("val"), resize=None).batches(1))
+
+
+def test_the_stride_32_size_rule_has_one_wording_at_its_boundary():
+    from bench.core.sizes import MIN_SIDE, too_small
+
+    assert MIN_SIDE == 33  # a 2x2 map at stride 32 (the decoders' reflection padding)
+    assert too_small((33, 500)) is None and too_small(33) is None
+    assert too_small((500, 32)) == "500x32 is too small for a stride-32 encoder (at least 33 pixels a side)"
+    assert too_small(32) == "a short side of 32 is too small for a stride-32 encoder (at least 33 pixels a side)"

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from bench.core.errors import UserError
-from bench.core.sizes import MIN_SIDE, parse_size
+from bench.core.sizes import parse_size, too_small
 from transfer.datasets import dataset_class, open_dataset
 from transfer.datasets.base import IGNORE_INDEX, VALIDATION_RULE, Resize, Sample, SegmentationDataset, read_pair
 from transfer.splits import few_shot_stems, split_file_name, write_stems
@@ -32,9 +32,9 @@ CACHE_BYTES = 2 * 1024**3
 
 
 def _check_side(dataset: SegmentationDataset, size: tuple[int, int], what: str) -> None:
-    if min(size) < MIN_SIDE:
-        raise UserError(f"dataset {dataset.name}: {what} images are {size[0]}x{size[1]}; the encoders need at least "
-                        f"{MIN_SIDE} pixels per side (set a larger resize or crop)")
+    why = too_small(size)
+    if why:
+        raise UserError(f"dataset {dataset.name}: {what} images: {why}; set a larger resize or crop")
 
 
 def target_size(height: int, width: int, resize: Resize) -> tuple[int, int]:

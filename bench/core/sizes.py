@@ -10,6 +10,16 @@ from bench.core.errors import UserError
 MIN_SIDE = 33
 
 
+def too_small(size) -> str | None:
+    """Why `size` (H, W), or a short side, is too small for a stride-32 encoder; None when it fits.
+    The one wording of the rule, which each stage prefixes with where the size comes from."""
+    shortest = size if isinstance(size, int) else min(size)
+    if shortest >= MIN_SIDE:
+        return None
+    shown = f"a short side of {size}" if isinstance(size, int) else f"{size[0]}x{size[1]}"
+    return f"{shown} is too small for a stride-32 encoder (at least {MIN_SIDE} pixels a side)"
+
+
 def parse_size(text, what: str, allow_short_side: bool = True):
     """`"192x640"` -> (192, 640); `512` or `"512"` -> 512 (short side, if allowed);
     `"native"`/`"none"`/None -> None. Accepts the YAML/JSON forms too ([192, 640])."""

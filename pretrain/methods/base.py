@@ -34,7 +34,7 @@ from bench.core.errors import UserError
 from bench.core.options import options_help as _options_help
 from bench.core.options import parse_options as _parse_options
 from bench.core.registry import Registry
-from bench.core.sizes import MIN_SIDE
+from bench.core.sizes import too_small
 from bench.core.models.backbones import create_encoder, normalize
 from pretrain.batches import Batches
 from pretrain.sources.base import PretrainSource
@@ -54,10 +54,9 @@ class PretrainMethod:
         self.config = config
         self.options = parse_options(type(self), config.get("options") or {})
         self.batches = Batches(source, self.kind, self.name, resize=config.get("resize"), crop=config.get("crop"))
-        if min(self.batches.out_size) < MIN_SIDE:
-            h, w = self.batches.out_size
-            raise UserError(f"training size {h}x{w} is too small for a stride-32 encoder; use --resize or --crop "
-                            f"of at least {MIN_SIDE} pixels a side")
+        why = too_small(self.batches.out_size)
+        if why:
+            raise UserError(f"training size {why}; use a larger --resize or --crop")
         self.encoder = create_encoder(config["arch"])
         self.decoder: nn.Module | None = None
         self.modules: dict[str, nn.Module] = {"encoder": self.encoder}
