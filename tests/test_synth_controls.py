@@ -267,6 +267,24 @@ def test_controls_enter_the_world_identity_only_when_set():
     assert SynthWorld(shadows=True, object_scale="near").controls() == {"shadows": True, "object_scale": "near"}
 
 
+def test_the_manifest_the_renderer_and_the_controls_agree_on_every_default():
+    """The world's defaults are stated in three places that cannot import one another's layer
+    (bench.manifest.SynthWorld, render_world's keywords, synth.controls.Controls): they must agree,
+    or a manifest that leaves a key unset would name one world and render another."""
+    import dataclasses
+    import inspect
+
+    from bench.core.synth.controls import Controls
+    from bench.manifest import SynthWorld
+
+    manifest = SynthWorld.defaults()
+    renderer = {k: p.default for k, p in inspect.signature(render_world).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    assert {k: renderer[k] for k in manifest} == manifest  # every manifest key is a renderer keyword
+    assert {f.name: f.default for f in dataclasses.fields(Controls)} == {
+        f.name: manifest[f.name] for f in dataclasses.fields(Controls)}
+
+
 def test_manifest_and_cli_accept_the_controls(tmp_path):
     from bench.cli import main
     from bench.manifest import SynthWorld
