@@ -9,6 +9,7 @@ skipped when its checkpoint is current, and a cell whose record matches is skipp
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import sys
@@ -137,11 +138,8 @@ def _pretrain_job(config: dict, out_dir: str, progress: bool, claims: dict | Non
         if not claim:
             return CLAIMED
         # `bench status` shows the pre-training as running meanwhile
-        with running_marker(Path(out_dir)), open(Path(out_dir) / "log.txt", "a") as log_file:
-            def log(msg: str) -> None:
-                log_file.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
-                log_file.flush()
-
+        with running_marker(Path(out_dir)):
+            log = functools.partial(_append_log, Path(out_dir))
             if isinstance(claim, Claim) and claim.took_over:
                 log(claim.took_over)
             _remove_debris(Path(out_dir), log)
@@ -165,7 +163,7 @@ def _transfer_job(config: dict, out_dir: str, progress: bool, claims: dict | Non
             return DONE_ELSEWHERE  # finished by another driver between our look and our claim
         if isinstance(claim, Claim) and claim.took_over:
             _append_log(Path(out_dir), claim.took_over)
-        _remove_debris(Path(out_dir), lambda msg: _append_log(Path(out_dir), msg))
+        _remove_debris(Path(out_dir), functools.partial(_append_log, Path(out_dir)))
         with running_marker(Path(out_dir)):  # `bench status` shows the cell as running meanwhile
             try:
                 return run_cell(config, Path(out_dir), progress=progress)["status"]
@@ -182,6 +180,7 @@ def _transfer_job(config: dict, out_dir: str, progress: bool, claims: dict | Non
 
 
 def _append_log(out_dir: Path, msg: str) -> None:
+    """One time-stamped line in the job's `log.txt` (opened per line: a job logs a handful)."""
     with open(out_dir / "log.txt", "a") as log:
         log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
 
