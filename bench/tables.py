@@ -31,7 +31,6 @@ from bench.statistics import t_interval
 from bench.table_format import MARKS, TEX_PREAMBLE, Cell, Table, to_latex, to_markdown
 from transfer.protocols import PROTOCOLS
 
-PROTOCOL_ORDER = PROTOCOLS
 INIT_WORDS = {"none": "random encoder", "encoder": "pre-trained encoder, fresh decoder",
               "encoder+decoder": "pre-trained encoder and its pre-trained decoder", "unknown": "no seed ran"}
 LEGEND = ("Bold: the best mean of each column (ties all bold). —: not run; failed, diverged or skipped: no seed "
@@ -147,7 +146,7 @@ def _paper_table(name: str, dataset: str | None, init: str, s: pd.DataFrame, key
                  decoders) -> Table:
     """Rows: backbones; columns: the combinations of `keys` that ran, each level in its order."""
     sizes = sorted(s["train_size"].unique())
-    ranks = {"dataset": list(dict.fromkeys(s["dataset"])), "protocol": PROTOCOL_ORDER, "decoder": decoders,
+    ranks = {"dataset": list(dict.fromkeys(s["dataset"])), "protocol": PROTOCOLS, "decoder": decoders,
              "train_size": sizes}
     columns = sorted(dict.fromkeys(zip(*(s[k] for k in keys))),
                      key=lambda c: tuple(_rank(v, ranks[k]) for k, v in zip(keys, c)))
@@ -236,7 +235,7 @@ def resolution_tables(df: pd.DataFrame, order: list[str]) -> dict[str, list[Tabl
         tsizes = dict(zip(of_dataset["transfer_label"], of_dataset["transfer_size"]))
         base_order = list(dict.fromkeys(base_name(b) for b in order))
         keys = sorted(dict.fromkeys(zip(*(summary[k] for k in sections))),
-                      key=lambda k: (_rank(k[0], PROTOCOL_ORDER), str(k[1]), str(k[2]), k[3]))
+                      key=lambda k: (_rank(k[0], PROTOCOLS), str(k[1]), str(k[2]), k[3]))
         out[name] = []
         for i, key in enumerate(keys):
             part = summary[(summary[sections] == pd.Series(key, index=sections)).all(axis=1)]
