@@ -31,6 +31,7 @@ from bench.core.claims import exclusive_lock
 from bench.core.errors import UserError
 from bench.core.records import COMPARISON, iter_records
 from bench.core.sizes import size_text
+from bench.core.version import VERSIONED_LIBRARIES
 from bench.manifest import WORLD_CONTROLS, SynthWorld
 from bench.core.variants import base_name, cell_display, display_name
 from bench.report import render_report
@@ -66,12 +67,12 @@ def records_frame(results_dir) -> pd.DataFrame:
                "curve": record.get("curve") or [], "per_class_iou": metrics.get("per_class_iou") or {},
                "per_image": record.get("per_image"), "selected": _selected(record),
                "checkpoint": (record.get("checkpoint") or {}).get("path"), "config": record.get("config") or {},
-               **world_columns(record)}
+               "versions": versions_text(record), **world_columns(record)}
         for k in METRICS:
             row[k] = 100.0 * metrics[k] if metrics.get(k) is not None else float("nan")
         rows.append(row)
     extra = ["seed", "status", "error", "record", "curve", "per_class_iou", "per_image", "selected", "checkpoint",
-             "config", *VARIANT_COLUMNS, *WORLD_COLUMNS]
+             "config", "versions", *VARIANT_COLUMNS, *WORLD_COLUMNS]
     df = pd.DataFrame(rows, columns=CELL + extra + METRICS)
     for column in [*VARIANT_COLUMNS, "world"]:  # None, not NaN, where unset: these are labels, not numbers
         df[column] = df[column].astype(object).where(df[column].notna(), None)
@@ -102,6 +103,25 @@ def world_columns(record: dict) -> dict:
     set_ = {k: world[k] for k in WORLD_CONTROLS if k in world}
     return {"world": ", ".join(f"{k}={v}" for k, v in set_.items()) or "default",
             **{f"world_{k}": set_.get(k, defaults[k]) for k in WORLD_CONTROLS}}
+
+
+def versions_text(record: dict) -> str:
+    """The versions of the libraries that decide a record's numbers, in words (`torch 2.14.1,
+    torchvision 0.29.1, timm 1.0.31`; `?` where the record does not say)."""
+    versions = record.get("versions") or {}
+    return ", ".join(f"{name} {versions.get(name) or '?'}" for name in VERSIONED_LIBRARIES)
+
+
+def mixed_versions(df: pd.DataFrame) -> dict[tuple, str]:
+    """The comparisons whose ok records come from more than one set of library versions, each with
+    those sets in words and how many records carry each: their differences mix a library change
+    with the backbones'."""
+    out = {}
+    for key, group in df[df["status"] == "ok"].groupby(COMPARISON, sort=False, dropna=False):
+        counts = group["versions"].value_counts()
+        if len(counts) > 1:
+            out[key] = "; ".join(f"{text} ({n} record{'s' if n != 1 else ''})" for text, n in sorted(counts.items()))
+    return out
 
 
 def _pretrain_size(record: dict) -> str | None:
@@ -300,7 +320,8 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     write_text_atomic(paths["per_class.csv"], per_class.to_csv(index=False, float_format="%.4f"))
     write_text_atomic(paths["failures.csv"], failures.to_csv(index=False))
     # each comparison's Δ column names the baseline row it has (a world study's differs per world)
-    sections = [(header, note, _display(rows, rows["baseline"].iloc[0])) for header, note, rows in _sections(board)]
+    sections = [(header, note, _display(rows, rows["baseline"].iloc[0]))
+                for header, note, rows in _sections(board, mixed_versions(df))]
     markdown = "\n\n".join(f"### {header}\n\n{note}\n\n{shown.to_markdown(index=False)}"
                              for header, note, shown in sections)
     fail_md = failures.drop(columns=["record"]).to_markdown(index=False) if not failures.empty else "None."
@@ -355,8 +376,8 @@ _LEGEND = ("Final-step metrics in percent over the seeds whose run is `ok`: mean
            "resampled for both, mIoU recomputed from per-image counts); `*` marks an interval that excludes zero.")
 
 
-def _sections(board: pd.DataFrame):
-    """(header, note, rows) per comparison, in the board's order."""
+def _sections(board: pd.DataFrame, mixed: dict[tuple, str]):
+    """(header, note, rows) per comparison, in the board's order; `mixed`: `mixed_versions`."""
     for key, rows in board.groupby(COMPARISON, sort=False, dropna=False):
         dataset, protocol, decoder, init, train_size = key
         header = f"{dataset} · {protocol} · {decoder} · init {init} · {train_size} training images"
@@ -365,6 +386,8 @@ def _sections(board: pd.DataFrame):
                     f"{rows['comparison_inits'].iloc[0]}. `init: encoder` compares encoders with fresh decoders.")
         else:
             note = f"One initialisation: {rows['comparison_inits'].iloc[0]}."
+        if key in mixed:
+            note += f" **Library versions differ** between its records: {mixed[key]}."
         yield header, note, rows
 
 

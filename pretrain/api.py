@@ -26,7 +26,7 @@ from bench.core.devices import resolve_device, resolve_precision, use_channels_l
 from bench.core.distributed import join_process_group, launched_by_torchrun, rank_and_world, spawn_ranks
 from bench.core.errors import UserError
 from bench.core.records import fingerprint, read_json, write_json_atomic
-from bench.core.version import harness_checkout
+from bench.core.version import harness_checkout, library_versions
 from pretrain.warm_start import initialise
 from pretrain.loop import Diverged, train
 from pretrain.methods import method_class
@@ -115,7 +115,7 @@ def build_method(config: dict):
 # Run-specific values stay out of the checkpoint (they go to summary.json), so the same config
 # trained twice -- on another machine, executor or results folder -- gives the same file, and the
 # cells that hash it keep their fingerprints.
-VOLATILE_SUMMARY = ("harness_git", "wall_s", "images_per_s", "resumed_from", "data_wait_fraction", "device", "precision",
+VOLATILE_SUMMARY = ("harness_git", "versions", "wall_s", "images_per_s", "resumed_from", "data_wait_fraction", "device", "precision",
                     "num_workers", "peak_rss_mb", "peak_gpu_mb", "overflow_steps")
 
 
@@ -216,9 +216,9 @@ def _run_rank(config: dict, fp: str, out_dir: Path, progress: bool, log) -> Path
         return out_dir / CHECKPOINT_NAME
     path = save_checkpoint(out_dir / CHECKPOINT_NAME, _cpu(task.checkpoint_encoder().state_dict()),
                            _meta(task, config, fp, summary, int(config["steps"])), decoder_state=_cpu(decoder()))
-    # The harness's commit goes to summary.json only: in the checkpoint it would change the file's
-    # hash, and with it every cell fingerprint, at each commit.
-    summary = {**summary, "harness_git": harness_checkout()}
+    # The harness's commit and the library versions go to summary.json only: in the checkpoint they
+    # would change the file's hash, and with it every cell fingerprint, at each commit or upgrade.
+    summary = {**summary, "harness_git": harness_checkout(), "versions": library_versions()}
     write_json_atomic(out_dir / "summary.json", summary)
     (out_dir / "state.pt").unlink(missing_ok=True)
     (out_dir / LAST_GOOD_NAME).unlink(missing_ok=True)

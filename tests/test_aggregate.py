@@ -14,7 +14,7 @@ from bench.core.errors import UserError
 CLASSES = ["road", "car"]
 
 
-def _record(results, backbone, seed, miou, status="ok", protocol="frozen", train_size=16, curve=True):
+def _record(results, backbone, seed, miou, status="ok", protocol="frozen", train_size=16, curve=True, versions=None):
     cell = {"backbone": backbone, "method": "m", "arch": "resnet18", "dataset": "synth", "protocol": protocol,
             "decoder": "monodepth2", "train_size": train_size, "seed": seed}
     ok = status == "ok"
@@ -25,6 +25,7 @@ def _record(results, backbone, seed, miou, status="ok", protocol="frozen", train
                     "per_class_iou": {"road": (miou + 10) / 100, "car": (miou - 10) / 100}} if ok else None,
         "curve": [{"step": s, "loss": 1.0 / s, "miou": miou / 100 * s / 20, "pixel_acc": 0.5} for s in (10, 20)]
         if ok and curve else [],
+        "versions": versions or {"torch": "2.14.1", "torchvision": "0.29.1", "timm": "1.0.31"},
     }
     folder = results / "runs" / f"{backbone}__synth__{protocol}__monodepth2__n{train_size}__s{seed}"
     folder.mkdir(parents=True)
@@ -116,3 +117,19 @@ def test_report_is_self_contained_with_every_plot(results, capsys):
     page = (results / "report.html").read_text()
     assert page.count("data:image/png;base64,") == len(pngs)
     assert "http://" not in page and "https://" not in page  # viewable offline
+
+
+def test_a_comparison_whose_records_come_from_other_library_versions_says_so(results):
+    same = write_reports(results, plots=False)
+    assert "Library versions differ" not in same["markdown"]
+    # A second linear comparison: one backbone's records were made with an older torch.
+    for seed in (0, 1):
+        _record(results, "imagenet", seed, 50.0 + seed, protocol="linear")
+        _record(results, "depth", seed, 55.0 + seed, protocol="linear",
+                versions={"torch": "2.13.0", "torchvision": "0.28.0", "timm": "1.0.31"})
+    sections = write_reports(results, plots=False)["markdown"].split("### ")[1:]
+    linear = next(part for part in sections if part.startswith("synth · linear"))
+    assert ("**Library versions differ** between its records: torch 2.13.0, torchvision 0.28.0, timm 1.0.31 (2 records); "
+            "torch 2.14.1, torchvision 0.29.1, timm 1.0.31 (2 records)") in linear
+    frozen = next(part for part in sections if part.startswith("synth · frozen"))
+    assert "Library versions differ" not in frozen  # the frozen comparison's records agree

@@ -51,13 +51,15 @@ def test_pretrain_then_transfer(tiny_world, tmp_path, capsys):
                  "--out", str(cell), "--no-progress"]) == 0
     record = json.loads((cell / "record.json").read_text())
     assert record["cell"]["backbone"] == "depth" and record["init"]["effective"] == "encoder+decoder"
-    from bench.core.version import harness_checkout
+    from bench.core.version import harness_checkout, library_versions
 
-    # The harness's commit (None outside a checkout) in the record and summary.json, not in the
-    # checkpoint, whose hash every cell fingerprint includes.
-    assert record["harness_git"] == harness_checkout()
-    assert json.loads((ck / "summary.json").read_text())["harness_git"] == harness_checkout()
-    assert "harness_git" not in json.dumps(ckpt.meta)
+    # The harness's commit (None outside a checkout) and the library versions in the record and
+    # summary.json, not in the checkpoint, whose hash every cell fingerprint includes.
+    summary = json.loads((ck / "summary.json").read_text())
+    assert record["harness_git"] == summary["harness_git"] == harness_checkout()
+    assert record["versions"] == summary["versions"] == library_versions()
+    assert "torchvision" in record["versions"] and "versions" not in record["config"]
+    assert "harness_git" not in json.dumps(ckpt.meta) and "versions" not in json.dumps(ckpt.meta)
     assert "mIoU" in capsys.readouterr().out
 
 

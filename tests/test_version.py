@@ -64,3 +64,18 @@ def test_the_harness_reports_the_checkout_it_runs_from():
                                              capture_output=True, text=True).stdout.strip()
     found["commit"] = "edited"  # callers get a copy
     assert harness_checkout()["commit"] != "edited"
+
+
+def test_library_versions_name_the_libraries_that_decide_the_numbers():
+    from importlib import metadata
+
+    import torch
+
+    from bench.core.version import __version__, library_versions
+
+    versions = library_versions()
+    assert versions["torch"] == torch.__version__ and versions["harness"] == __version__
+    assert versions["torchvision"] == metadata.version("torchvision") and versions["timm"] == metadata.version("timm")
+    versions["torch"] = "edited"  # a copy
+    assert library_versions()["torch"] == torch.__version__
+

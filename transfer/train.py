@@ -21,7 +21,6 @@ import contextlib
 import copy
 import datetime as _dt
 import math
-import platform
 import resource
 import shutil
 import time
@@ -41,7 +40,7 @@ from bench.core.progress import bar as progress_bar
 from bench.core.records import write_json_atomic
 from bench.core.seeding import step_generator
 from bench.core.sizes import pretrain_image_size
-from bench.core.version import __version__, harness_checkout
+from bench.core.version import harness_checkout, library_versions
 from transfer.cell_state import STATE_NAME, load_cell_state, save_cell_state
 from transfer.data import CACHE_BYTES, dataset_settings, open_transfer_data
 from transfer.decoders.linear_bank import LinearHeadBank
@@ -624,8 +623,7 @@ def _record(config: dict, data: CellData, nets: list[CellNet], batches: StepBatc
         # The harness's git commit and dirty flag when it runs from a checkout (None otherwise):
         # a runtime fact, outside the fingerprint like everything here but `config`.
         "harness_git": harness_checkout(),
-        "versions": {"harness": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     "timm": _timm_version()},
+        "versions": library_versions(),
         "config": config,
         "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         # Which driver's process trained it (a shared results folder has several); not fingerprinted.
@@ -674,8 +672,3 @@ def _save_predictions(config: dict, out_dir: Path, net: CellNet, data: CellData,
     except Exception as exc:  # noqa: BLE001
         log(f"predictions not saved: {type(exc).__name__}: {exc}")
 
-
-def _timm_version() -> str:
-    import timm
-
-    return timm.__version__

@@ -4,7 +4,9 @@ from a git checkout, the commit it runs and whether tracked files differ from it
 from __future__ import annotations
 
 import functools
+import platform
 import subprocess
+from importlib import metadata
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -46,3 +48,26 @@ def harness_checkout() -> dict | None:
     """`git_checkout` of the harness itself, computed once per process (a copy: callers may edit it)."""
     found = _harness_checkout()
     return None if found is None else dict(found)
+
+
+# The libraries whose versions decide a result's numbers (kernels, initialisations, model
+# definitions): every record and pre-training summary carries them, outside the fingerprints.
+VERSIONED_LIBRARIES = ("torch", "torchvision", "timm")
+
+
+@functools.lru_cache(maxsize=1)
+def _library_versions() -> dict:
+    import torch  # its build tag (+cu130, +cpu) is part of what ran; the distribution's metadata drops it
+
+    versions = {"harness": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    for name in VERSIONED_LIBRARIES[1:]:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def library_versions() -> dict:
+    """`{harness, python, torch, torchvision, timm}` of this process (a copy: callers may edit it)."""
+    return dict(_library_versions())
