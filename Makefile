@@ -1,16 +1,20 @@
 # The two commands a fresh clone needs: `make quickstart` and `make test`.
-# Both create the virtual environment on first use (pip install -e ".[$(EXTRAS)]").
-# CI adds the optional extras: `make test EXTRAS=dev,mmseg,ray,slurm,track` (.ci/run).
+# Both create the virtual environment on first use, from the committed lock (requirements/lock.txt):
+# every dependency of every extra, pinned with hashes, so that two set-ups a month apart run the same
+# libraries. `make lock` regenerates the lock from pyproject.toml's ranges.
 
 PYTHON ?= python3
 VENV   ?= .venv
-EXTRAS ?= dev
 BIN    := $(VENV)/bin
-comma  := ,
-# One stamp per extras set: asking for more extras installs them, the same set again is a no-op.
-STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
+LOCK   := requirements/lock.txt
+# The stamp marks a complete install of this lock; a changed lock installs again.
+STAMP  := $(VENV)/.installed-lock
+# The resolver `make lock` runs, pinned so that the same inputs give the same lock.
+UV     := uv==0.13.10
+# Two processes, one torch thread each: the suite's fastest setting on 2 cores (docs/testing.md).
+PYTEST_WORKERS ?= 2
 
-.PHONY: quickstart quickstart-encoder test setup clean-results
+.PHONY: quickstart quickstart-encoder test setup lock clean-results
 
 quickstart: $(STAMP)
 	$(BIN)/bench run configs/quickstart.yaml
@@ -20,16 +24,28 @@ quickstart-encoder: $(STAMP)
 	$(BIN)/bench run configs/quickstart_encoder.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 setup: $(STAMP)
 
-# Re-install when the dependencies change; the stamp marks a complete install.
-$(STAMP): pyproject.toml
+# pip, hash-checked and without dependency resolution: the lock is the whole environment. The
+# project itself goes in editable, built by the locked setuptools (no isolated build environment,
+# which would fetch whatever setuptools is newest). --no-compile: modules compile on first import.
+$(STAMP): $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --quiet --no-compile --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Resolve pyproject.toml (every extra) and its build requirements for every platform and every
+# Python it supports, under requirements/pins.txt; versions already in the lock are kept where they
+# still fit (`make lock UPGRADE=1` takes the newest allowed instead).
+lock:
+	$(PYTHON) -m venv .lock-tools
+	.lock-tools/bin/python -m pip install --quiet "$(UV)"
+	.lock-tools/bin/uv pip compile pyproject.toml requirements/build.in --all-extras --universal \
+		--python-version 3.10 --generate-hashes --constraint requirements/pins.txt \
+		--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) --output-file $(LOCK)
 
 clean-results:
 	rm -rf results/quickstart results/quickstart_encoder
