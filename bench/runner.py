@@ -230,13 +230,13 @@ def _checkpoint_methods(m: Manifest, imported: dict[str, Path] | None = None,
 
 def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, progress=True,
                  extra_backbones=(), only: set[str] | None = None, executor_overrides: dict | None = None,
-                 sets: list[str] | None = None, manifest_only: bool = False) -> int:
+                 sets: list[str] | None = None, manifest_only: bool = False, plots: bool = True) -> int:
     """Run a manifest's matrix. `extra_backbones` join the manifest's (`bench submit`); `only`
     restricts the work to those backbones' (display names) pre-trainings and cells (the reports
     cover all records);
     `sets` are `--set KEY.PATH=VALUE` overrides over the file. A dry run checks the real data
     it names (bench/dry_run.py), unless `manifest_only`: then the manifest alone, its files and
-    folders need not exist yet."""
+    folders need not exist yet. `plots`: draw the figures with the reports."""
     if manifest_only and not dry_run:
         raise UserError("--manifest-only checks a manifest without its data: it needs --dry-run")
     m = load_manifest(path, sets, check_files=not manifest_only)
@@ -388,7 +388,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
                   f"follows them, `bench run` again collects them and submits what they unblock")
             return 0
 
-        table = write_reports(out_dir)
+        table = write_reports(out_dir, plots=plots)
         print(table["markdown"])
         print(f"\n{where(table)}\nrecords:     {out_dir / 'runs'}/*/record.json"
               f"\nelapsed:     {time.perf_counter() - t0:.1f}s")

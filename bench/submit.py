@@ -14,7 +14,7 @@ from bench.core.errors import UserError
 
 def submit(*, name: str, arch: str, checkpoint: Path, manifest: Path, fmt: str = "auto", key_map: Path | None = None,
            allow_partial: bool = False, normalization=None, out: Path | None = None, workers: int | None = None,
-           progress: bool = True) -> int:
+           progress: bool = True, plots: bool = True) -> int:
     """Convert `checkpoint`, then run the manifest's cells for this one backbone and refresh the
     reports. Nothing is added to the results when the checkpoint is refused."""
     from pydantic import ValidationError
@@ -39,4 +39,4 @@ def submit(*, name: str, arch: str, checkpoint: Path, manifest: Path, fmt: str =
         raise UserError(f"--name {name} --arch {arch}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") \
             from None
     return run_manifest(manifest, out=out, workers=workers, progress=progress, extra_backbones=[backbone],
-                        only={name})
+                        only={name}, plots=plots)

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each of pytest-xdist's worker processes takes one core (`make test` runs two): torch, and the
+    # harness's executors (bench.executors.local.cpu_budget), read their thread count from this.
+    # Two processes each spinning two OpenMP threads on two cores run many times slower.
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 TINY_WORLD = {"sequences": 3, "frames": 4, "height": 48, "width": 144, "seed": 0, "crops_per_class": 6}
 
@@ -43,6 +51,47 @@ def tiny_depth_ckpt(tiny_world, tmp_path_factory) -> Path:
     return run_pretrain(config, tmp_path_factory.mktemp("pre") / "depth", progress=False, log=lambda m: None)
 
 
+def shared_folder(tmp_path_factory) -> Path:
+    """A folder every process of this test session sees: under pytest-xdist, the parent of the
+    workers' own temporary folders (the first worker to need a shared artefact builds it there
+    under a lock, the others wait and read it); without xdist, the session's temporary folder."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def finished_matrix(tmp_path_factory) -> Path:
+    """The results folder of `tiny_manifest` run to the end once per session (random, a depth and a
+    classification pre-training; full, frozen and linear; one seed: 9 cells, plots included), for
+    the tests that only read a finished matrix. READ ONLY: a test that changes it works on a copy
+    (`copy_results`). What `bench run` printed is in its `stdout.txt` beside it."""
+    from bench.cli import main
+    from bench.core.claims import exclusive_lock
+
+    folder = shared_folder(tmp_path_factory) / "finished_matrix"
+    results = folder / "results"
+    with exclusive_lock(folder.parent / "finished_matrix.lock"):
+        if not (folder / "stdout.txt").is_file():  # written last: a folder without it is a build that died
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed):
+                assert main(["run", str(tiny_manifest(folder)), "--no-progress"]) == 0
+            (folder / "stdout.txt").write_text(printed.getvalue())
+    return results
+
+
+def copy_results(results: Path, dest: Path) -> Path:
+    """A copy of a results folder (`finished_matrix`) that a test may change; its manifest
+    (`tiny.yaml` beside the original) is copied too, pointing at the copy."""
+    shutil.copytree(results, dest / "results")
+    manifest = results.parent / "tiny.yaml"
+    if manifest.is_file():
+        text = manifest.read_text().replace(f"out: {results}\n", f"out: {dest / 'results'}\n")
+        (dest / "tiny.yaml").write_text(text)
+    return dest / "results"
+
+
 TINY_WORLD_YAML = "{" + ", ".join(f"{k}: {v}" for k, v in TINY_WORLD.items()) + "}"
 
 
@@ -59,8 +108,11 @@ def write_manifest(tmp_path: Path, *, backbones: str, datasets: str = "  - {name
 
 
 def tiny_manifest(tmp_path: Path, *, name="tiny", out=None, extra_backbones="", steps=6, pretrain_steps=6,
-                  protocols="[full, frozen, linear]", seeds="[0]") -> Path:
-    """A manifest small enough for a test: resnet10t, a 48×144 world, a handful of steps."""
+                  protocols="[full, frozen, linear]", seeds="[0]", classification=True) -> Path:
+    """A manifest small enough for a test: resnet10t, a 48×144 world, a handful of steps; random,
+    a depth pre-training and (`classification`) a classification one."""
+    cls = (f"  - {{name: cls, arch: resnet10t, pretrain: {{method: classification, steps: {pretrain_steps}, "
+           f"batch_size: 4}}}}") if classification else ""
     text = f"""
     name: {name}
     out: {out or tmp_path / 'results'}
@@ -72,9 +124,7 @@ def tiny_manifest(tmp_path: Path, *, name="tiny", out=None, extra_backbones="", 
       - name: depth
         arch: resnet10t
         pretrain: {{method: depth_supervised, steps: {pretrain_steps}, batch_size: 2, state_every: 2}}
-      - name: cls
-        arch: resnet10t
-        pretrain: {{method: classification, steps: {pretrain_steps}, batch_size: 4}}
+    {cls}
     {extra_backbones}
     datasets:
       - name: synth

@@ -132,3 +132,16 @@ def test_a_pretraining_job_asks_for_the_gpus_its_manifest_names():
     spec = PretrainSpec(method="depth_supervised", steps=10, gpus=2)
     config = pretrain_config(SimpleNamespace(name="d", display_name="d", arch="resnet18", pretrain=spec), Path("/w"), "world")
     assert config["gpus"] == 2 and config["processes"] == 2  # one data-parallel rank per GPU
+
+
+def test_the_workers_share_the_cores_this_process_may_use(monkeypatch):
+    from bench.executors.local import cpu_budget
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # a cap a test runner or batch scheduler set
+    assert cpu_budget() == 3
+    assert LocalExecutor(workers=2).threads == 1 and LocalExecutor(workers=1).threads == 3
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert cpu_budget() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")  # not a number: the CPUs this process may run on
+    assert cpu_budget() == len(os.sched_getaffinity(0))
+    assert LocalExecutor(workers=64).threads == 1

@@ -13,7 +13,7 @@ import pandas as pd
 
 from bench.cli import main
 from bench.core.records import read_json
-from tests.conftest import tiny_manifest
+from tests.conftest import copy_results, tiny_manifest
 
 COLUMNS = ["backbone", "method", "arch", "dataset", "protocol", "decoder", "train_size", "n_seeds",
            "miou_mean", "miou_std", "pixel_acc_mean", "pixel_acc_std"]
@@ -23,12 +23,10 @@ def _records(results: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in results.glob("runs/*/record.json")}
 
 
-def test_end_to_end_and_rerun_skips_everything(tmp_path, capsys):
-    manifest = tiny_manifest(tmp_path)
-    results = tmp_path / "results"
-    assert main(["run", str(manifest), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+def test_end_to_end_and_rerun_skips_everything(finished_matrix, tmp_path, capsys):
+    printed = (finished_matrix.parent / "stdout.txt").read_text()
     assert "leaderboard.csv" in printed and "| backbone" in printed
+    results = finished_matrix
 
     records = _records(results)
     assert len(records) == 9 and all(r["status"] == "ok" for r in records.values())
@@ -54,8 +52,11 @@ def test_end_to_end_and_rerun_skips_everything(tmp_path, capsys):
         assert (results / "runs" / Path(r["cell"]["backbone"] + "__synth__" + r["cell"]["protocol"] + "__" +
                                         r["cell"]["decoder"] + "__n4__s0") / "log.txt").is_file()
 
+    # The rest changes the folder: a copy of it (a moved results folder keeps every fingerprint).
+    results = copy_results(finished_matrix, tmp_path)
+    manifest = tmp_path / "tiny.yaml"
     stamps = {p: p.stat().st_mtime_ns for p in results.glob("runs/*/record.json")}
-    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0
     assert "0 to run" in capsys.readouterr().err
     assert stamps == {p: p.stat().st_mtime_ns for p in results.glob("runs/*/record.json")}
 
@@ -71,31 +72,36 @@ def test_end_to_end_and_rerun_skips_everything(tmp_path, capsys):
     text = manifest.read_text()
     assert "\n  eval_every: 3\n" in text
     manifest.write_text(text.replace("\n  eval_every: 3\n", "\n  eval_every: 3\n  optimizer: {linear: {lr: 0.0123}}\n"))
-    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0
     assert "6 up to date, 3 to run" in capsys.readouterr().err
     rerun = {p.parent.name for p, t in stamps.items() if p.stat().st_mtime_ns != t}
     assert rerun == {name for name, r in records.items() if r["cell"]["protocol"] == "linear"}
 
 
-def test_aggregate_cli_rebuilds_the_leaderboard_from_records(tmp_path, capsys):
-    manifest = tiny_manifest(tmp_path, protocols="[linear]", seeds="[0, 1]")
-    results = tmp_path / "results"
-    assert main(["run", str(manifest), "--no-progress"]) == 0
-    (results / "leaderboard.csv").unlink()
+def test_aggregate_cli_rebuilds_the_reports_from_records_and_skips_a_corrupt_one(finished_matrix, tmp_path, capsys):
+    results = copy_results(finished_matrix, tmp_path)
+    for stale in ("leaderboard.csv", "report.html"):
+        (results / stale).unlink()
+    shutil.rmtree(results / "plots")
     # A corrupt record is ignored by the aggregator rather than crashing it.
     (results / "runs" / "junk").mkdir()
     (results / "runs" / "junk" / "record.json").write_text("{not json")
-    assert main(["aggregate", str(results)]) == 0
+    assert main(["aggregate", str(results), "--no-plots"]) == 0
     board = pd.read_csv(results / "leaderboard.csv")
-    assert len(board) == 3 and set(board["n_seeds"]) == {2}
-    assert board["miou_std"].notna().all()
+    assert len(board) == 9 and set(board["n_seeds"]) == {1}
+    assert board.equals(pd.read_csv(finished_matrix / "leaderboard.csv"))  # the same records, the same board
+    # --no-plots: the leaderboards, tables and report, without a figure
+    assert (results / "report.html").is_file() and list((results / "tables").iterdir())
+    assert not (results / "plots").exists() and "plots:" not in capsys.readouterr().out
     assert main(["aggregate", str(tmp_path / "nowhere")]) == 2
 
 
 def test_kill_9_then_rerun_leaves_one_ok_record_per_cell(tmp_path):
-    manifest = tiny_manifest(tmp_path, name="killme", steps=12, pretrain_steps=12)
+    # One pre-training (a killed pre-training's resume is test_pretrain's), 6 cells; the figures are
+    # not what this checks.
+    manifest = tiny_manifest(tmp_path, name="killme", steps=12, pretrain_steps=12, classification=False)
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "bench.cli", "run", str(manifest), "--no-progress"]
+    cmd = [sys.executable, "-m", "bench.cli", "run", str(manifest), "--no-progress", "--no-plots"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -107,24 +113,23 @@ def test_kill_9_then_rerun_leaves_one_ok_record_per_cell(tmp_path):
     proc.wait()
     before = {p.parent.name: read_json(p) for p in results.glob("runs/*/record.json")}
     assert before and all(r is not None for r in before.values())  # nothing torn
-    assert len(before) < 9
+    assert len(before) < 6
 
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     after = _records(results)
-    assert len(after) == 9 and all(r["status"] == "ok" for r in after.values())
+    assert len(after) == 6 and all(r["status"] == "ok" for r in after.values())
     for name, rec in before.items():  # finished cells were not run again
         assert after[name]["finished_at"] == rec["finished_at"]
     assert not [p for p in results.rglob("*.tmp")]
 
 
-def test_a_rerun_removes_what_a_killed_run_left_half_written(tmp_path, capsys):
+def test_a_rerun_removes_what_a_killed_run_left_half_written(finished_matrix, tmp_path, capsys):
     """The kill -9 test above catches this only when the kill lands inside an atomic write; here
     the debris is planted: a cell and a pre-training killed mid-write, and a world killed mid-render."""
-    manifest = tiny_manifest(tmp_path, protocols="[linear]")
-    results = tmp_path / "results"
-    assert main(["run", str(manifest), "--workers", "1", "--no-progress"]) == 0
-    cell = next(p.parent for p in results.glob("runs/random__*/record.json"))
+    results = copy_results(finished_matrix, tmp_path)
+    manifest = tmp_path / "tiny.yaml"
+    cell = results / "runs" / "random__synth__linear__linear__n4__s0"
     (cell / "record.json").unlink()  # killed before its record landed: the cell runs again
     cell_debris = [cell / ".record.json.dead01.tmp", cell / "predictions" / ".eval00000_pred.png.dead02.tmp"]
     explain_temp = cell / "explain" / ".layer4_eval00000.png.live03.tmp"  # bench explain's, which claims nothing
@@ -138,7 +143,7 @@ def test_a_rerun_removes_what_a_killed_run_left_half_written(tmp_path, capsys):
     explain_temp.parent.mkdir()
     for path in [*cell_debris, *pretrain_debris, explain_temp]:
         path.write_bytes(b"half")
-    assert main(["run", str(manifest), "--workers", "1", "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--workers", "1", "--no-progress", "--no-plots"]) == 0
     assert not any(p.exists() for p in [*cell_debris, *pretrain_debris, world_debris])
     assert explain_temp.exists()
     assert (world / "meta.json").is_file() and read_json(cell / "record.json")["status"] == "ok"
@@ -153,15 +158,15 @@ def test_a_diverging_pretraining_blocks_only_its_own_cells(tmp_path, capsys, mon
     import pretrain.methods.depth_supervised as ds
 
     monkeypatch.setattr(ds.DepthSupervised, "loss", lambda self, gen, bs: (torch.tensor(float("nan")), {}))
-    manifest = tiny_manifest(tmp_path, protocols="[linear]")
+    manifest = tiny_manifest(tmp_path, protocols="[linear]", classification=False)
     results = tmp_path / "results"
-    assert main(["run", str(manifest), "--workers", "1", "--no-progress"]) == 1
+    assert main(["run", str(manifest), "--workers", "1", "--no-progress", "--no-plots"]) == 1
     err = capsys.readouterr().err
     assert "pre-training depth failed:" in err and "consecutive non-finite steps" in err
     assert json.loads((results / "pretrain" / "depth" / "diverged.json").read_text())["status"] == "diverged"
     assert not (results / "pretrain" / "depth" / "checkpoint.safetensors").exists()
     records = _records(results).values()
-    assert {r["cell"]["backbone"] for r in records if r["status"] == "ok"} == {"random", "cls"}
+    assert {r["cell"]["backbone"] for r in records if r["status"] == "ok"} == {"random"}
     # The blocked cells say why instead of leaving a silent gap; they run once the pre-training works.
     skipped = [r for r in records if r["cell"]["backbone"] == "depth"]
     assert skipped and all(r["status"] == "skipped" and r["error"].startswith("pre-training depth failed:")

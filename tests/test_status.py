@@ -17,12 +17,10 @@ from bench.status import MARKER, format_status, matrix_status
 from tests.conftest import tiny_manifest
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("status")
-    manifest = tiny_manifest(tmp, protocols="[linear]", steps=2)
-    assert main(["run", str(manifest), "--no-progress"]) == 0
-    return tmp / "results"
+@pytest.fixture
+def finished(finished_matrix):
+    """The session's finished matrix (read only: tests that change it copy it first)."""
+    return finished_matrix
 
 
 def _dead_pid() -> int:
@@ -37,7 +35,7 @@ def test_status_classifies_every_cell(finished, tmp_path, capsys):
     results = tmp_path / "r"
     shutil.copytree(finished, results)
     runs = sorted(p for p in (results / "runs").iterdir())
-    assert len(runs) == 3
+    assert len(runs) == 9
     # One cell running here, one whose process died, one never started.
     (runs[0] / "record.json").unlink()
     (runs[0] / MARKER).write_text(json.dumps({"host": os.uname().nodename, "pid": os.getpid()}))
@@ -45,16 +43,16 @@ def test_status_classifies_every_cell(finished, tmp_path, capsys):
     (runs[1] / MARKER).write_text(json.dumps({"host": os.uname().nodename, "pid": _dead_pid()}))
     shutil.rmtree(runs[2])
     summary = matrix_status(results)
-    assert summary["counts"] == {"running": 1, "interrupted": 1, "pending": 1}
+    assert summary["counts"] == {"done": 6, "running": 1, "interrupted": 1, "pending": 1}
     assert main(["status", str(results)]) == 0
     out = capsys.readouterr().out
     assert "interrupted" in out and "bench run resumes it" in out
 
 
 def test_status_counts_done_and_reads_failed_reasons(finished, capsys):
-    assert matrix_status(finished)["counts"] == {"done": 3}
+    assert matrix_status(finished)["counts"] == {"done": 9}
     assert main(["status", str(finished), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["total"] == 3
+    assert json.loads(capsys.readouterr().out)["total"] == 9
 
 
 def test_status_of_a_folder_without_a_matrix_is_one_line(tmp_path, capsys):
@@ -75,8 +73,8 @@ def test_a_failing_cell_is_retried_then_recorded_with_its_traceback(tmp_path, mo
         return original(config, out_dir, **kw)
 
     monkeypatch.setattr(api, "run_cell", flaky)
-    manifest = tiny_manifest(tmp_path, protocols="[linear]", steps=2)
-    assert main(["run", str(manifest), "--no-progress"]) == 0  # default retries: 1
+    manifest = tiny_manifest(tmp_path, protocols="[linear]", steps=2, classification=False)
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0  # default retries: 1
     assert calls.count("random") == 2
 
     calls.clear()
@@ -84,7 +82,7 @@ def test_a_failing_cell_is_retried_then_recorded_with_its_traceback(tmp_path, mo
     manifest.write_text(text)
     for p in (tmp_path / "results" / "runs").glob("random__*/record.json"):
         p.unlink()
-    assert main(["run", str(manifest), "--no-progress"]) == 1
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 1
     record = json.loads(next((tmp_path / "results" / "runs").glob("random__*/record.json")).read_text())
     assert record["status"] == "failed" and record["error"] == "OSError: NFS hiccup"
     log = next((tmp_path / "results" / "runs").glob("random__*/log.txt")).read_text()

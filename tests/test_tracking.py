@@ -75,15 +75,13 @@ def tracked(tmp_path_factory):
     if WHY_NOT is not None:
         pytest.skip(WHY_NOT)
     tmp = tmp_path_factory.mktemp("tracked")
-    manifest = tiny_manifest(tmp, name=MATRIX, protocols="[linear]", steps=4, pretrain_steps=4)
-    cls = "  - name: cls\n    arch: resnet10t\n    pretrain: {method: classification, steps: 4, batch_size: 4}\n"
-    assert cls in manifest.read_text()
-    manifest.write_text(manifest.read_text().replace(cls, ""))  # one pre-training and two cells are enough
+    # one pre-training and two cells are enough
+    manifest = tiny_manifest(tmp, name=MATRIX, protocols="[linear]", steps=4, pretrain_steps=4, classification=False)
     plain, manifest = manifest, _with_tracking(manifest, "{tensorboard: {}, mlflow: {}}")
     for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_TRACKING_URI"):
         os.environ.pop(name, None)
     t0 = time.perf_counter()
-    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0
     return {"manifest": manifest, "plain": plain, "results": tmp / "results", "wall_s": time.perf_counter() - t0}
 
 
@@ -158,11 +156,11 @@ def test_mlflow_store_has_one_run_per_job_with_config_curves_and_record(tracked,
 @needs_track
 def test_a_rerun_logs_nothing_twice_and_a_changed_record_once(tracked, capsys):
     results, manifest = tracked["results"], tracked["manifest"]
-    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0
     err = capsys.readouterr().err
     assert "0 to run" in err and not re.search(r"^tracked \d+ job record", err, re.M)  # nothing new to log
     # Tracking is in no fingerprint: the same matrix without it finds every job up to date.
-    assert main(["run", str(tracked["plain"]), "--no-progress"]) == 0
+    assert main(["run", str(tracked["plain"]), "--no-progress", "--no-plots"]) == 0
     err = capsys.readouterr().err
     assert "0 to run" in err and "pre-trained" not in err
     client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
@@ -176,7 +174,7 @@ def test_a_rerun_logs_nothing_twice_and_a_changed_record_once(tracked, capsys):
     record = json.loads(path.read_text())
     record["curve"] = record["curve"][:1]
     path.write_text(json.dumps(record))
-    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0
     assert "tracked 2 job records in" in capsys.readouterr().err  # one job, two sinks
     runs = client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{cell_id}'")
     assert len(runs) == 2 and len(client.search_runs([experiment_id])) == 4
@@ -194,20 +192,22 @@ def test_a_dead_server_is_one_warning_and_the_run_finishes(tracked, capsys):
     manifest = _with_tracking(tracked["manifest"], f"{{mlflow: {{tracking_uri: '{dead}'}}}}")
     (results / "leaderboard.csv").unlink()
     t0 = time.perf_counter()
-    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0
     wall = time.perf_counter() - t0
     err = capsys.readouterr().err
     warnings = [line for line in err.splitlines() if line.startswith("tracking:")]
     assert len(warnings) == 1 and "MLflow is off" in warnings[0] and "127.0.0.1" in warnings[0], err
     assert (results / "leaderboard.csv").is_file()
-    assert wall < 30, f"a dead server held the run: {wall:.1f}s"  # an up-to-date re-run: seconds
+    # A guard against a hang, not a timing: an up-to-date re-run takes 1-3 s (MLflow's own
+    # timeout and retries against a dead server would take minutes).
+    assert wall < 30, f"a dead server held the run: {wall:.1f}s"
     assert all(dead not in (results / "runs" / c / "tracked.json").read_text() for c in _records(results))
 
     # Later, a sink that works: every finished job is logged, though none ran (TensorBoard here:
     # a fresh MLflow store costs seconds of table creation, and the catch-up is the same code).
     later = results / "tensorboard-later"
     assert main(["run", str(_with_tracking(tracked["manifest"], f"{{tensorboard: {{dir: '{later}'}}}}")),
-                 "--no-progress"]) == 0
+                 "--no-progress", "--no-plots"]) == 0
     assert "0 to run" in capsys.readouterr().err
     assert {p.parent.relative_to(later / MATRIX).as_posix() for p in later.rglob("events.out.tfevents.*")} == \
         {*_records(results), "pretrain/depth"}
@@ -230,8 +230,10 @@ def test_a_server_that_never_answers_is_cut_off_at_timeout_s(tracked, capsys):
         t0 = time.perf_counter()
         tracker.catch_up()
         wall = time.perf_counter() - t0
-    assert len(said) == 1 and "took over 2s" in said[0], said
-    assert wall < 10, f"{wall:.1f}s"
+    assert len(said) == 1 and "took over 2s" in said[0], said  # the time limit fired
+    # and cut the wait off near its 2 s: MLflow's own timeout and retries would take minutes
+    # (a guard against a hang, 15x the limit, not a timing)
+    assert wall < 30, f"{wall:.1f}s"
 
 
 def test_a_missing_library_is_one_warning_per_sink_naming_the_extra(tmp_path, capsys, monkeypatch):
@@ -253,7 +255,7 @@ def test_a_missing_library_is_one_warning_per_sink_naming_the_extra(tmp_path, ca
         transfer: {{protocols: [linear], train_sizes: [4], steps: 4, batch_size: 2, eval_every: 2}}
         tracking: {{tensorboard: {{}}, mlflow: {{}}}}
         """))
-    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0
     assert (results / "leaderboard.csv").is_file() and len(_records(results)) == 1
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("tracking:")]
     assert len(warnings) == 2, warnings

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.cli.common import plots_parent
+
 
 def add_parser(sub) -> None:
-    a = sub.add_parser("aggregate", help="rebuild leaderboards, plots and the report from run records", description=
+    a = sub.add_parser("aggregate", help="rebuild leaderboards, plots and the report from run records",
+                       parents=[plots_parent()], description=
                        "Reads RESULTS_DIR/runs/*/record.json only and writes leaderboard.csv/.md (mean, std, 95% "
                        "Student-t CI, rank, difference to a baseline), per_class.csv, failures.csv, tables/ (the "
                        "papers' layout, Markdown and LaTeX), plots/ and report.html.")
@@ -23,7 +26,8 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     from bench.aggregate import where, write_reports
 
-    table = write_reports(Path(args.results_dir), baseline=args.baseline, compare=args.compare)
+    table = write_reports(Path(args.results_dir), baseline=args.baseline, plots=args.plots,
+                          compare=args.compare)
     print(table["markdown"])
     print(f"\n{where(table)}")
     if args.compare:

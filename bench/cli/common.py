@@ -46,6 +46,15 @@ def progress_parent() -> argparse.ArgumentParser:
     return p
 
 
+def plots_parent() -> argparse.ArgumentParser:
+    p = _parent()
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True,
+                   help="draw plots/ and the report's figures (default: on); --no-plots writes the leaderboards, "
+                   "tables and report.html without them, in seconds where a large matrix's figures take minutes "
+                   "(`bench aggregate` draws them later)")
+    return p
+
+
 def classes_parent() -> argparse.ArgumentParser:
     p = _parent()
     p.add_argument("--classes", type=int, help="class set where a dataset has several (nyuv2: 40 or 13)")

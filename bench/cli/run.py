@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from bench.cli.common import positive_int, progress_parent
+from bench.cli.common import plots_parent, positive_int, progress_parent
 from bench.core.errors import UserError
 
 
 def add_parser(sub) -> None:
-    r = sub.add_parser("run", help="run a benchmark matrix from a manifest", parents=[progress_parent()], description=
+    r = sub.add_parser("run", help="run a benchmark matrix from a manifest", parents=[progress_parent(), plots_parent()],
+                       description=
                        "Render data, pre-train, transfer every matrix cell, and write the leaderboard. "
                        "Finished cells (same config fingerprint) are skipped, so re-running resumes.")
     r.add_argument("manifest", help="manifest YAML file (docs/manifest.md)")
@@ -45,4 +46,4 @@ def main(args) -> int:
     overrides = {"kind": args.executor, "ray_address": args.ray_address, "slurm": slurm}
     return run_manifest(args.manifest, out=args.out, workers=args.workers, dry_run=args.dry_run,
                         as_json=args.json, progress=args.progress, executor_overrides=overrides, sets=args.sets,
-                        manifest_only=args.manifest_only)
+                        manifest_only=args.manifest_only, plots=args.plots)

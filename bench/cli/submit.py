@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.cli.common import import_parent, positive_int, progress_parent
+from bench.cli.common import import_parent, plots_parent, positive_int, progress_parent
 
 
 def add_parser(sub) -> None:
     sb = sub.add_parser("submit", help="add an outside checkpoint to a manifest's matrix and its leaderboard",
-                        parents=[import_parent(), progress_parent()],
+                        parents=[import_parent(), progress_parent(), plots_parent()],
                         description="Validate and convert a checkpoint, run exactly the manifest's cells for it "
                         "(every record already there is re-used), and refresh the leaderboard and plots. A refused "
                         "checkpoint is one line and adds nothing to the results.")
@@ -32,5 +32,4 @@ def main(args) -> int:
     return submit(name=args.name, arch=arch, checkpoint=Path(args.checkpoint), manifest=Path(args.manifest),
                   fmt=args.format, key_map=Path(args.key_map) if args.key_map else None,
                   allow_partial=args.allow_partial, normalization=args.normalization, out=args.out,
-                  workers=args.workers,
-                  progress=args.progress)
+                  workers=args.workers, progress=args.progress, plots=args.plots)

@@ -59,6 +59,20 @@ def gpu_slices(workers: int, gpus_per_job: int, visible: Sequence[str]) -> list[
     return [",".join(visible[k * gpus_per_job:(k + 1) * gpus_per_job]) for k in range(workers)]
 
 
+def cpu_budget() -> int:
+    """The cores this process's jobs may share: OMP_NUM_THREADS where it is set (the usual cap a
+    test runner, a batch scheduler or a user puts on a process's threads: two pytest-xdist workers
+    each take one of two cores), else the CPUs this process may run on."""
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        pass
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _init_worker(threads: int, counter, lock, slices: list[str] | None = None, slot=None) -> None:
     # First, before torch is imported: CUDA reads CUDA_VISIBLE_DEVICES once, when it initialises.
     if slices is not None:
@@ -85,7 +99,7 @@ class LocalExecutor:
     def __init__(self, workers: int = 1, visible_gpus: Sequence[str | int] | None = None):
         self.workers = max(1, workers)
         # Share the cores: N workers each with all cores' threads would oversubscribe the CPU.
-        self.threads = max(1, (os.cpu_count() or 1) // self.workers)
+        self.threads = max(1, cpu_budget() // self.workers)
         # The node's GPUs as seen at the first run (None: look then). Fixed from then on, so that
         # a later stage is not confused by what an earlier in-process stage did to the variable.
         self._visible = None if visible_gpus is None else [str(g) for g in visible_gpus]
