@@ -88,7 +88,7 @@ def test_manifest_on_a_real_layout_publishes_its_splits(roots, tmp_path):
         tmp_path, name="real", out=tmp_path / "results", backbones="  - {name: random, arch: resnet10t}\n",
         datasets=f"  - {{name: cityscapes, root: {roots['cityscapes']}, resize: 64x96, crop: 64x64, eval_resize: 64x96}}\n",
         transfer="transfer: {protocols: [linear], train_sizes: [1, 2], seeds: [0, 1], steps: 2, batch_size: 2, eval_every: 2}\n")
-    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0
     splits = tmp_path / "results" / "splits" / "cityscapes"
     val_stems = [s.stem for s in open_dataset("cityscapes", roots["cityscapes"]).samples("val")]
     assert (splits / "eval.txt").read_text().split() == val_stems and len(val_stems) == 2

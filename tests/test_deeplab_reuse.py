@@ -148,7 +148,7 @@ transfer:
   batch_size: 2
   eval_every: 2
 """)
-    assert run_manifest(manifest, progress=False) == 0
+    assert run_manifest(manifest, progress=False, plots=False) == 0
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*/record.json")]
     assert record["status"] == "ok" and record["init"]["effective"] == "encoder+decoder"
     assert record["init"]["decoder_tensors_loaded"] == 42

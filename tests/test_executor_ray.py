@@ -5,11 +5,11 @@ failure. One Ray instance serves the module: an executor starts it (so the execu
 start/stop path is what runs), every `bench run` executor joins it, and the module's teardown
 checks that closing the last one stops Ray and every process it started.
 
-A pre-trained checkpoint carries its training's wall-clock time in its metadata, so two fresh
-runs never share the sha256 -- and with it the fingerprints -- of the cells on it, whatever the
-executor. Where fingerprints must match exactly, the Ray run starts from the local run's
-pre-training folder (which it finds up to date); the fresh run compares the checkpoint's tensors
-instead.
+A checkpoint holds no run-specific values (its wall-clock times go to summary.json), so the same
+config trained by another executor gives the same file, and the cells on it the same
+fingerprints: Ray runs from scratch, pre-training included, and must give the local run's
+checkpoint, fingerprints and metrics bit for bit. CPU kernels sum in an order that depends on the
+thread count: each Ray task asks for as many CPUs as the local run's jobs had threads.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ except ImportError as exc:
 
 from bench.executors.ray import RayExecutor, _rewrite
 from bench.executors.job import Job
+from bench.executors.local import LocalExecutor
 from bench.manifest import RaySpec
 from bench.runner import _transfer_job, run_manifest
 
@@ -134,11 +135,15 @@ def ray_local(tmp_path_factory):
     assert not alive, f"Ray processes left behind: {alive}"
 
 
+# The threads each job of the local run has (one worker: this process's cores, bench.executors.local).
+THREADS = LocalExecutor(workers=1).threads
+
+
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("local")
     out = tmp / "results"
-    assert run_manifest(_manifest(tmp), out=out, progress=False, executor_overrides={"kind": "local"}) == 0
+    assert run_manifest(_manifest(tmp), out=out, progress=False, workers=1, executor_overrides={"kind": "local"}) == 0
     return out
 
 
@@ -153,12 +158,13 @@ def test_rewrite_maps_whole_paths_by_prefix_in_nested_kwargs():
         "out_dir": Path("/t/out"), "progress": False}
 
 
-def test_shared_fs_matches_the_local_executor(ray_local, local_run, tmp_path):
+def test_from_scratch_on_ray_gives_the_local_checkpoint_cells_and_metrics(ray_local, local_run, tmp_path):
     out = tmp_path / "results"
-    # The local run's checkpoint (see the docstring) and world (rendering it is not under test).
-    for folder in ("pretrain", "data"):
-        shutil.copytree(local_run / folder, out / folder)
-    assert run_manifest(_manifest(tmp_path), out=out, progress=False, executor_overrides={"kind": "ray"}) == 0
+    shutil.copytree(local_run / "data", out / "data")  # rendering the world is not under test
+    manifest = _manifest(tmp_path, f"executor: {{kind: ray, resources: {{cpus: {THREADS}}}}}")
+    assert run_manifest(manifest, out=out, progress=False) == 0
+    checkpoint = "pretrain/depth/checkpoint.safetensors"
+    assert (out / checkpoint).read_bytes() == (local_run / checkpoint).read_bytes()
     a, b = _records(local_run), _records(out)
     assert len(a) == 4 and sorted(a) == sorted(b)
     for cell, rec in a.items():
@@ -170,8 +176,8 @@ def test_shared_fs_matches_the_local_executor(ray_local, local_run, tmp_path):
 def test_no_shared_fs_pretrains_transfers_and_resumes_through_the_object_store(ray_local, local_run, tmp_path):
     from safetensors.torch import load_file
 
-    # cpus: 2 -- the threads the local run used, so the pre-training is bit-identical too.
-    manifest = _manifest(tmp_path, "executor: {kind: ray, resources: {cpus: 2}, ray: {shared_fs: false}}")
+    # cpus: the threads the local run used, so the pre-training is bit-identical too.
+    manifest = _manifest(tmp_path, f"executor: {{kind: ray, resources: {{cpus: {THREADS}}}, ray: {{shared_fs: false}}}}")
     out = tmp_path / "results"
     shutil.copytree(local_run / "data", out / "data")  # rendering the world is not under test
     assert run_manifest(manifest, out=out, progress=False) == 0
@@ -281,26 +287,3 @@ def test_job_errors_come_back_as_the_jobs_own_exception(ray_local, tmp_path):
     # More than the local instance has would wait forever: one line instead.
     with pytest.raises(UserError, match="asks for 1 GPU"):
         list(executor.run([Job(_value, {"x": 1}, name="big", out_dir=tmp_path / "big", resources={"gpus": 1})]))
-
-
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
-
-
-def test_the_smoke_manifest_on_ray_gives_the_local_cells_and_metrics(ray_local, tmp_path):
-    # Both from scratch (pre-training included): checkpoints hold no run-specific values, so the
-    # same config trained by another executor gives the same file and the same cell fingerprints.
-    # CPU kernels sum in an order that depends on the thread count: smoke.yaml's two local workers
-    # give each job one thread, as `resources: {cpus: 1}` gives each Ray task.
-    # Its matrix as it is (2 backbones x 2 protocols x 2 seeds), with fewer steps: equality does not
-    # need the 40 + 30 steps, and two full smoke runs were the suite's slowest test.
-    shorter = ["backbones.depth.pretrain.steps=8", "transfer.steps=6", "transfer.eval_every=3",
-               "transfer.state_every=3"]
-    local, on_ray = tmp_path / "local", tmp_path / "ray"
-    assert run_manifest(SMOKE, out=local, progress=False, executor_overrides={"kind": "local"}, sets=shorter) == 0
-    assert run_manifest(SMOKE, out=on_ray, progress=False, executor_overrides={"kind": "ray"}, sets=shorter) == 0
-    a, b = _records(local), _records(on_ray)
-    assert len(a) == 8 and sorted(a) == sorted(b)
-    for cell, rec in a.items():
-        assert b[cell]["status"] == rec["status"] == "ok"
-        assert b[cell]["fingerprint"] == rec["fingerprint"]
-        assert b[cell]["metrics"] == rec["metrics"]

@@ -99,10 +99,9 @@ def test_preemption_requeues_the_job_and_it_completes(submitit, tmp_path):
     job = Job(_slow_once, {"marker": str(marker), "seconds": 60}, name="cell", out_dir=out)
     executor = SlurmExecutor(SlurmSpec(cluster="local", max_requeues=1), out_dir=tmp_path)
     thread = _preempt_when_started(marker)
-    t0 = time.time()
+    # "done", not "slept through": the first run was interrupted in its sleep and the requeued one returned
     assert list(executor.run([job])) == [(0, "done", None)]
     thread.join()
-    assert time.time() - t0 < 40  # not the 60 s sleep: the first run was interrupted
     pids = marker.read_text().split()
     assert len(pids) == 2 and pids[0] != pids[1]  # ran twice, in two processes
     log = (out / "log.txt").read_text()
@@ -293,8 +292,9 @@ def test_a_manifest_through_slurm_matches_the_local_executor(submitit, tmp_path)
 
     manifest = _manifest(tmp_path)
     local, slurm = tmp_path / "local", tmp_path / "slurm"
-    assert run_manifest(manifest, out=local, progress=False, executor_overrides={"kind": "local"}) == 0
-    assert run_manifest(manifest, out=slurm, progress=False, executor_overrides={"kind": "slurm"}) == 0
+    # Records are what this compares: no figures
+    assert run_manifest(manifest, out=local, progress=False, executor_overrides={"kind": "local"}, plots=False) == 0
+    assert run_manifest(manifest, out=slurm, progress=False, executor_overrides={"kind": "slurm"}, plots=False) == 0
 
     a, b = _records(local), _records(slurm)
     assert len(a) == 2 and sorted(a) == sorted(b)

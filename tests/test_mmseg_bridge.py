@@ -224,7 +224,7 @@ datasets: [{{name: synth}}]
 transfer: {{protocols: [full, frozen], decoders: ["mmseg:cfg/aspp.py"], train_sizes: [2], steps: 2,
            batch_size: 2, eval_every: 2}}
 """)
-    assert run_manifest(manifest, progress=False) == 0
+    assert run_manifest(manifest, progress=False, plots=False) == 0
     records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*/record.json")]
     assert sorted(p.name for p in (tmp_path / "results" / "runs").iterdir()) == [
         "random__synth__frozen__mmseg-aspp__n2__s0", "random__synth__full__mmseg-aspp__n2__s0"]

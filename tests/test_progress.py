@@ -72,7 +72,7 @@ def test_a_run_logged_to_a_file_has_no_cursor_codes_and_a_line_per_finished_job(
         backbones=("  - {name: random, arch: resnet10t}\n"
                    "  - {name: depth, arch: resnet10t, pretrain: {method: depth_supervised, steps: 4, batch_size: 2}}\n"),
         transfer="transfer: {protocols: [linear], train_sizes: [4], seeds: [0], steps: 4, batch_size: 2}\n")
-    assert main(["run", str(manifest)]) == 0
+    assert main(["run", str(manifest), "--no-plots"]) == 0
     text = capfd.readouterr().err
     assert "\r" not in text and "\x1b" not in text
     lines = text.splitlines()

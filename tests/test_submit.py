@@ -32,7 +32,7 @@ def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("submit")
     manifest = root / "m.yaml"
     manifest.write_text(MANIFEST.format(out=root / "results", extra=""))
-    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0
     return manifest, root / "results"
 
 
@@ -47,7 +47,7 @@ def _snapshot(results_dir: Path) -> dict[str, bytes]:
 
 def _submit(manifest, name, arch, checkpoint, *extra) -> int:
     return main(["submit", "--name", name, "--arch", arch, "--checkpoint", str(checkpoint), "--manifest",
-                 str(manifest), "--no-progress", *extra])
+                 str(manifest), "--no-progress", "--no-plots", *extra])
 
 
 def test_submissions_in_four_formats_join_the_leaderboard_without_rerunning_others(results, tmp_path):
@@ -143,12 +143,12 @@ def test_convert_cli_and_manifest_import_entries(tmp_path, capsys):
     manifest.write_text(MANIFEST.format(out=tmp_path / "results", extra="""  - name: da
     arch: vit_tiny_patch16_224
     import: {file: da.pth}"""))
-    assert main(["run", str(manifest), "--no-progress"]) == 0
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0
     report = tmp_path / "results" / "imports" / "da" / "import.json"
     converted = report.parent / "checkpoint.safetensors"
     stamp = (report.read_bytes(), converted.stat().st_mtime_ns)
     assert json.loads(report.read_text())["report"]["format"] == "depth_anything"
-    assert main(["run", str(manifest), "--no-progress"]) == 0  # converted once, cells current
+    assert main(["run", str(manifest), "--no-progress", "--no-plots"]) == 0  # converted once, cells current
     assert (report.read_bytes(), converted.stat().st_mtime_ns) == stamp
 
 

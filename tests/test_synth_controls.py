@@ -322,7 +322,7 @@ def test_a_cell_records_the_world_controls(tmp_path):
         "transfer: {protocols: [linear], train_sizes: [1], steps: 1, batch_size: 1, eval_every: 1,"
         " feature_cache_views: 1}\n")
     results = tmp_path / "results"
-    assert main(["run", str(path), "--no-progress", "--out", str(results)]) == 0
+    assert main(["run", str(path), "--no-progress", "--no-plots", "--out", str(results)]) == 0
     world = SynthWorld(sequences=3, frames=2, height=48, width=64, crops_per_class=1, shared_materials=1.0,
                        shadows=True, pretrain_sequences=1)
     [record_path] = results.glob("runs/*/record.json")

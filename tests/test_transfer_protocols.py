@@ -277,7 +277,7 @@ transfer:
   batch_size: 2
   eval_every: 2
 """)
-    assert run_manifest(manifest, progress=False) == 0
+    assert run_manifest(manifest, progress=False, plots=False) == 0
     records = [json.loads(p.read_text()) for p in (tmp_path / "results" / "runs").glob("*/record.json")]
     seen = {(r["cell"]["backbone"], r["cell"]["protocol"], r["cell"]["decoder"], r["init"]["effective"])
             for r in records}

@@ -182,7 +182,7 @@ def test_a_resolution_study_runs_two_pretrain_sizes_by_two_transfer_sizes(tmp_pa
         """)
     path = _manifest(tmp_path, DEPTH_VARIANTS.replace("steps: 2", "steps: 2, batch_size: 2"), SYNTH_VARIANTS, transfer)
     results = tmp_path / "results" / "v"
-    assert main(["run", str(path), "--no-progress", "--out", str(results)]) == 0
+    assert main(["run", str(path), "--no-progress", "--no-plots", "--out", str(results)]) == 0
     # Each pre-training variant has its own folder and was trained at its own size.
     sizes = {v: read_checkpoint_meta(results / "pretrain" / f"depth@{v}" / "checkpoint.safetensors")["image_size"]
              for v in ("crop40", "r40")}
