@@ -168,46 +168,47 @@ def test_pretrain_help_documents_how_it_runs(capsys):
         assert flag in text
 
 
-_DDP = """
-import sys
-from pretrain.api import run_pretrain
-config = {{"name": "p", "method": "depth_supervised", "arch": "resnet10t", "root": {root!r}, "data_id": "tiny",
-           "steps": {steps}, "batch_size": 4, "lr": 1e-3, "seed": 0, "state_every": 2, "processes": 2,
-           "device": "cpu"}}
-if __name__ == "__main__":  # the ranks are spawned: they import this file
-    run_pretrain(config, sys.argv[1], progress=False, log=lambda m: print(m, flush=True))
-"""
+def _spawned_ranks() -> list[int]:
+    """The pids of this process's spawned children (the DDP ranks; not multiprocessing's resource tracker)."""
+    ranks = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"spawn_main" in cmd and b"resource_tracker" not in cmd:
+            ranks.append(int(entry.name))
+    return ranks
 
 
-def _ddp(script: Path, out: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(script), str(out)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the ranks to kill through /proc")
 def test_two_gloo_processes_write_one_checkpoint_and_resume_from_a_kill(tiny_world, tmp_path):
-    script = tmp_path / "ddp.py"
-    script.write_text(_DDP.format(root=str(tiny_world), steps=8))
-    reference = _ddp(script, tmp_path / "ref")
-    out, _ = reference.communicate(timeout=300)
-    assert reference.returncode == 0, out
+    # This process starts the two ranks (as `bench pretrain --processes 2` does) and waits for them.
+    config = _config(tiny_world, steps=8, state_every=2, processes=2, device="cpu")
+    run_pretrain(config, tmp_path / "ref", progress=False, log=_quiet)
     summary = json.loads((tmp_path / "ref" / "summary.json").read_text())
-    assert summary["processes"] == 2 and not (tmp_path / "ref" / "state.pt").exists()
+    assert summary["processes"] == 2 and summary["resumed_from"] == 0 and not (tmp_path / "ref" / "state.pt").exists()
     assert len(list((tmp_path / "ref").glob("*.safetensors"))) == 1
 
-    # SIGKILL the whole process group once a snapshot exists, then run again: it resumes.
-    killed = _ddp(script, tmp_path / "run")
-    deadline = time.time() + 240
-    while not (tmp_path / "run" / "state.pt").exists() and time.time() < deadline and killed.poll() is None:
-        time.sleep(0.05)
-    assert (tmp_path / "run" / "state.pt").exists(), killed.communicate()[0]
-    os.killpg(killed.pid, signal.SIGKILL)
-    killed.wait()
-    if (tmp_path / "run" / "checkpoint.safetensors").exists():
-        pytest.skip("the run finished before it could be killed")
-    again = _ddp(script, tmp_path / "run")
-    out, _ = again.communicate(timeout=300)
-    assert again.returncode == 0 and "resumed from step" in out, out
+    # SIGKILL both ranks once a snapshot exists (as a node loss or an OOM kill would), then run again: it resumes.
+    def kill_at_the_first_snapshot():
+        deadline = time.time() + 240
+        while not (tmp_path / "run" / "state.pt").exists() and time.time() < deadline:
+            time.sleep(0.02)
+        for pid in _spawned_ranks():
+            os.kill(pid, signal.SIGKILL)
+
+    import threading
+
+    killer = threading.Thread(target=kill_at_the_first_snapshot, daemon=True)
+    killer.start()
+    with pytest.raises(RuntimeError, match="a rank of the pre-training failed"):
+        run_pretrain(config, tmp_path / "run", progress=False, log=_quiet)
+    killer.join()
+    assert (tmp_path / "run" / "state.pt").exists() and not (tmp_path / "run" / "checkpoint.safetensors").exists()
+    run_pretrain(config, tmp_path / "run", progress=False, log=_quiet)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["resumed_from"] > 0
     a = load_checkpoint(tmp_path / "ref" / "checkpoint.safetensors")
     b = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     for k, v in a.encoder.items():
