@@ -14,7 +14,6 @@ thread count: each Ray task asks for as many CPUs as the local run's jobs had th
 
 from __future__ import annotations
 
-import functools
 import gc
 import json
 import os
@@ -100,17 +99,6 @@ def _ray_processes(session_dir: str) -> set[int]:
         pids |= more
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _no_plots():
-    """Records are what this module compares; the reports' plots would cost seconds a run."""
-    import bench.runner
-    from bench.aggregate import write_reports
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench.runner, "write_reports", functools.partial(write_reports, plots=False), raising=False)
-        yield
-
-
 @pytest.fixture(scope="module")
 def ray_local(tmp_path_factory):
     if ray.is_initialized():  # someone else's Ray: used as it is, and not ours to check or stop
@@ -143,7 +131,7 @@ THREADS = LocalExecutor(workers=1).threads
 def local_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("local")
     out = tmp / "results"
-    assert run_manifest(_manifest(tmp), out=out, progress=False, workers=1, executor_overrides={"kind": "local"}) == 0
+    assert run_manifest(_manifest(tmp), out=out, progress=False, plots=False, workers=1, executor_overrides={"kind": "local"}) == 0
     return out
 
 
@@ -162,7 +150,7 @@ def test_from_scratch_on_ray_gives_the_local_checkpoint_cells_and_metrics(ray_lo
     out = tmp_path / "results"
     shutil.copytree(local_run / "data", out / "data")  # rendering the world is not under test
     manifest = _manifest(tmp_path, f"executor: {{kind: ray, resources: {{cpus: {THREADS}}}}}")
-    assert run_manifest(manifest, out=out, progress=False) == 0
+    assert run_manifest(manifest, out=out, progress=False, plots=False) == 0
     checkpoint = "pretrain/depth/checkpoint.safetensors"
     assert (out / checkpoint).read_bytes() == (local_run / checkpoint).read_bytes()
     a, b = _records(local_run), _records(out)
@@ -180,7 +168,7 @@ def test_no_shared_fs_pretrains_transfers_and_resumes_through_the_object_store(r
     manifest = _manifest(tmp_path, f"executor: {{kind: ray, resources: {{cpus: {THREADS}}}, ray: {{shared_fs: false}}}}")
     out = tmp_path / "results"
     shutil.copytree(local_run / "data", out / "data")  # rendering the world is not under test
-    assert run_manifest(manifest, out=out, progress=False) == 0
+    assert run_manifest(manifest, out=out, progress=False, plots=False) == 0
     ckpt = out / "pretrain" / "depth" / "checkpoint.safetensors"
     ref = load_file(local_run / "pretrain" / "depth" / "checkpoint.safetensors")
     got = load_file(ckpt)
@@ -207,7 +195,7 @@ def test_no_shared_fs_pretrains_transfers_and_resumes_through_the_object_store(r
 
     # Again: the checkpoint that came back is current, and so is every cell.
     mtime = ckpt.stat().st_mtime_ns
-    assert run_manifest(manifest, out=out, progress=False) == 0
+    assert run_manifest(manifest, out=out, progress=False, plots=False) == 0
     assert ckpt.stat().st_mtime_ns == mtime and _records(out) == b
 
 

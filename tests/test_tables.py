@@ -295,10 +295,9 @@ def test_resolution_variants_at_one_size_stay_apart():
 # --- --compare -------------------------------------------------------------------------------------------------
 
 
-def test_compare_matches_rows_difference_and_not_run(results, capsys, monkeypatch):
+def test_compare_matches_rows_difference_and_not_run(results, capsys):
     # The verb as a user runs it, minus the plots (seconds of matplotlib that these tables do not need).
-    monkeypatch.setattr("bench.aggregate.write_reports", lambda d, **kw: write_reports(d, **kw, plots=False))
-    assert main(["aggregate", str(results), "--compare", str(FIXTURE_CSV)]) == 0
+    assert main(["aggregate", str(results), "--compare", str(FIXTURE_CSV), "--no-plots"]) == 0
     assert "compare_published_tiny.md" in capsys.readouterr().out
     md = (results / "tables" / "compare_published_tiny.md").read_text()
     grid = {}
