@@ -145,3 +145,30 @@ def test_the_workers_share_the_cores_this_process_may_use(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "many")  # not a number: the CPUs this process may run on
     assert cpu_budget() == len(os.sched_getaffinity(0))
     assert LocalExecutor(workers=64).threads == 1
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def _die() -> None:
+    os._exit(3)  # like a worker killed mid-job
+
+
+def test_one_pool_serves_every_stage_until_closed(tmp_path):
+    executor = LocalExecutor(workers=2)
+    jobs = [Job(_pid, {}, name=f"j{k}", out_dir=tmp_path / f"j{k}") for k in range(4)]
+    first = {pid for _, pid, _ in executor.run(jobs)}
+    pool = executor._pool
+    processes = dict(pool._processes)
+    second = {pid for _, pid, _ in executor.run(jobs)}  # the next stage: the same processes
+    assert executor._pool is pool and first | second <= set(processes) and os.getpid() not in first
+    executor.close()
+    assert executor._pool is None and not any(p.is_alive() for p in processes.values())
+
+    # A worker that dies breaks the pool for its stage only: the next run gets a new one.
+    outcomes = list(executor.run([Job(_die, {}, name="dies", out_dir=tmp_path / "dies"),
+                                  Job(_pid, {}, name="x", out_dir=tmp_path / "x")]))
+    assert any(exc is not None for _, _, exc in outcomes) and executor._pool is None
+    assert all(exc is None for _, _, exc in executor.run(jobs))
+    executor.close()

@@ -1,4 +1,5 @@
 """The local executor: a process pool on this machine, or the current process for one worker.
+One pool serves every stage of a run; `close()` ends it.
 
 Pool workers are spawned (not forked), so CUDA and thread pools start clean in each.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Iterator, Sequence
 
 from bench.core.errors import UserError
@@ -103,6 +105,10 @@ class LocalExecutor:
         # The node's GPUs as seen at the first run (None: look then). Fixed from then on, so that
         # a later stage is not confused by what an earlier in-process stage did to the variable.
         self._visible = None if visible_gpus is None else [str(g) for g in visible_gpus]
+        # One pool for every stage of a run (pre-trainings, then cells): each worker process imports
+        # the harness once (seconds of torch and friends), not once per stage. Rebuilt when a stage's
+        # jobs need other GPU slices, or after a worker died and broke it; `close` shuts it down.
+        self._pool, self._pool_slices = None, None
 
     def _slices(self, jobs: list[Job]) -> list[str] | None:
         # A stage's cells share one resources dict, but its pre-trainings may differ
@@ -123,17 +129,37 @@ class LocalExecutor:
         if self.workers == 1 or len(jobs) <= 1:
             yield from self._run_here(jobs, None if slices is None else slices[0])
             return
+        pool = self._pool_for(slices)
+        futures = {pool.submit(_call, job.fn, job.kwargs): i for i, job in enumerate(jobs)}
+        try:
+            for fut in as_completed(futures):
+                exc = fut.exception()
+                if isinstance(exc, BrokenProcessPool):  # a worker died (e.g. killed): the next stage gets a new pool
+                    self._pool = None
+                yield futures[fut], (None if exc else fut.result()), exc
+        finally:  # the caller stopped early (an error, Ctrl-C): what has not started does not start
+            for fut in futures:
+                fut.cancel()
+
+    def _pool_for(self, slices: list[str] | None) -> ProcessPoolExecutor:
+        if self._pool is not None and self._pool_slices == slices:
+            return self._pool
+        self.close()
         from tqdm import tqdm
 
         ctx = mp.get_context("spawn")
         lock = ctx.RLock()
         tqdm.set_lock(lock)
-        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(self.threads, ctx.Value("i", 0), lock, slices, ctx.Value("i", 0))) as pool:
-            futures = {pool.submit(_call, job.fn, job.kwargs): i for i, job in enumerate(jobs)}
-            for fut in as_completed(futures):
-                exc = fut.exception()
-                yield futures[fut], (None if exc else fut.result()), exc
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker,
+                                         initargs=(self.threads, ctx.Value("i", 0), lock, slices, ctx.Value("i", 0)))
+        self._pool_slices = slices
+        return self._pool
+
+    def close(self) -> None:
+        """Shut the worker processes down (waiting for a job still running); a later run starts new ones."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def _run_here(self, jobs: list[Job], gpus: str | None):
         """The jobs one after the other in this process, on the first worker's GPUs (if any)."""
