@@ -34,6 +34,7 @@ from bench.importers.cache import import_backbone
 from pretrain.loop import Diverged
 from transfer.api import RECORD_NAME, Cell, resolve_cell_config
 from transfer.data import publish_splits
+from transfer.protocols import PROTOCOLS
 
 SUBMITTED = "submitted"  # what a non-waiting cluster executor returns for a job it queued
 DONE_ELSEWHERE = "done elsewhere"  # a cell another driver finished while this one waited for it
@@ -369,6 +370,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
         _say(f"{len(cells)} cells: {current} up to date, {len(todo)} to run, "
              f"{sum(c.backbone_key in broken for c in cells)} skipped (failed pre-training)"
              + (f", {behind_claims} left to the driver pre-training their backbone" if behind_claims else ""))
+        todo = longest_first(todo)
         statuses = []
         with progress_bar(enabled=progress, total=len(todo), desc="matrix", unit="cell", position=0) as bar:
             for i, status, exc in _with_retries(executor, todo, retries, failed=lambda s: s == "failed"):
@@ -400,6 +402,17 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     finally:  # a Ray instance this run started stops with it
         if hasattr(executor, "close"):
             executor.close()
+
+
+def longest_first(jobs: list[Job]) -> list[Job]:
+    """Cells in the order that leaves workers least idle at the end of the stage: the costly ones
+    first (full, then frozen, then linear: PROTOCOLS's order; more sweep candidates first within
+    a protocol), the cheap linear probes last to fill the gaps. Stable: the matrix's order otherwise."""
+    def cost_rank(job: Job) -> tuple[int, int]:
+        config = job.kwargs["config"]
+        return PROTOCOLS.index(config["cell"]["protocol"]), -len(config.get("sweep") or [{}])
+
+    return sorted(jobs, key=cost_rank)
 
 
 def _shared_folder_summary(statuses: list[str], claimed_pre: set[str], behind_claims: int) -> str | None:

@@ -172,3 +172,17 @@ def test_a_diverging_pretraining_blocks_only_its_own_cells(tmp_path, capsys, mon
     assert skipped and all(r["status"] == "skipped" and r["error"].startswith("pre-training depth failed:")
                            for r in skipped)
     assert "retrying" not in err  # a divergence is a result, not a flaky failure
+
+
+def test_cells_run_costliest_first_so_the_cheap_ones_fill_the_end_of_the_stage():
+    from bench.executors import Job
+    from bench.runner import longest_first
+
+    def job(name, protocol, candidates=1):
+        sweep = [{"lr": 10.0 ** -k} for k in range(candidates)] if candidates > 1 else None
+        return Job(len, {"config": {"cell": {"protocol": protocol}, **({"sweep": sweep} if sweep else {})}},
+                   name=name, out_dir=Path(name))
+
+    jobs = [job("a", "linear"), job("b", "frozen"), job("c", "full"), job("d", "frozen", 3), job("e", "linear"),
+            job("f", "full")]
+    assert [j.name for j in longest_first(jobs)] == ["c", "f", "d", "b", "a", "e"]
