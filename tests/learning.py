@@ -1,0 +1,56 @@
+"""Whether a few pre-training steps learned, judged on one fixed batch before and after.
+
+A loss curve of a few steps mixes learning with batch noise: each step draws its own images and
+augmentations, so the mean of the last steps against the mean of the first was decided by a
+fraction of a per cent on some machines (a CPU, BLAS or thread count changes the float sums,
+the trajectory, and the batches' share of the curve). The loss of ONE batch, drawn from a fixed
+generator and evaluated the same way with the initial and with the trained networks, has no batch
+noise: a no-op optimiser leaves it exactly equal, a loss of the wrong sign raises it, so any fall
+is learning, and the tests ask for a fall far from their bound.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.core.seeding import step_generator
+import pretrain.api as api
+
+# Not a training step's generator (the loop draws step k from seed * 1_000_003 + k).
+FIXED_BATCH_SEED = 12345
+
+
+def fixed_batch_loss(task, batch_size: int = 4, step: int | None = None, grad: bool = False):
+    """`task`'s loss on one batch (with its augmentations, masks and noise): the batch of the
+    generator seeded FIXED_BATCH_SEED, or with `step` the batch the loop draws at that step. The
+    networks are in training mode: BatchNorm normalises by the batch's own statistics, as in the
+    steps the optimiser took (the running statistics it updates are not used by the loss). The
+    global RNG is seeded too, for anything drawn without the generator. A float, or with `grad`
+    the loss tensor with its graph."""
+    for module in task.modules.values():
+        module.train()
+    task.step = 0 if step is None else step
+    gen = torch.Generator().manual_seed(FIXED_BATCH_SEED) if step is None else \
+        step_generator(int(task.config["seed"]), step)
+    torch.manual_seed(FIXED_BATCH_SEED)
+    with torch.set_grad_enabled(grad):
+        loss, _ = task.loss(gen, batch_size)
+    return loss if grad else float(loss)
+
+
+def pretrain_before_and_after(config: dict, out_dir, monkeypatch, batch_size: int = 4, step: int | None = None,
+                              **run_kw):
+    """Pre-train `config` with `run_pretrain`; returns (checkpoint path, fixed-batch loss of the
+    initial networks, fixed-batch loss of the trained ones; `batch_size` and `step` as for
+    `fixed_batch_loss`). The initial networks are a second build of the config, which is the
+    run's start (build_method seeds the initialisation); the trained ones are the run's own, kept
+    by a spy on the build (the pose net and camera head of video depth, for one, are not in the
+    checkpoint)."""
+    before = fixed_batch_loss(api.build_method(api.resolve_config(config)), batch_size, step)
+    built = []
+    build = api.build_method
+    monkeypatch.setattr(api, "build_method", lambda c: built.append(build(c)) or built[-1])
+    path = api.run_pretrain(config, out_dir, **run_kw)
+    monkeypatch.setattr(api, "build_method", build)
+    assert len(built) == 1, "expected one build of the method in run_pretrain"
+    return path, before, fixed_batch_loss(built[0], batch_size, step)
