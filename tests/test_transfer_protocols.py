@@ -10,6 +10,7 @@ from bench.core.checkpoint import load_checkpoint, state_sha256
 from bench.cli import main
 from bench.core.errors import UserError
 from tests.conftest import cell_config
+from tests.margins import assert_below
 from transfer.api import Cell, run_cell
 from transfer.data import dataset_settings, open_transfer_data
 from transfer.decoders import decoder_slug, list_decoders, parse_decoder_options
@@ -151,7 +152,7 @@ def test_each_decoder_trains_and_predicts_at_image_size(tiny_world, decoder, opt
     torch.manual_seed(0)
     model, _ = build_model("resnet10t", None, decoder, "encoder", num_classes=7, decoder_options=options)
     before, after = _steps_lower_the_loss(model, tiny_world)
-    assert after < before
+    assert_below(after, before, "decoder: loss on the batch after 8 steps vs before")
     model.eval()
     with torch.no_grad():
         scores = model(torch.zeros(1, 3, 48, 144, dtype=torch.uint8))
