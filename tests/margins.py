@@ -35,7 +35,7 @@ def margin(observed: float, bound: float) -> float:
 
 
 def _message(observed, sign, bound, what, detail) -> str:
-    text = f"{what}: expected {observed:.6g} {sign} {bound:.6g} (margin {100 * margin(observed, bound):.2f} %)"
+    text = f"{what}: expected {observed:.6g} {sign} {bound:.6g} (missed by {100 * margin(observed, bound):.2f} % of it)"
     return text if detail is None else f"{text}; {detail}"
 
 
