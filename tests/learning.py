@@ -7,6 +7,11 @@ the trajectory, and the batches' share of the curve). The loss of ONE batch, dra
 generator and evaluated the same way with the initial and with the trained networks, has no batch
 noise: a no-op optimiser leaves it exactly equal, a loss of the wrong sign raises it, so any fall
 is learning, and the tests ask for a fall far from their bound.
+
+Where a few steps show little (flow on frames ~9 px apart, MoCo on near-identical frames), one
+step at a small learning rate is decisive: `first_step_fall` compares the fall of the loss of the
+batch it stepped on with what the gradient predicts to first order (about 1 for a step downhill,
+about -1 for one uphill, 0 for none).
 """
 
 from __future__ import annotations
@@ -54,3 +59,25 @@ def pretrain_before_and_after(config: dict, out_dir, monkeypatch, batch_size: in
     monkeypatch.setattr(api, "build_method", build)
     assert len(built) == 1, "expected one build of the method in run_pretrain"
     return path, before, fixed_batch_loss(built[0], batch_size, step)
+
+
+def first_step_fall(config: dict, out_dir, monkeypatch, batch_size: int, keep: tuple[str, ...] = (), **run_kw) -> float:
+    """One step of `run_pretrain` (config: 1 step at a small lr): the fall of the loss of the batch it
+    stepped on, over lr x |g|_1, the fall to first order (AdamW's first step moves each weight by
+    lr x g / (|g| + eps)). `keep`: modules of `task.modules` that change beside the optimiser's step
+    (a momentum encoder, a queue of keys), evaluated after the step as they were before it."""
+    assert int(config["steps"]) == 1
+    start = api.build_method(api.resolve_config(config))
+    loss = fixed_batch_loss(start, batch_size, step=0, grad=True)
+    loss.backward()
+    grads = [p.grad for m in start.modules.values() for p in m.parameters() if p.grad is not None]
+    predicted = float(config["lr"]) * float(sum((g * g / (g.abs() + 1e-8)).sum() for g in grads))
+    built = []
+    build = api.build_method
+    monkeypatch.setattr(api, "build_method", lambda c: built.append(build(c)) or built[-1])
+    api.run_pretrain(config, out_dir, **run_kw)
+    monkeypatch.setattr(api, "build_method", build)
+    (trained,) = built
+    for name in keep:
+        trained.modules[name].load_state_dict(start.modules[name].state_dict())
+    return (float(loss.detach()) - fixed_batch_loss(trained, batch_size, step=0)) / predicted
