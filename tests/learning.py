@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.core.seeding import step_generator
 import pretrain.api as api
+from bench.core.seeding import step_generator
 
 # Not a training step's generator (the loop draws step k from seed * 1_000_003 + k).
 FIXED_BATCH_SEED = 12345
@@ -43,22 +43,15 @@ def fixed_batch_loss(task, batch_size: int = 4, step: int | None = None, grad: b
     return loss if grad else float(loss)
 
 
-def pretrain_before_and_after(config: dict, out_dir, monkeypatch, batch_size: int = 4, step: int | None = None,
-                              **run_kw):
+def pretrain_before_and_after(config: dict, out_dir, monkeypatch, batch_size: int = 4, **run_kw):
     """Pre-train `config` with `run_pretrain`; returns (checkpoint path, fixed-batch loss of the
-    initial networks, fixed-batch loss of the trained ones; `batch_size` and `step` as for
-    `fixed_batch_loss`). The initial networks are a second build of the config, which is the
-    run's start (build_method seeds the initialisation); the trained ones are the run's own, kept
-    by a spy on the build (the pose net and camera head of video depth, for one, are not in the
-    checkpoint)."""
-    before = fixed_batch_loss(api.build_method(api.resolve_config(config)), batch_size, step)
-    built = []
-    build = api.build_method
-    monkeypatch.setattr(api, "build_method", lambda c: built.append(build(c)) or built[-1])
-    path = api.run_pretrain(config, out_dir, **run_kw)
-    monkeypatch.setattr(api, "build_method", build)
-    assert len(built) == 1, "expected one build of the method in run_pretrain"
-    return path, before, fixed_batch_loss(built[0], batch_size, step)
+    initial networks, fixed-batch loss of the trained ones, `batch_size` images). The initial
+    networks are a second build of the config, which is the run's start (build_method seeds the
+    initialisation); the trained ones are the run's own (the pose net and camera head of video
+    depth, for one, are not in the checkpoint)."""
+    before = fixed_batch_loss(api.build_method(api.resolve_config(config)), batch_size)
+    path, trained = _run_keeping_the_task(config, out_dir, monkeypatch, **run_kw)
+    return path, before, fixed_batch_loss(trained, batch_size)
 
 
 def first_step_fall(config: dict, out_dir, monkeypatch, batch_size: int, keep: tuple[str, ...] = (), **run_kw) -> float:
@@ -72,12 +65,18 @@ def first_step_fall(config: dict, out_dir, monkeypatch, batch_size: int, keep: t
     loss.backward()
     grads = [p.grad for m in start.modules.values() for p in m.parameters() if p.grad is not None]
     predicted = float(config["lr"]) * float(sum((g * g / (g.abs() + 1e-8)).sum() for g in grads))
-    built = []
-    build = api.build_method
-    monkeypatch.setattr(api, "build_method", lambda c: built.append(build(c)) or built[-1])
-    api.run_pretrain(config, out_dir, **run_kw)
-    monkeypatch.setattr(api, "build_method", build)
-    (trained,) = built
+    _, trained = _run_keeping_the_task(config, out_dir, monkeypatch, **run_kw)
     for name in keep:
         trained.modules[name].load_state_dict(start.modules[name].state_dict())
     return (float(loss.detach()) - fixed_batch_loss(trained, batch_size, step=0)) / predicted
+
+
+def _run_keeping_the_task(config: dict, out_dir, monkeypatch, **run_kw):
+    """(checkpoint path, the task `run_pretrain` trained), kept by a spy on its build."""
+    built = []
+    build = api.build_method
+    monkeypatch.setattr(api, "build_method", lambda c: built.append(build(c)) or built[-1])
+    path = api.run_pretrain(config, out_dir, **run_kw)
+    monkeypatch.setattr(api, "build_method", build)
+    assert len(built) == 1, "expected one build of the method in run_pretrain"
+    return path, built[0]
