@@ -21,15 +21,40 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 TINY_WORLD = {"sequences": 3, "frames": 4, "height": 48, "width": 144, "seed": 0, "crops_per_class": 6}
 
 
+def _test_threads() -> int | None:
+    """BENCH_TEST_THREADS as a number of torch threads, or None when unset (or empty)."""
+    value = os.environ.get("BENCH_TEST_THREADS", "").strip()
+    return int(value) if value else None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def bench_test_threads():
+    """BENCH_TEST_THREADS=N runs the whole session at N torch threads (torch.set_num_threads), and
+    `one_thread` modules at N too: a numeric verdict must hold at any thread count, since the
+    count changes the order of float reductions, and benchmarks/test_margins.py runs the suite
+    at 1 and 2 to show it does. Unset: torch's default, and nothing is imported."""
+    threads = _test_threads()
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """For modules of tiny models (`pytestmark = pytest.mark.usefixtures("one_thread")`): they gain
     nothing from a second thread, and on a busy 2-core machine the spinning OpenMP workers cost
-    many times the work itself (a 5M-tensor isfinite: 2 s instead of 30 ms)."""
+    many times the work itself (a 5M-tensor isfinite: 2 s instead of 30 ms). With
+    BENCH_TEST_THREADS=N set, N threads instead of 1 (see `bench_test_threads`)."""
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(_test_threads() or 1)
     yield
     torch.set_num_threads(threads)
 

@@ -23,6 +23,7 @@ import torch
 from bench.core.synth import load_meta, read_frame
 from pretrain.geometry import backproject, flow_warp, inverse_warp, pose_from_axisangle, project
 from pretrain.photometric import C1, C2, edge_aware_smoothness, photometric_error, ssim
+from tests.margins import assert_above, assert_below
 
 
 # --- photometric -----------------------------------------------------------------------------
@@ -168,8 +169,8 @@ def test_projection_with_true_depth_and_pose_matches_the_true_flow(world):
     jj, ii = np.meshgrid(np.arange(w), np.arange(h))
     flow = uv.numpy() - np.stack([jj, ii], -1)
     static = _static_mask(meta, cur)
-    assert static.mean() > 0.5
-    assert np.abs(flow - cur["flow"])[static].max() < 0.01  # pixels
+    assert_above(static.mean(), 0.5, "share of static pixels")
+    assert_below(np.abs(flow - cur["flow"])[static].max(), 0.01, "projected vs true flow, largest error (px)")
 
 
 def test_inverse_warp_with_true_depth_and_pose_reproduces_the_frame(world):
@@ -181,12 +182,14 @@ def test_inverse_warp_with_true_depth_and_pose_reproduces_the_frame(world):
     true = torch.from_numpy(np.linalg.inv(poses[1]) @ poses[0]).float()[None]
     err = _mean_error(inverse_warp(source, depth, true, K), target, mask)
     # Residual: bilinear resampling of texture (a few grey levels), not geometry.
-    assert err < 0.035
+    assert_below(err, 0.035, "video warp with the true pose: mean error")
     wrong = true.clone()
     wrong[:, 2, 3] += 0.5  # half a metre too far along the road
-    assert _mean_error(inverse_warp(source, depth, wrong, K), target, mask) > 1.8 * err
+    assert_above(_mean_error(inverse_warp(source, depth, wrong, K), target, mask), 1.8 * err,
+                 "video warp 0.5 m off vs 1.8 x the true pose's")
     still = torch.eye(4)[None]  # no motion at all
-    assert _mean_error(inverse_warp(source, depth, still, K), target, mask) > 2.5 * err
+    assert_above(_mean_error(inverse_warp(source, depth, still, K), target, mask), 2.5 * err,
+                 "video warp without motion vs 2.5 x the true pose's")
 
 
 def test_inverse_warp_with_the_stereo_baseline_reproduces_the_left_image(world):
@@ -200,10 +203,11 @@ def test_inverse_warp_with_the_stereo_baseline_reproduces_the_left_image(world):
     left_to_right = torch.eye(4)[None]
     left_to_right[0, 0, 3] = -baseline
     err = _mean_error(inverse_warp(right, depth, left_to_right, K), left, mask)
-    assert err < 0.03
+    assert_below(err, 0.03, "stereo warp with the true baseline: mean error")
     wrong = torch.eye(4)[None]
     wrong[0, 0, 3] = baseline  # the right camera mistaken for a left one
-    assert _mean_error(inverse_warp(right, depth, wrong, K), left, mask) > 3 * err
+    assert_above(_mean_error(inverse_warp(right, depth, wrong, K), left, mask), 3 * err,
+                 "stereo warp with the baseline reversed vs 3 x the true one's")
 
 
 def test_flow_warp_with_the_true_flow_reproduces_the_frame(world):
@@ -212,6 +216,8 @@ def test_flow_warp_with_the_true_flow_reproduces_the_frame(world):
     mask = _static_mask(meta, cur) & _lands_inside(cur["flow"][..., 0], cur["flow"][..., 1])
     target, source = _image(cur["rgb"]), _image(nxt["rgb"])
     err = _mean_error(flow_warp(source, flow), target, mask)
-    assert err < 0.035
-    assert _mean_error(flow_warp(source, torch.zeros_like(flow)), target, mask) > 2.5 * err
-    assert _mean_error(flow_warp(source, -flow), target, mask) > 2.5 * err
+    assert_below(err, 0.035, "flow warp with the true flow: mean error")
+    assert_above(_mean_error(flow_warp(source, torch.zeros_like(flow)), target, mask), 2.5 * err,
+                 "flow warp with zero flow vs 2.5 x the true flow's")
+    assert_above(_mean_error(flow_warp(source, -flow), target, mask), 2.5 * err,
+                 "flow warp with the flow reversed vs 2.5 x the true flow's")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.errors import UserError
+from tests.margins import assert_below
 from transfer.data import dataset_settings, open_transfer_data
 from transfer.decoders import decoder_class, parse_decoder_options
 from transfer.model import build_model
@@ -55,13 +56,16 @@ def test_training_lowers_the_loss(tiny_world):
 
     before = fixed_loss()
     opt = torch.optim.AdamW(decoder.parameters(), lr=1e-2)
-    for _ in range(6):
+    # 16 steps take the loss to 0.50-0.55 x over initialisations (6 steps: 0.72-0.79 x, 20 % from
+    # 0.9 x at best); the decoder is tiny, so they cost well under a second.
+    for _ in range(16):
         loss = decoder.loss(features, y, dataset.ignore_index)
         opt.zero_grad()
         loss.backward()
         opt.step()
     after = fixed_loss()
-    assert math.isfinite(before) and after < 0.9 * before
+    assert math.isfinite(before)
+    assert_below(after, 0.75 * before, "mask2former: fixed-batch loss after 16 steps vs 0.75 x before")
 
 
 def test_loss_is_the_hf_models_own():

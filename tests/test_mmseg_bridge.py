@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.core.errors import UserError
+from tests.margins import assert_below
 from transfer.decoders import mmseg as bridge
 from transfer.model import build_model
 
@@ -150,7 +151,8 @@ def test_aspp_config_trains_with_the_heads_own_loss(tiny_world):
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    assert all(map(torch.isfinite, map(torch.tensor, losses))) and losses[-1] < losses[0], losses
+    assert all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert_below(losses[-1], losses[0], "aspp: loss at the 5th step vs the 1st (one batch)", losses)
 
 
 @needs_mmseg

@@ -20,6 +20,7 @@ from pretrain.dino_views import local_size, multi_crop, recipes
 from pretrain.methods import parse_options
 from pretrain.methods.dino import (DINO, Center, DINOHead, dino_loss, multi_crop_forward, teacher_momentum,
                                    teacher_temperature)
+from tests.margins import assert_below
 
 QUIET = {"progress": False, "log": lambda m: None}
 # A small head and small crops: the per-sample augmentations and a 65536-way head would dominate.
@@ -326,13 +327,16 @@ def test_dino_learns_on_the_generated_world(arch, tiny_world, tmp_path):
     # DINO's loss is the teacher's entropy plus the student's KL divergence from it, and the
     # centre raises the entropy as it moves, so the raw loss may climb in a short run. The same
     # run without updates (lr 0: the same crops, teacher and centre dynamics) is the baseline the
-    # optimiser must beat, and the KL divergence must fall.
+    # optimiser must beat, on the part of the loss the student controls: the KL divergence at the
+    # last step, on the same crops in both runs (0.76-0.79 x for resnet18 over seeds, 0.68 x for
+    # the ViT; the whole loss, diluted by the teacher's entropy both runs share, 0.92 x). A no-op
+    # optimiser leaves the two runs equal. The KL divergence must also fall within the run.
     # (a wider head than SMALL's: with 64 prototypes and 4 images the loss is mostly batch noise)
     kw = {"steps": 4, "batch_size": 4, "options": {"out_dim": 256, "hidden_dim": 128, "bottleneck_dim": 64}}
     run_pretrain(_config(tiny_world, arch, lr=1e-3, **kw), tmp_path / "run", **QUIET)
     run_pretrain(_config(tiny_world, arch, lr=0.0, **kw), tmp_path / "still", **QUIET)
     trained, still = _column(tmp_path / "run", "loss"), _column(tmp_path / "still", "loss")
     assert all(math.isfinite(v) for v in trained) and trained[0] == still[0]
-    assert sum(trained[1:]) < sum(still[1:])
-    kl = _column(tmp_path / "run", "kl_divergence")
-    assert kl[-1] < kl[0]
+    kl, kl_still = _column(tmp_path / "run", "kl_divergence"), _column(tmp_path / "still", "kl_divergence")
+    assert_below(kl[-1], kl_still[-1], "dino: KL divergence at the last step, trained vs lr 0", (kl, kl_still))
+    assert_below(kl[-1], kl[0], "dino: KL divergence at the last step vs the first", kl)

@@ -8,8 +8,10 @@ import torch
 
 from bench.core.checkpoint import load_checkpoint
 from bench.core.errors import UserError
-from pretrain.api import build_method, run_pretrain
+from pretrain.api import build_method
 from pretrain.sources.synth import SynthSource
+from tests.learning import pretrain_before_and_after
+from tests.margins import assert_below
 from transfer.model import build_model
 
 
@@ -18,9 +20,9 @@ from transfer.model import build_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _config(world, method, steps, **options):
+def _config(world, method, steps, batch_size=2, **options):
     return {"name": method, "method": method, "arch": "resnet10t", "root": str(world), "data_id": "tiny",
-            "steps": steps, "batch_size": 2, "lr": 1e-3, "seed": 0, "state_every": 100, "options": options}
+            "steps": steps, "batch_size": batch_size, "lr": 1e-3, "seed": 0, "state_every": 100, "options": options}
 
 
 def _uncalibrated(monkeypatch):
@@ -39,28 +41,35 @@ def _losses(out_dir) -> list[float]:
         return [float(r["loss"]) for r in csv.DictReader(f)]
 
 
+# (method, steps, batch size, options, bound): after training, the loss of one fixed batch must be
+# below `bound` x its loss before (tests/learning.py), measured at 0.75-0.85 x for video and
+# 0.68-0.71 x for stereo over seeds and thread counts. Video's automasked photometric loss is capped
+# by the unwarped frames' error, which is about where it starts, and flattens after a few steps
+# (20 learn no more than 10), so its bound is "any fall": a no-op optimiser leaves the batch's loss
+# exactly equal and a loss of the wrong sign raises it (measured 1.06 x); 4 images a step hold its
+# trajectory steadier than 2. Stereo learns more: a fall of 10 %.
 CASES = {
-    "video-known": ("depth_video", 10, {"intrinsics": "known"}),
-    "video-learned-uncalibrated": ("depth_video", 10, {"intrinsics": "learned"}),
+    "video-known": ("depth_video", 10, 4, {"intrinsics": "known"}, 1.0),
+    "video-learned-uncalibrated": ("depth_video", 10, 4, {"intrinsics": "learned"}, 1.0),
     # The default depth floor (one baseline) starts the disparities about ten times too large,
     # which takes many steps to unlearn; a floor suited to the tiny world shows learning in a few.
-    "stereo": ("depth_stereo", 12, {"min_depth": 2.0}),
+    "stereo": ("depth_stereo", 12, 2, {"min_depth": 2.0}, 0.9),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_training_lowers_the_loss_and_transfer_reuses_the_decoder(case, tiny_world, tmp_path, monkeypatch):
-    method, steps, options = CASES[case]
+    method, steps, batch_size, options, bound = CASES[case]
     if case.endswith("uncalibrated"):
         _uncalibrated(monkeypatch)
     if method == "depth_video":
         options = {**options, "pose_arch": "resnet10t"}  # the quick pose net
-    path = run_pretrain(_config(tiny_world, method, steps, **options), tmp_path, progress=False, log=lambda m: None)
+    path, before, after = pretrain_before_and_after(_config(tiny_world, method, steps, batch_size, **options),
+                                                    tmp_path, monkeypatch, progress=False, log=lambda m: None)
+    assert_below(after, bound * before, f"{case}: fixed-batch loss after {steps} steps vs {bound} x before")
 
     losses = _losses(tmp_path)
     assert len(losses) == steps and all(0 < v < 1 for v in losses)
-    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
-    assert last < 0.95 * first, losses
     with open(tmp_path / "history.csv", newline="") as f:
         columns = next(csv.reader(f))
     assert {"photometric", "smoothness"} <= set(columns)
@@ -79,7 +88,11 @@ def test_training_lowers_the_loss_and_transfer_reuses_the_decoder(case, tiny_wor
     elif options["intrinsics"] == "learned":
         learned = ckpt.meta["learned_intrinsics"]
         assert learned["training_steps_averaged"] == steps
-        assert all(0 < learned[k] < 5 for k in ("fx", "fy")) and all(0 < learned[k] < 1 for k in ("cx", "cy"))
+        # Above 0 and the centre inside the image by construction (softplus, sigmoid); the focal
+        # lengths start at 0.69 (softplus(0)) and must not run off in 10 steps.
+        assert all(0 < learned[k] for k in ("fx", "fy")) and all(0 < learned[k] < 1 for k in ("cx", "cy"))
+        for k in ("fx", "fy"):
+            assert_below(learned[k], 5, f"learned {k} (normalised)")
     else:
         assert ckpt.meta["intrinsics"] == "known" and "learned_intrinsics" not in ckpt.meta
 

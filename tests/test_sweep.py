@@ -10,6 +10,7 @@ import pytest
 import transfer.train as train_mod
 from bench.cli import main
 from tests.conftest import cell_config
+from tests.margins import assert_above, assert_below
 from transfer.api import Cell, run_cell
 from transfer.train import LoopResult, select_candidate
 
@@ -19,6 +20,12 @@ LRS = [1e-3, 1e-2, 1e-1]
 
 def _cell(protocol="linear"):
     return Cell("b", "m", "resnet10t", "synth", protocol, "linear" if protocol == "linear" else "monodepth2", 4, 0)
+
+
+def _relative_gap(curve, reference) -> float:
+    """The largest relative difference between two curves' losses, point by point."""
+    assert len(curve) == len(reference)
+    return max(abs(p["loss"] - q["loss"]) / abs(q["loss"]) for p, q in zip(curve, reference))
 
 
 def _run(tiny_world, ckpt, out, protocol="linear", **settings):
@@ -33,9 +40,16 @@ def test_k_heads_in_one_pass_equal_k_separate_cells(tiny_world, tiny_depth_ckpt,
     sweep = swept["sweep"]
     assert sweep["trained"].startswith("in one pass") and [c["optim"] for c in sweep["candidates"]] == \
         [{"lr": lr} for lr in LRS]
-    for candidate, alone in zip(sweep["candidates"], separate):
+    for k, (candidate, alone) in enumerate(zip(sweep["candidates"], separate)):
         assert [p["miou"] for p in candidate["curve"]] == pytest.approx([p["miou"] for p in alone["curve"]], abs=1e-6)
-        assert [p["loss"] for p in candidate["curve"]] == pytest.approx([p["loss"] for p in alone["curve"]], abs=1e-6)
+        # The heads train in one batched pass, their float sums in another order than K cells
+        # apart: the losses agree to float32 precision, not to the bit (7.5e-7 apart at 2 threads,
+        # which an absolute 1e-6 on a loss of 2.8 failed).
+        assert_below(_relative_gap(candidate["curve"], alone["curve"]), 1e-4,
+                     f"candidate {k}: loss curve, one pass vs a cell apart (largest relative gap)")
+    final = sorted((c["curve"][-1]["miou"] for c in separate), reverse=True)
+    # The selection is decided by a clear gap, not by float noise between the two ways of training.
+    assert_above(final[0], final[1], "best candidate's final validation mIoU vs the runner-up's")
     best = max(range(len(LRS)), key=lambda k: separate[k]["curve"][-1]["miou"])
     assert sweep["selected"] == best and swept["optimizer"]["lr"] == LRS[best]
     for key in ("miou", "pixel_acc", "mean_class_acc"):
@@ -102,10 +116,11 @@ def test_a_killed_sweep_resumes_with_every_head(tiny_world, tiny_depth_ckpt, tmp
     resumed = _run(tiny_world, tiny_depth_ckpt, tmp_path / "killed", sweep={"linear": {"lr": LRS}}, state_every=2)
     assert resumed["timings"]["resumed_from_step"] == 2
     assert resumed["metrics"] == plain["metrics"] and resumed["sweep"]["selected"] == plain["sweep"]["selected"]
-    for a, b in zip(resumed["sweep"]["candidates"], plain["sweep"]["candidates"], strict=True):
+    for k, (a, b) in enumerate(zip(resumed["sweep"]["candidates"], plain["sweep"]["candidates"], strict=True)):
         assert [p["miou"] for p in a["curve"]] == [p["miou"] for p in b["curve"]]
         # The resumed cell re-encodes its cached views inside other batches: float noise only.
-        assert [p["loss"] for p in a["curve"]] == pytest.approx([p["loss"] for p in b["curve"]], abs=1e-6)
+        assert_below(_relative_gap(a["curve"], b["curve"]), 1e-4,
+                     f"candidate {k}: loss curve, resumed vs uninterrupted (largest relative gap)")
 
 
 def test_sweeps_from_the_cli_and_a_manifest(tiny_world, tiny_depth_ckpt, tmp_path, capsys):
