@@ -56,8 +56,8 @@ class _Crash(Exception):
     pass
 
 
+@pytest.mark.usefixtures("one_thread")  # identical kernels in both runs
 def test_resume_after_crash_matches_an_uninterrupted_run(tiny_world, tmp_path, monkeypatch):
-    torch.set_num_threads(1)  # identical kernels in both runs
     reference = load_checkpoint(run_pretrain(_config(tiny_world), tmp_path / "ref", progress=False, log=_quiet))
 
     original = ds.DepthSupervised.loss
@@ -101,8 +101,8 @@ def _inject(monkeypatch, bad_steps, kind="loss"):
 
 
 @pytest.mark.parametrize("kind", ["loss", "grad"])
+@pytest.mark.usefixtures("one_thread")
 def test_isolated_nonfinite_steps_are_skipped_counted_and_leave_weights_alone(tiny_world, tmp_path, monkeypatch, kind):
-    torch.set_num_threads(1)
     _inject(monkeypatch, {3, 6}, kind)
     ckpt = load_checkpoint(run_pretrain(_config(tiny_world), tmp_path, progress=False, log=_quiet))
     rows = _history(tmp_path)
