@@ -81,7 +81,10 @@ def test_an_unreadable_claim_is_taken_over(tmp_path):
 def test_the_heartbeat_advances_and_notices_a_lost_claim(tmp_path):
     with claimed(tmp_path / "job", "cell a", heartbeat_s=0.05, stale_after_s=1) as claim:
         first = read_claim(tmp_path / "job")["heartbeat_unix"]
-        time.sleep(0.4)
+        # It beats every 0.05 s: waiting up to 5 s (100 beats) is a guard against a hang, not a timing.
+        deadline = time.time() + 5
+        while read_claim(tmp_path / "job")["heartbeat_unix"] == first and time.time() < deadline:
+            time.sleep(0.02)
         assert read_claim(tmp_path / "job")["heartbeat_unix"] > first
         _fake_claim(tmp_path / "job", token="usurper")  # taken over behind our back
         deadline = time.time() + 5
