@@ -34,12 +34,13 @@ test: $(STAMP)
 
 setup: $(STAMP)
 
-# pip, hash-checked and without dependency resolution: the lock is the whole environment. The
+# pip, hash-checked and without dependency resolution: the lock is the whole environment, installed
+# by two pip processes at once (requirements/install.py: torch's CUDA wheels, and the rest). The
 # project itself goes in editable, built by the locked setuptools (no isolated build environment,
 # which would fetch whatever setuptools is newest). --no-compile: modules compile on first import.
-$(STAMP): $(LOCK)
+$(STAMP): $(LOCK) requirements/install.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-compile --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python requirements/install.py $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-compile --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

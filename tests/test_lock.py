@@ -95,3 +95,19 @@ def test_the_environment_is_the_lock():
         if installed.split("+")[0] != version.split("+")[0]:
             differ.append(f"{name}: locked {version}, installed {installed}")
     assert not differ, "; ".join(differ)
+
+
+def test_the_parallel_install_splits_the_lock_into_two_parts_that_are_the_whole_of_it():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("install_lock", ROOT / "requirements" / "install.py")
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    large, rest = install.groups(LOCK.read_text())
+    names = lambda group: [canonicalize_name(name) for name, _ in group]  # noqa: E731
+    assert sorted(names(large) + names(rest)) == sorted(e["name"] for e in ENTRIES)  # each entry exactly once
+    assert not set(names(large)) & set(names(rest))  # a package's entries (one per marker) stay together
+    assert {"torch", "triton", "nvidia-cudnn-cu13"} <= set(names(large)) and "torchvision" in names(rest)
+    # each part is still a hash-checked requirements file
+    assert sorted(e["line"] for e in _entries("".join(block for _, block in large + rest))) == \
+        sorted(e["line"] for e in ENTRIES)
