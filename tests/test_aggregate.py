@@ -6,8 +6,8 @@ import math
 import pandas as pd
 import pytest
 
-from bench.aggregate import write_reports
-from bench.statistics import t_interval
+from bench.report.aggregate import write_reports
+from bench.report.statistics import t_interval
 from bench.cli import main
 from bench.core.errors import UserError
 

@@ -119,7 +119,7 @@ def test_a_reader_that_stops_early_ends_the_verb_quietly(argv, tmp_path):
 
     from bench.cli import BROKEN_PIPE_STATUS
 
-    from bench.manifest import load_manifest
+    from bench.study.manifest import load_manifest
     from tests.conftest import tiny_manifest
 
     results = tmp_path / "results"

@@ -10,8 +10,8 @@ import torch
 from bench.core.checkpoint import save_checkpoint
 from bench.core.models.backbones import create_encoder
 from bench.core.synth.split import split_sequences
-from bench.manifest import load_manifest
-from bench.matrix import expand
+from bench.study.manifest import load_manifest
+from bench.study.matrix import expand
 from transfer.datasets.base import Sample, held_out_validation
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

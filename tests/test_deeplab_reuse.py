@@ -127,7 +127,7 @@ def test_cli_transfer_with_the_pretrained_deeplab_head(tiny_world, deeplab_ckpt,
 
 
 def test_a_manifest_pretrains_with_the_deeplab_head_and_reuses_it(tmp_path):
-    from bench.runner import run_manifest
+    from bench.study.runner import run_manifest
 
     manifest = tmp_path / "deeplab.yaml"
     manifest.write_text(f"""

@@ -262,7 +262,7 @@ def expected_cells(raw: dict) -> int:
 # --- the tests --------------------------------------------------------------------------------
 
 def test_the_reference_manifest_uses_every_key():
-    from bench.manifest import Manifest
+    from bench.study.manifest import Manifest
 
     missing = sorted(schema_keys(Manifest) - used_keys(yaml.safe_load(reference_example())))
     assert not missing, (f"{MANIFEST_DOC.relative_to(ROOT)}: the complete example lacks {', '.join(missing)}; "
@@ -270,8 +270,8 @@ def test_the_reference_manifest_uses_every_key():
 
 
 def test_the_reference_manifest_loads(tmp_path):
-    from bench.manifest import load_manifest
-    from bench.matrix import expand
+    from bench.study.manifest import load_manifest
+    from bench.study.matrix import expand
 
     text = reference_example()
     raw = yaml.safe_load(text)
@@ -295,8 +295,8 @@ def test_the_reference_manifest_loads(tmp_path):
 
 
 def test_the_readme_manifest_loads(tmp_path):
-    from bench.manifest import load_manifest
-    from bench.matrix import expand
+    from bench.study.manifest import load_manifest
+    from bench.study.matrix import expand
 
     yaml_blocks = [body for language, body, _ in code_blocks(README.read_text(encoding="utf-8"))
                    if language in ("yaml", "yml")]

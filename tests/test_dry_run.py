@@ -8,8 +8,8 @@ import textwrap
 import pytest
 
 from bench.cli import main
-from bench.manifest import load_manifest
-from bench.runner import uses_world
+from bench.study.manifest import load_manifest
+from bench.study.runner import uses_world
 from fixtures.voc import build_voc
 from tests.conftest import tiny_manifest, write_manifest
 
@@ -93,7 +93,7 @@ def test_the_world_is_rendered_only_for_a_manifest_that_uses_it(tmp_path, voc_ro
 
 
 def test_a_run_on_real_data_alone_renders_no_world(tmp_path, voc_root, monkeypatch):
-    import bench.runner as runner
+    import bench.study.runner as runner
 
     rendered = []
 

@@ -34,8 +34,8 @@ except ImportError as exc:
 from bench.executors.ray import RayExecutor, _rewrite
 from bench.executors.job import Job
 from bench.executors.local import LocalExecutor
-from bench.manifest import RaySpec
-from bench.runner import _transfer_job, run_manifest
+from bench.study.manifest import RaySpec
+from bench.study.runner import _transfer_job, run_manifest
 
 HERE = Path(__file__).resolve().parent
 

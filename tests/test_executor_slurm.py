@@ -82,7 +82,7 @@ def _preempt_when_started(marker: Path, timeout: float = 60) -> threading.Thread
 
 def test_missing_submitit_is_one_user_error(tmp_path, monkeypatch):
     from bench.executors import make_executor
-    from bench.manifest import ExecutorSpec
+    from bench.study.manifest import ExecutorSpec
 
     monkeypatch.setitem(sys.modules, "submitit", None)  # makes `import submitit` fail
     with pytest.raises(UserError, match=r'pip install -e "\.\[slurm\]"'):
@@ -91,7 +91,7 @@ def test_missing_submitit_is_one_user_error(tmp_path, monkeypatch):
 
 def test_preemption_requeues_the_job_and_it_completes(submitit, tmp_path):
     from bench.executors.slurm import SlurmExecutor
-    from bench.manifest import SlurmSpec
+    from bench.study.manifest import SlurmSpec
 
     out = tmp_path / "cell"
     marker = out / "runs.txt"
@@ -113,7 +113,7 @@ def test_preemption_requeues_the_job_and_it_completes(submitit, tmp_path):
 
 def test_a_job_past_max_requeues_fails(submitit, tmp_path):
     from bench.executors.slurm import SlurmExecutor
-    from bench.manifest import SlurmSpec
+    from bench.study.manifest import SlurmSpec
 
     out = tmp_path / "cell"
     marker = out / "runs.txt"
@@ -131,7 +131,7 @@ def test_a_job_past_max_requeues_fails(submitit, tmp_path):
 
 def test_no_wait_submits_once_then_collects(submitit, tmp_path):
     from bench.executors.slurm import SlurmExecutor, job_state
-    from bench.manifest import SlurmSpec
+    from bench.study.manifest import SlurmSpec
 
     spec = SlurmSpec(cluster="local", wait=False)
     release = tmp_path / "release"
@@ -174,7 +174,7 @@ def _alive(job_id: str) -> bool:
 
 def test_a_job_that_dies_is_one_failure_naming_its_log(submitit, tmp_path):
     from bench.executors.slurm import SlurmExecutor, SlurmJobFailed
-    from bench.manifest import SlurmSpec
+    from bench.study.manifest import SlurmSpec
 
     job = Job(_die, {}, name="cell", out_dir=tmp_path / "cell")
     [(i, result, exc)] = list(SlurmExecutor(SlurmSpec(cluster="local"), out_dir=tmp_path).run([job]))
@@ -184,7 +184,7 @@ def test_a_job_that_dies_is_one_failure_naming_its_log(submitit, tmp_path):
 def test_job_errors_keep_their_type(submitit, tmp_path):
     """The runner does not retry a UserError: the type must survive the trip through submitit."""
     from bench.executors.slurm import SlurmExecutor
-    from bench.manifest import SlurmSpec
+    from bench.study.manifest import SlurmSpec
 
     job = Job(_raise_user_error, {}, name="cell", out_dir=tmp_path / "cell")
     [(i, result, exc)] = list(SlurmExecutor(SlurmSpec(cluster="local"), out_dir=tmp_path).run([job]))
@@ -195,7 +195,7 @@ def test_job_errors_keep_their_type(submitit, tmp_path):
 def test_sbatch_script_carries_the_spec_and_resources(submitit, tmp_path, monkeypatch):
     """No Slurm here: check the script submitit would give sbatch."""
     from bench.executors.slurm import SlurmExecutor
-    from bench.manifest import SlurmSpec
+    from bench.study.manifest import SlurmSpec
 
     with pytest.raises(UserError, match="no srun here"):
         SlurmExecutor(SlurmSpec(), out_dir=tmp_path)
@@ -232,7 +232,7 @@ def _fake_slurm(tmp_path: Path, monkeypatch) -> Path:
 def test_a_gpu_job_is_submitted_asking_for_its_gpus_per_task(submitit, tmp_path, monkeypatch):
     """What reaches sbatch: 2 GPUs per task for a gpus=2 job, no GPU flag at all for a CPU job."""
     from bench.executors.slurm import SlurmExecutor
-    from bench.manifest import SlurmSpec
+    from bench.study.manifest import SlurmSpec
 
     scripts = _fake_slurm(tmp_path, monkeypatch)
     jobs = [Job(_slow_once, {"marker": "unused", "seconds": 0}, name=name, out_dir=tmp_path / name,
@@ -255,7 +255,7 @@ def test_a_gpu_job_is_submitted_asking_for_its_gpus_per_task(submitit, tmp_path,
 def _manifest(tmp_path: Path) -> Path:
     """A tiny matrix (like conftest's tiny_manifest): a random resnet10t, two protocols, a few
     steps; its executor is Slurm on submitit's local cluster. (Two cells: every job process pays
-    ~6 s CPU importing bench.runner. No pre-trained backbone: a checkpoint's metadata holds its
+    ~6 s CPU importing bench.study.runner. No pre-trained backbone: a checkpoint's metadata holds its
     run's wall time, so two pre-trainings never share a sha256, nor their cells a fingerprint.)"""
     text = f"""
     name: slurmy
@@ -288,7 +288,7 @@ def _records(results: Path) -> dict[str, dict]:
 
 
 def test_a_manifest_through_slurm_matches_the_local_executor(submitit, tmp_path):
-    from bench.runner import run_manifest
+    from bench.study.runner import run_manifest
 
     manifest = _manifest(tmp_path)
     local, slurm = tmp_path / "local", tmp_path / "slurm"
@@ -328,7 +328,7 @@ def _cell_preempted_after_first_state(config: dict, out_dir: str, marker: str):
 
 def test_a_preempted_cell_resumes_from_its_in_cell_state(submitit, tiny_world, tmp_path):
     from bench.executors.slurm import SlurmExecutor
-    from bench.manifest import SlurmSpec
+    from bench.study.manifest import SlurmSpec
     from tests.conftest import cell_config
     from transfer.api import Cell
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from bench.aggregate import records_frame
+from bench.report.aggregate import records_frame
 from bench.cli import main
 from bench.core.checkpoint import load_checkpoint, state_sha256
 from bench.core.cka import encoder_from_checkpoint
@@ -19,12 +19,12 @@ from bench.core.errors import UserError
 from bench.core.gradcam import grad_cam, normalise_cams, segmentation_grad_cam, segmentation_target
 from bench.core.kept_weights import FP16_MAX, half_precision, load_kept_weights
 from bench.core.metrics import confusion_matrices
-from bench import report
-from bench.aggregate import write_reports
-from bench.explain import first_eval_images, overlay
-from bench.explain_grid import explain, explain_grid
-from bench.layer_cka import load_encoder
-from bench.qualitative import GAP, comparison_grid, grid_title, mosaic, write_qualitative
+from bench.report import html as report
+from bench.report.aggregate import write_reports
+from bench.report.explain import first_eval_images, overlay
+from bench.report.explain_grid import explain, explain_grid
+from bench.report.layer_cka import load_encoder
+from bench.report.qualitative import GAP, comparison_grid, grid_title, mosaic, write_qualitative
 from tests.conftest import cell_config
 from transfer.api import Cell, TransferSettings, resolve_cell_config, run_cell
 from transfer.kept import FINAL_WEIGHTS, rebuild_cell_model

@@ -4,7 +4,7 @@ the one resolver (`transfer.api.resolve_cell_config`).
 
 History, each change made by an issue that changed what cells compute:
 - v0.1.0: the transfer-config assembly moved into the resolver with every fingerprint unchanged
-  (the `V010` values, computed with `bench.matrix.cell_config` before the move);
+  (the `V010` values, computed with `bench.study.matrix.cell_config` before the move);
 - issue 15: a cell without a checkpoint records its `random_init` scheme (torchvision's by
   default), and every cell's data settings carry the validation rule (`validation`: its
   few-shot subset is drawn from the pool minus the validation split). Without those two keys,

@@ -119,7 +119,7 @@ def test_spawned_workers_each_see_their_own_gpus(tmp_path, monkeypatch):
 def test_a_pretraining_job_asks_for_the_gpus_its_manifest_names():
     from types import SimpleNamespace
 
-    from bench.runner import pretrain_config, pretrain_resources
+    from bench.study.runner import pretrain_config, pretrain_resources
 
     executor = {"cpus": 4, "gpus": 1, "memory_gb": None, "processes": 2}
     backbone = SimpleNamespace(pretrain=SimpleNamespace(gpus=4))
@@ -127,7 +127,7 @@ def test_a_pretraining_job_asks_for_the_gpus_its_manifest_names():
     backbone.pretrain.gpus = 0  # unset: the executor's, without the cells' DDP ranks
     assert pretrain_resources(backbone, executor) == {"cpus": 4, "gpus": 1, "memory_gb": None}
 
-    from bench.manifest import PretrainSpec
+    from bench.study.manifest import PretrainSpec
 
     spec = PretrainSpec(method="depth_supervised", steps=10, gpus=2)
     config = pretrain_config(SimpleNamespace(name="d", display_name="d", arch="resnet18", pretrain=spec), Path("/w"), "world")

@@ -275,7 +275,7 @@ def test_the_normalization_can_be_overridden_and_is_recorded(resnet18_plain, tmp
 
 def test_a_manifest_import_records_its_normalization_and_a_change_converts_again(resnet18_plain, tmp_path):
     from bench.importers.cache import import_backbone
-    from bench.manifest import ImportSpec
+    from bench.study.manifest import ImportSpec
 
     path = tmp_path / "mono_640x192"
     cf.write_monodepth2_folder(path, cf.encoder_part(resnet18_plain), RESNET18_CHANNELS)

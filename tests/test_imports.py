@@ -4,6 +4,9 @@ level and inside functions) is read with `ast`, nothing is executed.
 - `pretrain/` and `transfer/` import from `bench` only its ground floor, `bench.core`;
 - `bench.core` imports nothing from the rest of `bench`, from `pretrain` or from `transfer`;
 - `pretrain` and `transfer` never import each other;
+- reporting (`bench.report`) never imports orchestration (`bench.study`), and orchestration calls
+  reporting through its one entry point, the package `bench.report` (`write_reports`, `where`);
+- `bench/` holds packages only: no module beside `__init__.py` and `__main__.py`;
 - no two files import each other, directly or through a longer cycle. A package's `__init__`
   importing its own modules (so that they register) is not an edge: the modules import their
   registry from a module (`base.py`), never from the package.
@@ -94,6 +97,23 @@ def test_stages_never_import_each_other():
     assert bad == [], "\n".join(bad)
 
 
+def test_reporting_never_imports_orchestration():
+    bad = _layer_violations(lambda a, b: _within(a, "bench.report") and _within(b, "bench.study"))
+    assert bad == [], "bench.report imports bench.study:\n" + "\n".join(bad)
+
+
+def test_orchestration_calls_reporting_through_its_entry_point_only():
+    bad = _layer_violations(lambda a, b: _within(a, "bench.study") and _within(b, "bench.report")
+                            and b != "bench.report")
+    assert bad == [], "bench.study imports a module of bench.report, not its entry point:\n" + "\n".join(bad)
+    assert "bench.report" in GRAPH["bench.study.runner"]  # (the rule is not met by never calling it)
+
+
+def test_the_harness_folder_holds_packages_only():
+    loose = sorted(p.name for p in (REPO / "bench").glob("*.py") if p.name not in ("__init__.py", "__main__.py"))
+    assert loose == [], f"modules directly in bench/: {loose}; put each on its floor (docs/layout.md)"
+
+
 def _registration_edge(a: str, b: str) -> bool:
     """A package's __init__ importing one of its own modules."""
     return MODULES[a].name == "__init__.py" and b.startswith(a + ".")
@@ -150,6 +170,6 @@ def test_registered_modules_import_their_registry_from_a_module(module):
 
 
 def test_the_import_reader_sees_function_level_imports():
-    # bench.runner reaches pretrain.api only inside functions: a reader of module-level imports
+    # bench.study.runner reaches pretrain.api only inside functions: a reader of module-level imports
     # alone would miss the edge.
-    assert "pretrain.api" in GRAPH["bench.runner"]
+    assert "pretrain.api" in GRAPH["bench.study.runner"]

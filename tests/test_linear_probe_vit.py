@@ -170,7 +170,7 @@ def test_cli_and_manifest_set_the_token_form(tiny_world, tmp_path, capsys):
     record = json.loads((out / "record.json").read_text())
     assert record["status"] == "ok" and record["config"]["decoder_options"] == {"vit_tokens": "last4",
                                                                                  "class_token": True}
-    from bench.manifest import load_manifest
+    from bench.study.manifest import load_manifest
 
     text = ("name: m\nbackbones: [{name: v, arch: %s}]\ndatasets: [{name: synth}]\n"
             "transfer:\n  protocols: [linear]\n  decoder_options: {linear: {vit_tokens: %s}}\n")

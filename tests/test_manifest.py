@@ -5,8 +5,8 @@ import pytest
 
 from bench.cli import main
 from bench.core.errors import UserError
-from bench.manifest import load_manifest
-from bench.matrix import expand
+from bench.study.manifest import load_manifest
+from bench.study.matrix import expand
 from tests.conftest import tiny_manifest
 
 

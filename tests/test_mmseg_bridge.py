@@ -209,7 +209,7 @@ def test_bridge_runs_from_a_manifest_and_from_the_cli(tiny_world, tmp_path, caps
     import shutil
 
     from bench.cli import main
-    from bench.runner import run_manifest
+    from bench.study.runner import run_manifest
 
     # The manifest names the config relative to itself; the cell keeps that name, its fingerprint
     # the config's contents (not its path).

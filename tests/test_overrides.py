@@ -8,8 +8,8 @@ import pytest
 
 from bench.cli import main
 from bench.core.errors import UserError
-from bench.manifest import load_manifest
-from bench.overrides import apply_sets
+from bench.study.manifest import load_manifest
+from bench.study.overrides import apply_sets
 from tests.conftest import tiny_manifest
 
 
@@ -68,7 +68,7 @@ def test_a_dry_run_lists_the_overridden_matrix(tmp_path, capsys):
 
 def test_the_overrides_are_recorded_in_the_resolved_manifest(tmp_path, monkeypatch):
     """Recorded before any job runs: the executor is stopped at its first job."""
-    import bench.runner as runner
+    import bench.study.runner as runner
 
     def no_world(*args, **kwargs):
         raise KeyboardInterrupt  # stop right after manifest.resolved.json is written
@@ -78,6 +78,6 @@ def test_the_overrides_are_recorded_in_the_resolved_manifest(tmp_path, monkeypat
     assert main(["run", str(path), "--set", "transfer.steps=2", "--no-progress"]) == 130
     resolved = json.loads((tmp_path / "results" / "manifest.resolved.json").read_text())
     assert resolved["overrides"] == ["transfer.steps=2"] and resolved["transfer"]["steps"] == 2
-    from bench.status import matrix_status
+    from bench.study.status import matrix_status
 
     assert matrix_status(tmp_path / "results")["total"] == 9  # bench status still reads it

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.aggregate import METRICS
+from bench.report.aggregate import METRICS
 from bench.cli import main
 from transfer.protocols import PROTOCOLS
 

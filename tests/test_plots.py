@@ -1,4 +1,4 @@
-"""bench.plots: every figure renders to PNG and SVG from a small hand-made board and record set."""
+"""bench.report.plots: every figure renders to PNG and SVG from a small hand-made board and record set."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench import plots
+from bench.report import plots
 
 BACKBONES = ["random", "depth", "cls"]
 DATASETS = ["synth", "voc"]
@@ -342,7 +342,7 @@ def cka_records(tmp_path, decoders=("monodepth2", "deeplabv3")):
 
 
 def test_cka_across_lines_are_the_stored_diagonals(tmp_path, colours):
-    from bench.layer_cka import cka_across_frame
+    from bench.report.layer_cka import cka_across_frame
 
     df, docs = cka_records(tmp_path)
     # A cell whose stored matrix is of another fingerprint is not taken.

@@ -351,8 +351,8 @@ def test_the_recipes_from_the_cli(kitti, tmp_path):
 
 
 def test_the_recipes_from_a_manifest(kitti, tmp_path):
-    from bench.manifest import load_manifest
-    from bench.runner import pretrain_config
+    from bench.study.manifest import load_manifest
+    from bench.study.runner import pretrain_config
     from conftest import tiny_manifest
 
     init, _ = _imagenet_style_file(tmp_path)

@@ -13,8 +13,8 @@ from html.parser import HTMLParser
 import pytest
 from PIL import Image
 
-from bench import report
-from bench.aggregate import write_reports
+from bench.report import html as report
+from bench.report.aggregate import write_reports
 
 CLASSES = ["road", "car", "traffic sign"]
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

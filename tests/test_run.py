@@ -176,7 +176,7 @@ def test_a_diverging_pretraining_blocks_only_its_own_cells(tmp_path, capsys, mon
 
 def test_cells_run_costliest_first_so_the_cheap_ones_fill_the_end_of_the_stage():
     from bench.executors import Job
-    from bench.runner import longest_first
+    from bench.study.runner import longest_first
 
     def job(name, protocol, candidates=1):
         sweep = [{"lr": 10.0 ** -k} for k in range(candidates)] if candidates > 1 else None

@@ -154,7 +154,7 @@ def _write_a_results_folder(root: Path) -> None:
     """A record, a checkpoint and the reports (figures included), as the harness writes them."""
     import torch
 
-    from bench.aggregate import write_reports
+    from bench.report.aggregate import write_reports
     from bench.core.checkpoint import save_checkpoint
     from bench.core.records import write_json_atomic
 

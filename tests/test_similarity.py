@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pandas as pd
 
-import bench.layer_cka as layer_cka_module
-from bench import plots
-from bench.aggregate import records_frame
+import bench.report.layer_cka as layer_cka_module
+from bench.report import plots
+from bench.report.aggregate import records_frame
 from bench.cli import main
-from bench.layer_cka import dataset_batches, layer_cka, load_encoder, pretrained_vs_finetuned
+from bench.report.layer_cka import dataset_batches, layer_cka, load_encoder, pretrained_vs_finetuned
 from transfer.similarity import probe_batches, probe_images, read_cka
 from tests.conftest import cell_config
 from transfer.api import Cell, run_cell
@@ -142,7 +142,7 @@ def test_aggregate_draws_the_heatmap_from_stored_matrices_without_weights(tiny_w
     m = pd.read_csv(results / "cka" / "depth__full.csv", index_col=0)
     assert list(m.index) == stored[1] and np.allclose(m.to_numpy(), stored[0], atol=1e-6)
     assert main(["aggregate", str(results)]) == 0
-    # The qualitative grids of the cells' saved predictions (bench/qualitative.py), one per comparison.
+    # The qualitative grids of the cells' saved predictions (bench/report/qualitative.py), one per comparison.
     assert sorted(p.name for p in (results / "plots").glob("qualitative_*.png")) == [
         "qualitative_synth_frozen_monodepth2_auto_n2.png", "qualitative_synth_full_monodepth2_auto_n2.png"]
     page = (results / "report.html").read_text()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.core.metrics import PerImageCounts, segmentation_metrics
-from bench.statistics import miou_percent, paired_bootstrap, paired_difference, paired_t, t_interval
+from bench.report.statistics import miou_percent, paired_bootstrap, paired_difference, paired_t, t_interval
 
 
 def test_t_intervals_are_clipped_to_the_percent_range():

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.manifest import load_manifest
-from bench.matrix import expand
-from bench.status import MARKER, format_status, matrix_status
+from bench.study.manifest import load_manifest
+from bench.study.matrix import expand
+from bench.study.status import MARKER, format_status, matrix_status
 from tests.conftest import tiny_manifest
 
 

@@ -144,7 +144,7 @@ def test_sweeps_from_the_cli_and_a_manifest(tiny_world, tiny_depth_ckpt, tmp_pat
 ])
 def test_manifest_sweeps_are_validated(tmp_path, sweep, message):
     from bench.core.errors import UserError
-    from bench.manifest import load_manifest
+    from bench.study.manifest import load_manifest
 
     path = tmp_path / "m.yaml"
     path.write_text(f"name: t\nbackbones: [{{name: a, arch: resnet10t}}]\ndatasets: [{{name: synth}}]\n"

@@ -257,7 +257,7 @@ def test_source_options_are_checked(tmp_path):
 
 def test_controls_enter_the_world_identity_only_when_set():
     from bench.core.records import fingerprint
-    from bench.manifest import SynthWorld
+    from bench.core.synth.world import SynthWorld
 
     before = {"sequences": 4, "frames": 10, "height": 64, "width": 192, "seed": 0, "crops_per_class": 40}
     assert SynthWorld().fingerprint() == fingerprint({"synth": before})
@@ -271,13 +271,13 @@ def test_controls_enter_the_world_identity_only_when_set():
 
 def test_the_manifest_the_renderer_and_the_controls_agree_on_every_default():
     """The world's defaults are stated in three places that cannot import one another's layer
-    (bench.manifest.SynthWorld, render_world's keywords, synth.controls.Controls): they must agree,
+    (bench.study.manifest.SynthWorld, render_world's keywords, synth.controls.Controls): they must agree,
     or a manifest that leaves a key unset would name one world and render another."""
     import dataclasses
     import inspect
 
     from bench.core.synth.controls import Controls
-    from bench.manifest import SynthWorld
+    from bench.core.synth.world import SynthWorld
 
     manifest = SynthWorld.defaults()
     renderer = {k: p.default for k, p in inspect.signature(render_world).parameters.items()
@@ -289,7 +289,7 @@ def test_the_manifest_the_renderer_and_the_controls_agree_on_every_default():
 
 def test_manifest_and_cli_accept_the_controls(tmp_path):
     from bench.cli import main
-    from bench.manifest import SynthWorld
+    from bench.core.synth.world import SynthWorld
 
     with pytest.raises(ValueError):
         SynthWorld(shared_materials=1.5)
@@ -312,7 +312,7 @@ def test_a_cell_records_the_world_controls(tmp_path):
     record names it (data_id) and shows its settings (config.world), without moving the cell's
     fingerprint for a world at the defaults (data_id is unchanged there)."""
     from bench.cli import main
-    from bench.manifest import SynthWorld
+    from bench.core.synth.world import SynthWorld
 
     path = tmp_path / "c.yaml"
     path.write_text(
@@ -340,7 +340,7 @@ def test_a_cell_records_the_world_controls(tmp_path):
 
 def test_a_manifest_asking_for_out_of_domain_crops_needs_them_rendered(tmp_path):
     from bench.core.errors import UserError
-    from bench.manifest import load_manifest
+    from bench.study.manifest import load_manifest
 
     def manifest(ood: int):
         path = tmp_path / f"m{ood}.yaml"

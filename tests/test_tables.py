@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from fixtures import one_line_error
 
-from bench.aggregate import METRICS, write_reports
+from bench.report.aggregate import METRICS, write_reports
 from bench.cli import main
-from bench.compare import read_published
-from bench.table_format import Cell, Table, tex_escape, to_latex, to_markdown
-from bench.tables import resolution_tables
+from bench.report.compare import read_published
+from bench.report.table_format import Cell, Table, tex_escape, to_latex, to_markdown
+from bench.report.tables import resolution_tables
 
 FIXTURE_CSV = Path(__file__).parent / "fixtures" / "published_tiny.csv"
 

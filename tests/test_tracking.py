@@ -217,7 +217,7 @@ def test_a_dead_server_is_one_warning_and_the_run_finishes(tracked, capsys):
 def test_a_server_that_never_answers_is_cut_off_at_timeout_s(tracked, capsys):
     """A port that accepts connections and never replies: MLflow's own request timeout would be
     minutes with its retries; the sink's time limit (here 2 s) ends it."""
-    from bench.manifest import TrackingSpec
+    from bench.study.manifest import TrackingSpec
     from bench.tracking import Tracker
 
     results = tracked["results"]
@@ -268,7 +268,7 @@ def test_a_missing_library_is_one_warning_per_sink_naming_the_extra(tmp_path, ca
 def test_a_record_the_sinks_cannot_read_is_a_warning_not_a_crash(tmp_path):
     """A finished record without the fields a sink reads (an older schema, a hand edit): one
     warning naming the folder, nothing raised."""
-    from bench.manifest import TrackingSpec
+    from bench.study.manifest import TrackingSpec
     from bench.tracking import Tracker
 
     odd = tmp_path / "runs" / "odd"

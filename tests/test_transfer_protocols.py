@@ -258,7 +258,7 @@ def test_cli_decoder_mistakes_are_one_line(tiny_world, tmp_path, capsys, args, m
 
 
 def test_manifest_runs_every_protocol_decoder_and_init(tmp_path):
-    from bench.runner import run_manifest
+    from bench.study.runner import run_manifest
 
     manifest = tmp_path / "decoders.yaml"
     manifest.write_text(f"""
@@ -310,7 +310,7 @@ transfer:
     ("optimizer: {full: {optimizer: adam}}", "optimizer"),
 ])
 def test_manifest_decoder_and_optimizer_mistakes_are_one_line(tmp_path, transfer, message):
-    from bench.manifest import load_manifest
+    from bench.study.manifest import load_manifest
 
     path = tmp_path / "bad.yaml"
     path.write_text(f"name: bad\nbackbones: [{{name: r, arch: resnet10t}}]\ndatasets: [{{name: synth}}]\n"

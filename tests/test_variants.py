@@ -8,11 +8,11 @@ import textwrap
 import pytest
 import torch
 
-from bench.aggregate import leaderboard, manifest_backbones, records_frame
+from bench.report.aggregate import leaderboard, manifest_backbones, records_frame
 from bench.core.errors import UserError
 from bench.core.sizes import pretrain_image_size, size_text
-from bench.manifest import load_manifest
-from bench.matrix import expand
+from bench.study.manifest import load_manifest
+from bench.study.matrix import expand
 from tests.conftest import write_manifest
 from transfer.api import Cell, TransferSettings, resolve_cell_config
 
@@ -97,7 +97,7 @@ def test_expansion_carries_labels_and_variants_change_what_runs(tmp_path):
     assert settings["synth@native"]["resize"] is None and settings["synth@r40"]["resize"] == [40, 120]
     assert settings["synth@r40"]["eval_resize"] == [40, 120]
     # A pre-training variant's config differs in its size, so it has its own fingerprint.
-    from bench.runner import pretrain_config
+    from bench.study.runner import pretrain_config
     from pretrain.api import pretrain_fingerprint, resolve_config
 
     configs = [pretrain_config(b, tmp_path, "w") for b in m.backbones[1:]]
@@ -199,7 +199,7 @@ def test_a_resolution_study_runs_two_pretrain_sizes_by_two_transfer_sizes(tmp_pa
     assert record["dataset"]["resize"] == [40, 120] and record["cell"]["dataset_variant"] == "r40"
     board = (results / "leaderboard.md").read_text()
     assert "### synth@native · linear" in board and "### synth@r40 · linear" in board
-    from bench.status import matrix_status
+    from bench.study.status import matrix_status
 
     status = matrix_status(results)
     assert status["counts"] == {"done": 4}

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from bench.aggregate import leaderboard, records_frame
-from bench.contrasts import contrast_figures, contrast_frame, contrast_tables
+from bench.report.aggregate import leaderboard, records_frame
+from bench.report.contrasts import contrast_figures, contrast_frame, contrast_tables
 from bench.core.errors import UserError
-from bench.manifest import SynthWorld, load_manifest
-from bench.matrix import expand
-from bench.runner import pretrain_config, worlds_used
+from bench.core.synth.world import SynthWorld
+from bench.study.manifest import load_manifest
+from bench.study.matrix import expand
+from bench.study.runner import pretrain_config, worlds_used
 from tests.conftest import write_manifest
 
 WORLDS = "    far: {object_scale: far}\n"
@@ -36,7 +37,7 @@ def _manifest(tmp_path, worlds=WORLDS, backbones=BACKBONES, datasets=DATASETS, t
 # -- the manifest ------------------------------------------------------------------------------------------
 
 def test_a_named_world_is_the_base_world_with_its_keys():
-    from bench.manifest import DataSection
+    from bench.study.manifest import DataSection
 
     data = DataSection(synth=SynthWorld(sequences=3, seed=4), worlds={"far": {"object_scale": "far"}})
     far = data.world("far")
@@ -123,7 +124,7 @@ def test_manifests_without_worlds_expand_as_before(tmp_path):
 
 
 def test_a_named_world_too_small_for_an_encoder_is_refused_before_running(tmp_path):
-    from bench.dry_run import size_problems
+    from bench.study.dry_run import size_problems
 
     m = load_manifest(_manifest(tmp_path, worlds="    far: {object_scale: far, height: 32}\n"))
     problems = size_problems(m, m.backbones)
@@ -255,7 +256,7 @@ def test_a_two_world_study_runs_each_backbone_in_its_own_world(tmp_path):
 
 
 def test_records_without_a_world_have_no_world_columns():
-    from bench.aggregate import WORLD_COLUMNS, world_columns
+    from bench.report.aggregate import WORLD_COLUMNS, world_columns
 
     assert world_columns({"config": {}}) == dict.fromkeys(WORLD_COLUMNS)
     assert world_columns({"config": {"world": {"sequences": 4}}})["world"] == "default"

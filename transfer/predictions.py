@@ -15,7 +15,7 @@ evaluation size, upsampled bilinearly to the label's native size, argmax). It wr
 
 Images whose label is larger than `PREVIEW_MAX_SIDE` pixels on its long side are saved at that
 size (labels by nearest neighbour, the image bilinearly), so that a cell's few images stay small
-whatever the dataset: the grid is drawn from the results folder alone (bench/qualitative.py). Not
+whatever the dataset: the grid is drawn from the results folder alone (bench/report/qualitative.py). Not
 part of the fingerprint: a runtime output, like the log.
 """
 

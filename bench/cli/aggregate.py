@@ -1,4 +1,4 @@
-"""`bench aggregate RESULTS`: leaderboards, plots and the report from run records (bench.aggregate)."""
+"""`bench aggregate RESULTS`: leaderboards, plots and the report from run records (bench.report.aggregate)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from bench.aggregate import where, write_reports
+    from bench.report.aggregate import where, write_reports
 
     table = write_reports(Path(args.results_dir), baseline=args.baseline, plots=args.plots,
                           compare=args.compare)

@@ -1,4 +1,4 @@
-"""`bench cka`: layer-wise CKA between two encoders, or one with itself (bench.layer_cka)."""
+"""`bench cka`: layer-wise CKA between two encoders, or one with itself (bench.report.layer_cka)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def add_parser(sub) -> None:
 def main(args) -> int:
     import pandas as pd
 
-    from bench.layer_cka import dataset_batches, layer_cka, load_encoder, write_cka
+    from bench.report.layer_cka import dataset_batches, layer_cka, load_encoder, write_cka
     from transfer.data import dataset_settings
 
     if (args.b is None) != args.within:

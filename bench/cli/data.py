@@ -62,7 +62,7 @@ def synth(args) -> int:
         raise UserError(f"{out}: already exists; choose a new --out (worlds are never overwritten)")
     from pydantic import ValidationError
 
-    from bench.manifest import SynthWorld
+    from bench.core.synth.world import SynthWorld
 
     fields = {k: getattr(args, k) for k in SynthWorld.model_fields}
     try:  # the manifest's bounds, so the flag and the data.synth key accept the same values

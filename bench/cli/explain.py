@@ -1,4 +1,4 @@
-"""`bench explain RUN`: Grad-CAM overlays of cells kept with `keep_weights` (bench.explain)."""
+"""`bench explain RUN`: Grad-CAM overlays of cells kept with `keep_weights` (bench.report.explain)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from bench.explain_grid import explain
+    from bench.report.explain_grid import explain
 
     written, figures = explain(Path(args.run), args.images, args.layer, root=args.root, device=args.device)
     for cell, paths in written.items():

@@ -1,4 +1,4 @@
-"""`bench run MANIFEST`: the whole matrix of a manifest (bench.runner)."""
+"""`bench run MANIFEST`: the whole matrix of a manifest (bench.study.runner)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from bench.runner import run_manifest
+    from bench.study.runner import run_manifest
 
     if args.json and not args.dry_run:  # else the whole matrix would run, its cells never printed
         raise UserError("--json only prints a --dry-run's cells; add --dry-run, or drop --json to run the matrix")

@@ -1,4 +1,4 @@
-"""`bench status RESULTS`: where a matrix stands, from its results folder alone (bench.status)."""
+"""`bench status RESULTS`: where a matrix stands, from its results folder alone (bench.study.status)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from bench.status import claims_held, format_claims, format_status, matrix_status
+    from bench.study.status import claims_held, format_claims, format_status, matrix_status
 
     summary = matrix_status(Path(args.results_dir))
     claims = claims_held(Path(args.results_dir))  # its own section: drivers sharing the folder

@@ -1,4 +1,4 @@
-"""`bench submit`: one outside checkpoint joins a manifest's matrix and leaderboard (bench.submit)."""
+"""`bench submit`: one outside checkpoint joins a manifest's matrix and leaderboard (bench.study.submit)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
 
 
 def main(args) -> int:
-    from bench.submit import submit
+    from bench.study.submit import submit
 
     arch = args.arch or f"entry:{args.entry}"
     return submit(name=args.name, arch=arch, checkpoint=Path(args.checkpoint), manifest=Path(args.manifest),

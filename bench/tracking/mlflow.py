@@ -96,5 +96,5 @@ class MlflowSink(Sink):
                 pass
             raise
         # A diverged cell is a result, not a crash: FINISHED, with its status as a tag.
-        self.client.set_tag(run_id, "bench.status", job.status)
+        self.client.set_tag(run_id, "bench.study.status", job.status)
         self.client.set_terminated(run_id, "FINISHED")

@@ -423,7 +423,7 @@ CKA_KINDS = {  # cka_across_ panels: kind -> (title, y label)
 def _cka_across_figures(cka: pd.DataFrame, colours):
     """(name, figure, {kind: axes}) per comparison of `cka`, a long frame with one row per (comparison,
     backbone, seed, kind, layer_index) and columns COMPARISON + backbone, seed, kind, layer_index, layer,
-    cka (see bench.layer_cka.cka_across_frame). Lines: mean over seeds per layer; band: min–max."""
+    cka (see bench.report.layer_cka.cka_across_frame). Lines: mean over seeds per layer; band: min–max."""
     if cka is None or cka.empty:
         return []
     colours, out = _with_all(colours, cka["backbone"]), []

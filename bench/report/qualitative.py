@@ -82,7 +82,7 @@ def comparison_words(first: pd.DataFrame, seed) -> str:
 
 def comparison_slug(key) -> str:
     """A comparison's (dataset, protocol, decoder, init, train size) as a file-name part."""
-    from bench.plots import _slug
+    from bench.report.plots import _slug
 
     dataset, protocol, decoder, init, train_size = key
     return _slug(f"{dataset}_{protocol}_{decoder}_{init}_n{train_size}")
@@ -167,7 +167,7 @@ def draw_grid(grid: Grid, path_stem: Path, key=class_legend, subject: str | None
     """The grid as a figure: the mosaic with column titles, image names on the left, and `key(fig,
     grid)` beside it (the class legend; `bench explain` draws a colour bar), one image in one axes
     (a panel per axes costs seconds per figure)."""
-    from bench.plots import _figure, _save, _style
+    from bench.report.plots import _figure, _save, _style
 
     picture = mosaic(grid)
     height, width = grid.rows[0][1][0].shape[:2]

@@ -18,16 +18,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from bench.aggregate import where, write_reports
+from bench.report import where, write_reports
+from bench.core import results_folder
 from bench.core.atomic import remove_temp_files
 from bench.core.checkpoint import file_sha256, read_checkpoint_meta
 from bench.core.claims import CLAIM_NAME, CLAIMED, Claim, claimed, exclusive_lock, holder, identity, read_claim
 from bench.core.errors import UserError, one_line
 from bench.core.progress import bar as progress_bar
 from bench.executors import Job, make_executor
-from bench.explain import EXPLAIN_DIR
-from bench.manifest import Manifest, SynthWorld, load_manifest
-from bench.matrix import expand
+from bench.core.synth.world import SynthWorld
+from bench.study.manifest import Manifest, load_manifest
+from bench.study.matrix import expand
 from bench.tracking import open_tracking
 from bench.core.records import is_finished, read_json, write_json_atomic
 from bench.importers.cache import import_backbone
@@ -130,7 +131,7 @@ def _pretrain_job(config: dict, out_dir: str, progress: bool, claims: dict | Non
     """One pre-training, under its folder's claim (`claims`: the manifest's executor.claims; None:
     the caller holds the claim, as the Ray executor's driver does without a shared filesystem).
     Returns the checkpoint's path, or CLAIMED when another live driver holds the folder."""
-    from bench.status import running_marker
+    from bench.study.status import running_marker
     from pretrain.api import run_pretrain
 
     # Messages go to the job's own log: text written from a worker would tear the progress bars.
@@ -154,7 +155,7 @@ def _transfer_job(config: dict, out_dir: str, progress: bool, claims: dict | Non
     another driver finished it since this driver looked, or CLAIMED when one is running it."""
     import traceback
 
-    from bench.status import running_marker
+    from bench.study.status import running_marker
     from transfer.api import run_cell
 
     with _claim(out_dir, f"cell {Cell(**config['cell']).id}", claims) as claim:
@@ -190,7 +191,7 @@ def _remove_debris(out_dir: Path, log) -> None:
     """Remove what a killed earlier run of this job left half-written: the temp files of atomic
     writes it was making (the finished files they would have replaced are intact). Called once the
     folder is this job's; `explain/` is `bench explain`'s, which does not claim the folder."""
-    removed = remove_temp_files(out_dir, skip_dirs=(EXPLAIN_DIR,), keep_prefixes=(f".{CLAIM_NAME}.",))
+    removed = remove_temp_files(out_dir, skip_dirs=(results_folder.EXPLAIN,), keep_prefixes=(f".{CLAIM_NAME}.",))
     if removed:
         log(f"removed {len(removed)} temp file(s) a killed run left: "
             + ", ".join(str(p.relative_to(out_dir)) for p in removed))
@@ -236,7 +237,7 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     restricts the work to those backbones' (display names) pre-trainings and cells (the reports
     cover all records);
     `sets` are `--set KEY.PATH=VALUE` overrides over the file. A dry run checks the real data
-    it names (bench/dry_run.py), unless `manifest_only`: then the manifest alone, its files and
+    it names (bench/study/dry_run.py), unless `manifest_only`: then the manifest alone, its files and
     folders need not exist yet. `plots`: draw the figures with the reports."""
     if manifest_only and not dry_run:
         raise UserError("--manifest-only checks a manifest without its data: it needs --dry-run")
@@ -244,8 +245,8 @@ def run_manifest(path, *, out=None, workers=None, dry_run=False, as_json=False, 
     if extra_backbones:
         m.backbones = [*m.backbones, *extra_backbones]
     selected = [b for b in m.backbones if only is None or b.display_name in only]
-    from bench.dry_run import data_problems, size_problems
-    from bench.manifest import format_problems
+    from bench.study.dry_run import data_problems, size_problems
+    from bench.study.manifest import format_problems
 
     # Sizes no encoder can take refuse every run before it starts; the data itself, a dry run's.
     problems = size_problems(m, selected) + (data_problems(m, selected) if dry_run and not manifest_only else [])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core.errors import UserError
-from bench.table_format import Cell, Table
+from bench.report.table_format import Cell, Table
 
 COLUMNS = ["backbone", "dataset", "protocol", "decoder", "train_size", "metric", "published", "source"]
 MATCH = ["backbone", "dataset", "protocol", "decoder", "train_size"]

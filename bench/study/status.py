@@ -97,8 +97,8 @@ def matrix_status(results_dir) -> dict:
     resolved = results_dir / "manifest.resolved.json"
     if not resolved.is_file():
         raise UserError(f"{results_dir}: no manifest.resolved.json; is this the results folder of a `bench run`?")
-    from bench.manifest import RESOLVED_OVERRIDES, Manifest
-    from bench.matrix import expand
+    from bench.study.manifest import RESOLVED_OVERRIDES, Manifest
+    from bench.study.matrix import expand
 
     try:
         raw = json.loads(resolved.read_text())

@@ -1,4 +1,4 @@
-"""Tables in the papers' layout, derived from the records frame (`bench.aggregate.records_frame`).
+"""Tables in the papers' layout, derived from the records frame (`bench.report.aggregate.records_frame`).
 
 - `miou_<dataset>` (one per dataset, and per requested init where a dataset ran several): rows are
   backbones in manifest order, columns protocol x decoder (x train size when there are several),
@@ -9,7 +9,7 @@
   decoder, rows backbone x pre-training size, columns transfer size (Lao et al. Table 5, "Depth"
   against "Depth-cropped", and Fig. 5, pre-train at one resolution, fine-tune at another).
 - `contrast_<dataset>` (only for a dataset run in several variants, a world study): the baseline's
-  advantage over every other backbone per variant, with paired intervals (bench/contrasts.py).
+  advantage over every other backbone per variant, with paired intervals (bench/report/contrasts.py).
 
 Both are written as Markdown and LaTeX (booktabs) under RESULTS/tables/ by `write_tables`.
 """
@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.compare import compare_table
-from bench.contrasts import contrast_tables
+from bench.report.compare import compare_table
+from bench.report.contrasts import contrast_tables
 from bench.core.atomic import write_text_atomic
 from bench.core.variants import base_name
-from bench.statistics import t_interval
-from bench.table_format import MARKS, TEX_PREAMBLE, Cell, Table, to_latex, to_markdown
+from bench.report.statistics import t_interval
+from bench.report.table_format import MARKS, TEX_PREAMBLE, Cell, Table, to_latex, to_markdown
 from transfer.protocols import PROTOCOLS
 
 INIT_WORDS = {"none": "random encoder", "encoder": "pre-trained encoder, fresh decoder",
@@ -270,7 +270,7 @@ def all_tables(df: pd.DataFrame, board: pd.DataFrame, order: list[str], decoders
     """File stem -> its tables: the paper-layout ones, the resolution ones where sizes vary, the
     contrasts where a dataset ran in several variants, and with `compare` (the CSV's path and its
     `read_published` rows) the comparison. `order`, `decoders` and `dataset_order` are the
-    manifest's (`bench.aggregate.manifest_order`). Writes nothing, so a comparison that cannot be
+    manifest's (`bench.report.aggregate.manifest_order`). Writes nothing, so a comparison that cannot be
     matched refuses before any report is replaced."""
     files = {t.name: [t] for t in paper_tables(df, order, list(decoders))}
     files.update(resolution_tables(df, order))

@@ -13,7 +13,7 @@ seeds whose record is `ok`, metrics in percent (as papers report them):
   requested init and train size);
 - `miou_diff` to the baseline backbone of that comparison with its paired 95 % interval (where a
   comparison lacks the baseline, the one backbone of the baseline's NAME in it: in a world study,
-  `depth@far` in the far world; `baseline` names the row used) (`bench.statistics`: paired t over seeds, or a paired bootstrap over evaluation images with
+  `depth@far` in the far world; `baseline` names the row used) (`bench.report.statistics`: paired t over seeds, or a paired bootstrap over evaluation images with
   one seed), `diff_interval` naming which, and `significant` when the interval excludes zero.
 Failed and diverged cells are listed in `failures.csv`, never averaged in.
 """
@@ -32,10 +32,10 @@ from bench.core.errors import UserError
 from bench.core.records import COMPARISON, iter_records
 from bench.core.sizes import size_text
 from bench.core.version import VERSIONED_LIBRARIES
-from bench.manifest import WORLD_CONTROLS, SynthWorld
+from bench.core.synth.world import WORLD_CONTROLS, SynthWorld
 from bench.core.variants import base_name, cell_display, display_name
-from bench.report import render_report
-from bench.statistics import paired_difference, t_interval
+from bench.report.html import render_report
+from bench.report.statistics import paired_difference, t_interval
 
 CELL = ["backbone", "method", "arch", "dataset", "protocol", "decoder", "init", "init_effective", "train_size"]
 METRICS = ["miou", "pixel_acc", "mean_class_acc"]
@@ -281,7 +281,7 @@ AGGREGATE_LOCK = ".aggregate.lock"
 
 def write_reports(results_dir, baseline: str | None = None, plots: bool = True, compare=None) -> dict:
     """Write leaderboard.csv/.md, per_class.csv, failures.csv, tables/, plots/ and report.html;
-    `compare`: a published-number CSV (bench.compare), checked before anything is written.
+    `compare`: a published-number CSV (bench.report.compare), checked before anything is written.
 
     Serialised per results folder (an exclusive flock of `.aggregate.lock`, see bench.core.claims):
     drivers sharing the folder write their reports one after another, each from the records it
@@ -290,7 +290,7 @@ def write_reports(results_dir, baseline: str | None = None, plots: bool = True, 
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise UserError(f"{results_dir}: results folder not found")
-    from bench.compare import read_published
+    from bench.report.compare import read_published
 
     published = (Path(compare), read_published(compare, METRICS)) if compare is not None else None
     with exclusive_lock(results_dir / AGGREGATE_LOCK):
@@ -310,7 +310,7 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     baseline = baseline or next((b for b in order if b in known), None)
 
     board = leaderboard(df, baseline)
-    from bench.tables import all_tables, write_tables
+    from bench.report.tables import all_tables, write_tables
 
     tables = all_tables(df, board, order, manifest["decoders"], manifest["datasets"], published)  # may refuse: before anything is written
     per_class, failures = per_class_table(df), failures_table(df)
@@ -330,11 +330,11 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     table_files = write_tables(results_dir / "tables", tables)
     figures = []
     if plots:
-        from bench.contrasts import plot_contrasts
-        from bench.layer_cka import cka_across_frame, pretrained_vs_finetuned
-        from bench.plots import backbone_colours, plot_cka_across, plot_pretrain_losses, write_all
-        from bench.qualitative import write_qualitative
-        from bench.report import pretrain_histories
+        from bench.report.contrasts import plot_contrasts
+        from bench.report.layer_cka import cka_across_frame, pretrained_vs_finetuned
+        from bench.report.plots import backbone_colours, plot_cka_across, plot_pretrain_losses, write_all
+        from bench.report.qualitative import write_qualitative
+        from bench.report.html import pretrain_histories
 
         figures = write_all(board, df, results_dir / "plots", order)
         figures += [p for p in pretrained_vs_finetuned(results_dir, df) if p.suffix in (".png", ".svg")]

@@ -19,8 +19,8 @@ def submit(*, name: str, arch: str, checkpoint: Path, manifest: Path, fmt: str =
     reports. Nothing is added to the results when the checkpoint is refused."""
     from pydantic import ValidationError
 
-    from bench.manifest import Backbone, ImportSpec, load_manifest
-    from bench.runner import run_manifest
+    from bench.study.manifest import Backbone, ImportSpec, load_manifest
+    from bench.study.runner import run_manifest
 
     m = load_manifest(manifest)
     if name in {b.name for b in m.backbones}:

@@ -10,7 +10,7 @@ PNG, so the file can be mailed or archived alone.
 
 Captions: one sentence per kind of figure, chosen by file-name prefix (CAPTIONS; the heatmaps under
 `cka/` are the `cka_` kind), filled with what the figure compares: the `Subject` text the figure
-functions write into their PNGs (bench.plots.SUBJECT_KEY), else the rest of the file name.
+functions write into their PNGs (bench.report.plots.SUBJECT_KEY), else the rest of the file name.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ PER_CLASS_KEYS = ["backbone", "protocol", "decoder", "init", "train_size", "n_se
 PER_CLASS_META = {"backbone", "method", "arch", "dataset", "protocol", "decoder", "init", "init_effective",
                   "train_size", "n_seeds", "backbone_variant", "dataset_variant", "pretrain_size", "transfer_size"}
 
-CSS_DPI, DEFAULT_DPI = 96.0, 150.0  # a CSS pixel is 1/96 inch; bench.plots draws at 150 dpi
+CSS_DPI, DEFAULT_DPI = 96.0, 150.0  # a CSS pixel is 1/96 inch; bench.report.plots draws at 150 dpi
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:88%;margin:.5em 0 1.2em}
 td,th{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap} th{background:#f3f3f3}
@@ -99,7 +99,7 @@ def figure_kind(path: Path) -> str | None:
 
 def figure_subject(path: Path) -> str:
     """What the figure compares: its PNG's Subject text, else the file name without its prefix."""
-    from bench.plots import SUBJECT_KEY
+    from bench.report.plots import SUBJECT_KEY
 
     try:
         with Image.open(path) as im:

@@ -6,7 +6,7 @@ world, unless `transfer.cross_world` (docs/manifest.md#worlds). Which decoders a
 
 from __future__ import annotations
 
-from bench.manifest import Manifest
+from bench.study.manifest import Manifest
 from transfer.api import Cell
 from transfer.protocols import decoders_for
 

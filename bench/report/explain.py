@@ -13,7 +13,7 @@ layer by `bench.core.gradcam`. Written under the cell folder's `explain/`:
 
 A results folder is explained cell by cell (every cell with kept weights), each into its own
 `runs/<cell-id>/explain/`, then drawn as one figure per comparison, the backbones side by side
-(`plots/explain_<layer>_<comparison>.png/.svg`, bench/explain_grid.py).
+(`plots/explain_<layer>_<comparison>.png/.svg`, bench/report/explain_grid.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`bench explain` on a results folder: one Grad-CAM figure per comparison (Lao et al. Fig. 6).
 
 For every comparison (dataset, protocol, decoder, init, train size), from its first seed with an
-`ok` cell (as the qualitative grids, bench/qualitative.py, whose Grid, mosaic and title it reuses):
+`ok` cell (as the qualitative grids, bench/report/qualitative.py, whose Grid, mosaic and title it reuses):
 one row per explained image, the columns the image and each backbone's Grad-CAM overlay in
 manifest order, exactly the cell's `explain/<layer>_eval<index>.png`, with a colour bar for the
 map's scale (each map divided by its maximum: 0..1 per image). A backbone whose cell was not
@@ -19,8 +19,8 @@ from PIL import Image
 
 from bench.core.records import COMPARISON, read_json
 from bench.core.errors import UserError
-from bench.explain import COLOURMAP, EXPLAIN_DIR, cell_folders, explain_cell, first_eval_images, layer_file_part
-from bench.qualitative import (Grid, comparison_slug, comparison_words, draw_grid,
+from bench.report.explain import COLOURMAP, EXPLAIN_DIR, cell_folders, explain_cell, first_eval_images, layer_file_part
+from bench.report.qualitative import (Grid, comparison_slug, comparison_words, draw_grid,
                                first_seed_cells)
 
 PREFIX = "explain_"
@@ -45,7 +45,7 @@ def explain_grid(rows: pd.DataFrame, order: list[str], layer: str, explained: se
         return None
     reference_dir, indices, stems = next(iter(maps.values()))
     shown = [b for b in backbones if b in maps and maps[b][1:] == (indices, stems)]
-    # The same first evaluation images for every cell of a dataset (bench.explain.first_eval_images).
+    # The same first evaluation images for every cell of a dataset (bench.report.explain.first_eval_images).
     images = first_eval_images(read_json(reference_dir / "record.json"), max(indices) + 1, root)
     grid_rows = []
     for i, stem in zip(indices, stems):
@@ -72,8 +72,8 @@ def colour_bar(fig, grid: Grid) -> None:
 
 def write_explain_grids(results_dir: Path, layer: str, explained, root=None) -> list[Path]:
     """`plots/explain_<layer>_<slug>.png/.svg` for every comparison with an explained cell."""
-    from bench.aggregate import backbone_order, manifest_backbones, records_frame
-    from bench.plots import _slug
+    from bench.report.aggregate import backbone_order, manifest_backbones, records_frame
+    from bench.report.plots import _slug
 
     results_dir = Path(results_dir)
     done = {Path(p).resolve() for p in explained}
@@ -93,7 +93,7 @@ def write_explain_grids(results_dir: Path, layer: str, explained, root=None) -> 
 
 def explain(run, images: int, layer: str, *, root=None, device: str = "cpu") -> tuple[dict[Path, list[Path]], list[Path]]:
     """`bench explain`: per cell folder explained, the files written; and, for a results folder, the
-    comparison figures written under plots/ (bench.explain_grid)."""
+    comparison figures written under plots/ (bench.report.explain_grid)."""
     if images < 1:
         raise UserError(f"--images must be at least 1, not {images}")
     run = Path(run)

@@ -2,7 +2,7 @@
 
 A world study (configs/mechanisms.yaml) transfers the same backbones in several variants of one
 dataset -- `synth@base`, `synth@far`, ... -- each its own comparison, with its own baseline row
-(`depth@far` in the far world; `bench.aggregate.baseline_row`). The leaderboard gives, per
+(`depth@far` in the far world; `bench.report.aggregate.baseline_row`). The leaderboard gives, per
 comparison, each row minus its baseline with a paired 95 % interval. This module lays those
 differences side by side, turned around to read as the baseline's advantage (baseline minus row):
 
@@ -24,7 +24,7 @@ import pandas as pd
 
 from bench.core.records import COMPARISON
 from bench.core.variants import SEPARATOR, base_name
-from bench.table_format import Cell, Table
+from bench.report.table_format import Cell, Table
 from transfer.protocols import PROTOCOLS
 
 SECTIONS = [k for k in COMPARISON if k != "dataset"]  # a comparison's keys but its dataset
@@ -123,7 +123,7 @@ def contrast_tables(board: pd.DataFrame, order: list[str], dataset_order=()) -> 
 
 def contrast_figures(board: pd.DataFrame, order: list[str], dataset_order=()):
     """(file stem, figure) per dataset run in several variants; the figures are open, for the tests."""
-    from bench.plots import _figure, _slug, _with_all, backbone_colours
+    from bench.report.plots import _figure, _slug, _with_all, backbone_colours
 
     c = contrast_frame(board, dataset_order)
     backbone_order = list(dict.fromkeys(base_name(b) for b in order))
@@ -158,7 +158,7 @@ def contrast_figures(board: pd.DataFrame, order: list[str], dataset_order=()):
 
 
 def plot_contrasts(board: pd.DataFrame, plots_dir, order: list[str], dataset_order=()) -> list:
-    from bench.plots import _save, _style
+    from bench.report.plots import _save, _style
 
     paths = []
     with _style():

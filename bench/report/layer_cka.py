@@ -71,7 +71,7 @@ def write_cka(matrix: np.ndarray, names_a: list[str], names_b: list[str], out_st
               label_a: str, label_b: str, subject: str | None = None) -> list[Path]:
     """`<stem>.csv` (rows: layers of a) and the heatmap `<stem>.png/.svg` (`subject`: what it compares,
     for the report's caption)."""
-    from bench.plots import plot_cka_heatmap
+    from bench.report.plots import plot_cka_heatmap
 
     out_stem.parent.mkdir(parents=True, exist_ok=True)
     csv = out_stem.with_name(out_stem.name + ".csv")
@@ -92,7 +92,7 @@ def _up_to_date(stem: Path, source: Path, subject: str) -> bool:
     did not name the decoder: those are redrawn)."""
     from PIL import Image
 
-    from bench.plots import SUBJECT_KEY
+    from bench.report.plots import SUBJECT_KEY
 
     csv, png = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".png")
     if not (csv.is_file() and png.is_file() and csv.stat().st_mtime >= source.stat().st_mtime):
@@ -143,7 +143,7 @@ def pretrained_vs_finetuned(results_dir: Path, df: pd.DataFrame, images: int | N
 
 
 def cka_across_frame(df: pd.DataFrame) -> pd.DataFrame:
-    """The long frame `bench.plots.plot_cka_across` draws, from the `cka.json` every ok full cell stored:
+    """The long frame `bench.report.plots.plot_cka_across` draws, from the `cka.json` every ok full cell stored:
     per (comparison, backbone, seed) the matrix's diagonal (pre-trained vs fine-tuned CKA of each layer,
     kind `pretrained_vs_finetuned`) and, where the document has it, the first layer against every layer
     of the pre-trained and of the fine-tuned network (`within_pretrained`, `within_finetuned`).

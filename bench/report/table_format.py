@@ -1,6 +1,6 @@
 """One small table model written two ways: Markdown (GitHub pipes) and LaTeX (booktabs).
 
-`bench.tables` and `bench.compare` build `Table`s; this module only renders them, so that bold,
+`bench.report.tables` and `bench.report.compare` build `Table`s; this module only renders them, so that bold,
 footnote marks and escaping are decided once. Markdown is written by hand rather than through
 tabulate, which would re-parse "65.00" as a number and print it as 65.
 """
