@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bench.core import results_folder as rf
 from bench.core.checkpoint import read_checkpoint_meta, save_checkpoint
 from bench.core.devices import resolve_device, resolve_precision, use_channels_last
 from bench.core.distributed import join_process_group, launched_by_torchrun, rank_and_world, spawn_ranks
@@ -33,10 +34,8 @@ from pretrain.methods import method_class
 from pretrain.sources import open_source
 from pretrain.sources.base import SOURCES
 
-CHECKPOINT_NAME = "checkpoint.safetensors"
 # Where and how a pre-training runs, not what it computes: out of the fingerprint and checkpoint.
 RUNTIME_KEYS = ("device", "precision", "channels_last", "num_workers", "gpus")
-LAST_GOOD_NAME = "last_good.safetensors"
 
 
 def resolve_config(config: dict) -> dict:
@@ -92,7 +91,7 @@ def pretrain_fingerprint(config: dict) -> str:
 
 def is_pretrained(out_dir, fp: str) -> bool:
     """Whether OUT holds a finished checkpoint of the config with fingerprint `fp`."""
-    path = Path(out_dir) / CHECKPOINT_NAME
+    path = Path(out_dir) / rf.CHECKPOINT
     if not path.is_file():
         return False
     try:
@@ -149,8 +148,8 @@ def run_pretrain(config: dict, out_dir, *, progress: bool = True, log=print) -> 
     config = resolve_config(config)
     fp = pretrain_fingerprint(config)
     if is_pretrained(out_dir, fp):
-        log(f"{out_dir / CHECKPOINT_NAME}: up to date, skipped")
-        return out_dir / CHECKPOINT_NAME
+        log(f"{out_dir / rf.CHECKPOINT}: up to date, skipped")
+        return out_dir / rf.CHECKPOINT
     processes = int(config.get("processes", 1))
     wants_cuda = resolve_device(config.get("device")).type == "cuda"
     joined = False
@@ -174,12 +173,12 @@ def _spawn(config: dict, out_dir: Path, processes: int, progress: bool, use_cuda
     except UserError:
         raise
     except Exception as exc:  # a rank failed; a divergence says so in diverged.json
-        diverged = out_dir / "diverged.json"
+        diverged = out_dir / rf.DIVERGENCE
         if diverged.is_file():
             info = read_json(diverged)
             raise Diverged(info["step"], 0, info["reason"], info["last_good_step"]) from None
         raise RuntimeError(f"a rank of the pre-training failed: {str(exc).strip().splitlines()[-1]}") from None
-    return out_dir / CHECKPOINT_NAME
+    return out_dir / rf.CHECKPOINT
 
 
 def _run_rank(config: dict, fp: str, out_dir: Path, progress: bool, log) -> Path:
@@ -197,7 +196,7 @@ def _run_rank(config: dict, fp: str, out_dir: Path, progress: bool, log) -> Path
     task.to_device(device, use_channels_last(config.get("channels_last"), device))
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "diverged.json").unlink(missing_ok=True)
+        (out_dir / rf.DIVERGENCE).unlink(missing_ok=True)
     decoder = lambda: task.decoder.state_dict() if task.decoder_meta() else None  # noqa: E731
     try:
         summary = train(task, {**config, "precision": precision}, fp, out_dir, progress=progress and rank == 0,
@@ -207,21 +206,21 @@ def _run_rank(config: dict, fp: str, out_dir: Path, progress: bool, log) -> Path
             info = {"status": "diverged", "reason": str(exc), "step": exc.step, "last_good_step": exc.last_good_step}
             meta = _meta(task, config, fp, info, exc.last_good_step)
             meta["status"] = "diverged"
-            save_checkpoint(out_dir / LAST_GOOD_NAME, _cpu(task.checkpoint_encoder().state_dict()), meta,
+            save_checkpoint(out_dir / rf.LAST_GOOD, _cpu(task.checkpoint_encoder().state_dict()), meta,
                             decoder_state=_cpu(decoder()))
-            write_json_atomic(out_dir / "diverged.json", info)
-            log(f"diverged: {exc}; last good weights in {out_dir / LAST_GOOD_NAME}")
+            write_json_atomic(out_dir / rf.DIVERGENCE, info)
+            log(f"diverged: {exc}; last good weights in {out_dir / rf.LAST_GOOD}")
         raise
     if rank != 0:
-        return out_dir / CHECKPOINT_NAME
-    path = save_checkpoint(out_dir / CHECKPOINT_NAME, _cpu(task.checkpoint_encoder().state_dict()),
+        return out_dir / rf.CHECKPOINT
+    path = save_checkpoint(out_dir / rf.CHECKPOINT, _cpu(task.checkpoint_encoder().state_dict()),
                            _meta(task, config, fp, summary, int(config["steps"])), decoder_state=_cpu(decoder()))
     # The harness's commit and the library versions go to summary.json only: in the checkpoint they
     # would change the file's hash, and with it every cell fingerprint, at each commit or upgrade.
     summary = {**summary, "harness_git": harness_checkout(), "versions": library_versions()}
-    write_json_atomic(out_dir / "summary.json", summary)
-    (out_dir / "state.pt").unlink(missing_ok=True)
-    (out_dir / LAST_GOOD_NAME).unlink(missing_ok=True)
+    write_json_atomic(out_dir / rf.SUMMARY, summary)
+    (out_dir / rf.STATE).unlink(missing_ok=True)
+    (out_dir / rf.LAST_GOOD).unlink(missing_ok=True)
     log(f"wrote {path} (final loss {summary['final_loss']:.4f}, {summary['wall_s']:.1f}s, "
         f"{summary['images_per_s']:.1f} img/s, {summary['device']} {summary['precision']}, "
         f"data wait {100 * summary['data_wait_fraction']:.0f}%)")

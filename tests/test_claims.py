@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from bench.core import results_folder as rf
 from bench.core import claims
-from bench.core.claims import CLAIM_NAME, acquire, claimed, read_claim
+from bench.core.claims import acquire, claimed, read_claim
 
 
 def _fake_claim(folder, *, host="elsewhere.example", pid=4242, age_s=0.0, token="theirs"):
@@ -18,7 +19,7 @@ def _fake_claim(folder, *, host="elsewhere.example", pid=4242, age_s=0.0, token=
     beat = time.time() - age_s
     info = {"schema": 1, "host": host, "pid": pid, "user": "colleague", "job": "cell x", "token": token,
             "started": "2026-01-01T00:00:00+00:00", "heartbeat": "?", "heartbeat_unix": beat}
-    (folder / CLAIM_NAME).write_text(json.dumps(info))
+    (folder / rf.CLAIM).write_text(json.dumps(info))
     return info
 
 
@@ -46,9 +47,9 @@ def test_a_claim_is_exclusive_and_says_who_holds_it(tmp_path):
 def test_released_on_exception(tmp_path):
     with pytest.raises(RuntimeError):
         with claimed(tmp_path / "job", "cell a", heartbeat_s=60) as claim:
-            assert claim.acquired and (tmp_path / "job" / CLAIM_NAME).is_file()
+            assert claim.acquired and (tmp_path / "job" / rf.CLAIM).is_file()
             raise RuntimeError("boom")
-    assert not (tmp_path / "job" / CLAIM_NAME).exists()
+    assert not (tmp_path / "job" / rf.CLAIM).exists()
 
 
 def test_a_dead_holder_on_this_host_is_taken_over_at_once(tmp_path):
@@ -73,7 +74,7 @@ def test_another_hosts_claim_is_taken_over_only_once_its_heartbeat_is_stale(tmp_
 
 def test_an_unreadable_claim_is_taken_over(tmp_path):
     (tmp_path / "job").mkdir()
-    (tmp_path / "job" / CLAIM_NAME).write_text("{not json")
+    (tmp_path / "job" / rf.CLAIM).write_text("{not json")
     claim = acquire(tmp_path / "job", "cell a", heartbeat=False)
     assert claim.acquired and "unreadable" in claim.took_over
 
@@ -143,7 +144,7 @@ def test_claim_files_get_the_umask_mode(tmp_path):
     old = os.umask(0o002)
     try:
         claim = acquire(tmp_path / "job", "cell a", heartbeat=False)
-        assert (tmp_path / "job" / CLAIM_NAME).stat().st_mode & 0o777 == 0o664
+        assert (tmp_path / "job" / rf.CLAIM).stat().st_mode & 0o777 == 0o664
         claim.release()
     finally:
         os.umask(old)
@@ -152,7 +153,7 @@ def test_claim_files_get_the_umask_mode(tmp_path):
 def test_a_requeued_slurm_job_takes_over_its_own_earlier_claim(tmp_path, monkeypatch):
     info = _fake_claim(tmp_path / "job", age_s=5)  # another node, heartbeat fresh
     info["slurm_job"] = "777"
-    (tmp_path / "job" / CLAIM_NAME).write_text(json.dumps(info))
+    (tmp_path / "job" / rf.CLAIM).write_text(json.dumps(info))
     monkeypatch.setenv("SLURM_JOB_ID", "778")  # another job: a live claim
     assert not acquire(tmp_path / "job", "cell a", heartbeat=False).acquired
     monkeypatch.setenv("SLURM_JOB_ID", "777")  # the same job, requeued after a preemption
@@ -164,7 +165,7 @@ def test_a_requeued_slurm_job_takes_over_its_own_earlier_claim(tmp_path, monkeyp
 def test_acquiring_a_folder_removes_a_killed_publishers_temp_claim(tmp_path):
     folder = tmp_path / "job"
     folder.mkdir()
-    debris = folder / f".{CLAIM_NAME}.dead1234.tmp"
+    debris = folder / f".{rf.CLAIM}.dead1234.tmp"
     debris.write_text('{"half": ')
     holder = acquire(folder, "cell a", heartbeat=False)
     try:
@@ -182,7 +183,7 @@ def test_without_a_working_flock_a_temp_claim_is_left_alone(tmp_path, monkeypatc
     monkeypatch.setattr(claims, "exclusive_lock", lambda path: contextlib.nullcontext(False))
     folder = tmp_path / "job"
     folder.mkdir()
-    other = folder / f".{CLAIM_NAME}.live1234.tmp"
+    other = folder / f".{rf.CLAIM}.live1234.tmp"
     other.write_text("{}")
     claim = acquire(folder, "cell a", heartbeat=False)
     assert claim.acquired and other.exists()

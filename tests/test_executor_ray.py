@@ -35,7 +35,8 @@ from bench.executors.ray import RayExecutor, _rewrite
 from bench.executors.job import Job
 from bench.executors.local import LocalExecutor
 from bench.study.manifest import RaySpec
-from bench.study.runner import _transfer_job, run_manifest
+from bench.study.jobs import transfer_job as _transfer_job
+from bench.study.runner import run_manifest
 
 HERE = Path(__file__).resolve().parent
 

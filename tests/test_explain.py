@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
+from bench.core import results_folder as rf
 from bench.report.aggregate import records_frame
 from bench.cli import main
 from bench.core.checkpoint import load_checkpoint, state_sha256
@@ -27,7 +28,7 @@ from bench.report.layer_cka import load_encoder
 from bench.report.qualitative import GAP, comparison_grid, grid_title, mosaic, write_qualitative
 from tests.conftest import cell_config
 from transfer.api import Cell, TransferSettings, resolve_cell_config, run_cell
-from transfer.kept import FINAL_WEIGHTS, rebuild_cell_model
+from transfer.kept import rebuild_cell_model
 from transfer.predictions import saved_indices
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,16 +139,16 @@ def test_keep_weights_list_selects_cells_and_leaves_other_fingerprints_alone():
 
 def test_each_cell_kind_keeps_what_rebuilds_it_in_half_precision(results, tiny_depth_ckpt):
     full, frozen, linear = (_run_dir(results, "depth", p) for p in ("full", "frozen", "linear"))
-    assert not (_run_dir(results, "random", "full") / FINAL_WEIGHTS).exists()  # keep_weights off
+    assert not (_run_dir(results, "random", "full") / rf.KEPT_WEIGHTS).exists()  # keep_weights off
     sha = _record(frozen)["checkpoint"]["sha256"]
     for run_dir, has_encoder in ((full, True), (frozen, False), (linear, False)):
-        with safe_open(str(run_dir / FINAL_WEIGHTS), framework="pt") as f:
+        with safe_open(str(run_dir / rf.KEPT_WEIGHTS), framework="pt") as f:
             names = list(f.keys())
             dtypes = {f.get_tensor(k).dtype for k in names}
         assert any(n.startswith("decoder.") for n in names)
         assert any(n.startswith("encoder.") for n in names) == has_encoder
         assert dtypes <= {torch.float16, torch.bfloat16, torch.int64} and torch.float16 in dtypes
-        kept = load_kept_weights(run_dir / FINAL_WEIGHTS)
+        kept = load_kept_weights(run_dir / rf.KEPT_WEIGHTS)
         assert all(v.dtype in (torch.float32, torch.int64) for v in kept.decoder.values())  # read back as fp32
         assert kept.meta["stored_precision"] == "half"
         assert kept.encoder_is_checkpoint == (not has_encoder)
@@ -157,7 +158,7 @@ def test_each_cell_kind_keeps_what_rebuilds_it_in_half_precision(results, tiny_d
     # precision) and is rebuilt from that file alone (the quickstart's random frozen cells once failed
     # here: "kept weights without an encoder must name the checkpoint's sha256").
     random_frozen = _run_dir(results, "random", "frozen")
-    kept = load_kept_weights(random_frozen / FINAL_WEIGHTS)
+    kept = load_kept_weights(random_frozen / rf.KEPT_WEIGHTS)
     assert kept.encoder and not kept.encoder_is_checkpoint and kept.checkpoint_sha256 is None
     model = rebuild_cell_model(_record(random_frozen), random_frozen)
     assert all(torch.equal(model.encoder.state_dict()[k], v) for k, v in kept.encoder.items())
@@ -165,18 +166,18 @@ def test_each_cell_kind_keeps_what_rebuilds_it_in_half_precision(results, tiny_d
     model = rebuild_cell_model(_record(frozen), frozen)
     assert state_sha256(model.encoder.state_dict()) == _record(frozen)["encoder_sha256_after"] == \
         state_sha256(load_checkpoint(tiny_depth_ckpt).encoder)
-    kept = load_kept_weights(frozen / FINAL_WEIGHTS)
+    kept = load_kept_weights(frozen / rf.KEPT_WEIGHTS)
     assert all(torch.equal(model.decoder.state_dict()[k], v) for k, v in kept.decoder.items())
     # `bench cka` on a frozen cell folder compares its encoder: the checkpoint's.
     assert state_sha256(load_encoder(frozen).state_dict()) == state_sha256(load_checkpoint(tiny_depth_ckpt).encoder)
     # A full cell's file is half the size of float32 and still an encoder for `bench cka`.
-    encoder = encoder_from_checkpoint(full / FINAL_WEIGHTS)
+    encoder = encoder_from_checkpoint(full / rf.KEPT_WEIGHTS)
     fine_tuned = rebuild_cell_model(_record(full), full).encoder
     assert all(torch.equal(a, b) for a, b in zip(encoder.state_dict().values(), fine_tuned.state_dict().values()))
-    both = load_kept_weights(full / FINAL_WEIGHTS)
+    both = load_kept_weights(full / rf.KEPT_WEIGHTS)
     tensors = [*both.encoder.values(), *both.decoder.values()]
     fp32_bytes = sum(t.numel() * (4 if t.is_floating_point() else t.element_size()) for t in tensors)
-    assert (full / FINAL_WEIGHTS).stat().st_size < 0.55 * fp32_bytes
+    assert (full / rf.KEPT_WEIGHTS).stat().st_size < 0.55 * fp32_bytes
 
 
 def test_a_moved_or_changed_checkpoint_is_a_one_line_error(results, tmp_path, tiny_depth_ckpt):

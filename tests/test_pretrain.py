@@ -6,11 +6,12 @@ import pytest
 import torch
 
 import pretrain.methods.depth_supervised as ds
+from bench.core import results_folder as rf
 from bench.core.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from bench.cli import main
 from bench.core.errors import UserError
 from bench.core.models.backbones import create_encoder
-from pretrain.api import LAST_GOOD_NAME, build_method, run_pretrain
+from pretrain.api import build_method, run_pretrain
 from pretrain.loop import Diverged
 
 
@@ -132,7 +133,7 @@ def test_consecutive_nonfinite_steps_stop_as_diverged_and_keep_the_last_good_wei
     assert not (tmp_path / "checkpoint.safetensors").exists()
     info = json.loads((tmp_path / "diverged.json").read_text())
     assert info["status"] == "diverged" and info["last_good_step"] == 3 and info["step"] == 6
-    meta = read_checkpoint_meta(tmp_path / LAST_GOOD_NAME)
+    meta = read_checkpoint_meta(tmp_path / rf.LAST_GOOD)
     assert meta["status"] == "diverged" and meta["steps"] == 3
     rows = _history(tmp_path)
     assert [int(r["nonfinite_steps"]) for r in rows] == [0, 0, 0, 1, 2, 3]
@@ -144,7 +145,7 @@ def test_cli_reports_divergence_in_one_line(tiny_world, tmp_path, monkeypatch, c
                  "--steps", "5", "--batch-size", "2", "--max-bad-steps", "2", "--out", str(tmp_path / "o"),
                  "--no-progress"])
     err = capsys.readouterr().err.strip()
-    assert code == 3 and len(err.splitlines()) == 1 and "diverged" in err and LAST_GOOD_NAME in err
+    assert code == 3 and len(err.splitlines()) == 1 and "diverged" in err and rf.LAST_GOOD in err
 
 
 def test_batches_without_valid_depth_are_skipped_and_counted(tiny_world, tmp_path, monkeypatch):
@@ -258,7 +259,7 @@ def test_a_run_without_one_good_step_is_diverged_even_if_shorter_than_k(tiny_wor
     _inject(monkeypatch, set(range(1, 9)))
     with pytest.raises(Diverged, match="last good step 0"):
         run_pretrain(_config(tiny_world, max_bad_steps=20), tmp_path, progress=False, log=_quiet)
-    assert not (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / LAST_GOOD_NAME).exists()
+    assert not (tmp_path / "checkpoint.safetensors").exists() and (tmp_path / rf.LAST_GOOD).exists()
 
 
 def test_the_same_config_trained_twice_gives_the_same_file(tiny_world, tmp_path):

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.core import results_folder as rf
 from bench.cli import main
-from bench.core.claims import CLAIM_NAME, read_claim
+from bench.core.claims import read_claim
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -81,7 +82,7 @@ def test_two_concurrent_drivers_train_every_job_once_and_end_with_a_complete_lea
         log = results / "runs" / cell / "log.txt"
         assert _trained(log, "record written") == 1 and _trained(log, " init ") == 1, log.read_text()
     assert _trained(results / "pretrain" / "depth" / "log.txt", "final loss") == 1
-    assert not list(results.rglob(CLAIM_NAME))  # every claim released
+    assert not list(results.rglob(rf.CLAIM))  # every claim released
 
     board = pd.read_csv(results / "leaderboard.csv")  # the last one written has every cell
     assert len(board) == 2 and set(board["n_seeds"]) == {2}
@@ -99,12 +100,12 @@ def test_a_driver_killed_while_holding_claims_does_not_block_the_next_run(tmp_pa
     results = tmp_path / "results"
     proc = _driver(manifest, start_new_session=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not list(results.glob(f"runs/*/{CLAIM_NAME}")):
+    while time.time() < deadline and not list(results.glob(f"runs/*/{rf.CLAIM}")):
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
-    left = list(results.glob(f"runs/*/{CLAIM_NAME}"))
+    left = list(results.glob(f"runs/*/{rf.CLAIM}"))
     assert left and read_claim(left[0].parent)["pid"] == proc.pid  # the dead driver's claim is still there
 
     # The next run, in this process (only the killed driver needs one of its own).
@@ -113,13 +114,13 @@ def test_a_driver_killed_while_holding_claims_does_not_block_the_next_run(tmp_pa
     assert len(records) == 2 and all(r["status"] == "ok" for r in records.values())
     log = (left[0].parent / "log.txt").read_text()
     assert "took over the claim of" in log and f"pid {proc.pid}" in log and "is gone" in log
-    assert not list(results.rglob(CLAIM_NAME))
+    assert not list(results.rglob(rf.CLAIM))
 
 
 def _fake_claim(folder: Path, age_s: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    (folder / CLAIM_NAME).write_text(json.dumps({
+    (folder / rf.CLAIM).write_text(json.dumps({
         "schema": 1, "host": "node17.cluster", "pid": 1234, "user": "colleague", "job": f"cell {folder.name}",
         "started": "2026-01-01T00:00:00+00:00", "heartbeat": "?", "heartbeat_unix": now - age_s, "token": "x"}))
 

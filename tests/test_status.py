@@ -13,7 +13,8 @@ import pytest
 from bench.cli import main
 from bench.study.manifest import load_manifest
 from bench.study.matrix import expand
-from bench.study.status import MARKER, format_status, matrix_status
+from bench.core.results_folder import RUNNING_MARKER as MARKER
+from bench.study.status import format_status, matrix_status
 from tests.conftest import tiny_manifest
 
 
@@ -43,14 +44,14 @@ def test_status_classifies_every_cell(finished, tmp_path, capsys):
     (runs[1] / MARKER).write_text(json.dumps({"host": os.uname().nodename, "pid": _dead_pid()}))
     shutil.rmtree(runs[2])
     summary = matrix_status(results)
-    assert summary["counts"] == {"done": 6, "running": 1, "interrupted": 1, "pending": 1}
+    assert summary["counts"] == {"ok": 6, "running": 1, "interrupted": 1, "pending": 1}
     assert main(["status", str(results)]) == 0
     out = capsys.readouterr().out
     assert "interrupted" in out and "bench run resumes it" in out
 
 
 def test_status_counts_done_and_reads_failed_reasons(finished, capsys):
-    assert matrix_status(finished)["counts"] == {"done": 9}
+    assert matrix_status(finished)["counts"] == {"ok": 9}
     assert main(["status", str(finished), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["total"] == 9
 
@@ -98,7 +99,7 @@ def test_the_smoke_manifest_is_the_promised_matrix():
 
 def test_status_reports_pretrainings_and_the_metrics_of_finished_cells(finished, capsys):
     summary = matrix_status(finished)
-    assert [(p["name"], p["status"]) for p in summary["pretrainings"]] == [("depth", "done"), ("cls", "done")]
+    assert [(p["name"], p["status"]) for p in summary["pretrainings"]] == [("depth", "ok"), ("cls", "ok")]
     losses = {p["name"]: json.loads((finished / "pretrain" / p["name"] / "summary.json").read_text())["final_loss"]
               for p in summary["pretrainings"]}
     assert {p["name"]: p["final_loss"] for p in summary["pretrainings"]} == losses
@@ -109,7 +110,7 @@ def test_status_reports_pretrainings_and_the_metrics_of_finished_cells(finished,
     assert summary["estimate"]["total_s"] == 0
     assert main(["status", str(finished), "--all"]) == 0
     out = capsys.readouterr().out
-    assert "pre-trainings: 2 (2 done)" in out and "final loss" in out and "mean mIoU per backbone" in out
+    assert "pre-trainings: 2 (2 ok)" in out and "final loss" in out and "mean mIoU per backbone" in out
     assert "estimated time to finish: nothing left" in out
 
 
@@ -127,7 +128,7 @@ def test_status_estimates_the_time_to_finish_from_finished_jobs(finished, tmp_pa
     resolved["workers"] = 2
     (results / "manifest.resolved.json").write_text(json.dumps(resolved))
     summary = matrix_status(results)
-    assert [p["status"] for p in summary["pretrainings"]] == ["done", "pending"]
+    assert [p["status"] for p in summary["pretrainings"]] == ["ok", "pending"]
     est = summary["estimate"]
     assert est["cells_s"] == pytest.approx(sum(walls) / len(walls) / 2)
     assert est["pretrainings_s"] == pytest.approx(depth_wall / 2)

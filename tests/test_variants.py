@@ -202,8 +202,8 @@ def test_a_resolution_study_runs_two_pretrain_sizes_by_two_transfer_sizes(tmp_pa
     from bench.study.status import matrix_status
 
     status = matrix_status(results)
-    assert status["counts"] == {"done": 4}
-    assert {p["name"]: p["status"] for p in status["pretrainings"]} == {"depth@crop40": "done", "depth@r40": "done"}
+    assert status["counts"] == {"ok": 4}
+    assert {p["name"]: p["status"] for p in status["pretrainings"]} == {"depth@crop40": "ok", "depth@r40": "ok"}
 
 
 def test_the_documented_resolution_study_validates(tmp_path):

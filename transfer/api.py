@@ -18,7 +18,7 @@ It mirrors `pretrain/api.py`. Two functions are the way down from the orchestrat
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
+import functools
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from bench.core import results_folder as rf
 from bench.core.checkpoint import file_sha256
 from bench.core.models.backbones import backbone_spec
 from bench.core.models.initialisation import DEFAULT_RANDOM_INIT, effective_random_init
@@ -38,9 +39,8 @@ from transfer.distributed import join_process_group, launched_by_torchrun, rank_
 from transfer.feature_cache import DEFAULT_VIEWS_PER_IMAGE
 from transfer.protocols import (LINEAR_DECODER, SWEEPABLE, PresetOverride, decoder_geometry, preset_key_problem,
                                 preset_keys, resolve_preset, sweep_candidates)
-from transfer.train import IMAGE_CACHE, train_cell
+from transfer.train import train_cell
 
-RECORD_NAME = "record.json"
 
 
 @dataclass(frozen=True)
@@ -249,27 +249,22 @@ def run_cell(config: dict, out_dir, *, progress: bool = True) -> dict:
     processes = int(config.get("processes") or 1)
     if processes > 1 and not launched_by_torchrun():
         spawn_cell(run_cell, config, out_dir, processes, progress)
-        record = read_json(out_dir / RECORD_NAME)
+        record = read_json(out_dir / rf.RECORD)
         if record is None or record.get("fingerprint") != config["fingerprint"]:
             raise RuntimeError(f"the {processes} ranks of the cell ended without writing its record")
         return record
     device = join_process_group() if launched_by_torchrun() else None
     rank, _ = rank_and_world()
-    log_name = "log.txt" if rank == 0 else f"log.rank{rank}.txt"
-    with open(out_dir / log_name, "a") as log_file:  # appended: a resumed cell keeps its history
-        def log(msg: str) -> None:
-            log_file.write(f"{_dt.datetime.now().isoformat(timespec='seconds')} {msg}\n")
-            log_file.flush()
-
-        try:
-            return train_cell(config, out_dir, progress=progress, log=log, device=device)
-        except Exception as exc:
-            log(f"error: {type(exc).__name__}: {exc}")
-            raise
-        finally:  # spilled feature and image caches never outlive their cell, failed or not
-            for spill in ("feature_cache", IMAGE_CACHE):
-                shutil.rmtree(out_dir / spill / f"rank{rank}", ignore_errors=True)
-                with contextlib.suppress(OSError):  # the last rank out removes the folder
-                    (out_dir / spill).rmdir()
-            if device is not None:
-                torch.distributed.destroy_process_group()
+    log = functools.partial(rf.append_log, out_dir, rank=rank)  # appended: a resumed cell keeps its history
+    try:
+        return train_cell(config, out_dir, progress=progress, log=log, device=device)
+    except Exception as exc:
+        log(f"error: {type(exc).__name__}: {exc}")
+        raise
+    finally:  # spilled feature and image caches never outlive their cell, failed or not
+        for spill in (rf.FEATURE_CACHE, rf.IMAGE_CACHE):
+            shutil.rmtree(out_dir / spill / f"rank{rank}", ignore_errors=True)
+            with contextlib.suppress(OSError):  # the last rank out removes the folder
+                (out_dir / spill).rmdir()
+        if device is not None:
+            torch.distributed.destroy_process_group()

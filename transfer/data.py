@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.core import results_folder as rf
 from bench.core.errors import UserError
 from bench.core.sizes import parse_size, too_small
 from transfer.datasets import dataset_class, open_dataset
@@ -313,7 +314,7 @@ def publish_splits(settings: dict, root, train_sizes: list[int], seeds: list[int
     in the training pool. `name` is the manifest entry's display name (a variant's `NAME@LABEL`,
     whose splits or data may differ); default: the dataset's name."""
     dataset, pool, validation, evaluation = open_pools(settings, root)
-    folder = Path(out_dir) / "splits" / (name or dataset.name)
+    folder = Path(out_dir) / rf.SPLITS / (name or dataset.name)
     write_stems(folder / "eval.txt", [s.stem for s in evaluation])
     write_stems(folder / "validation.txt", [s.stem for s in validation])
     for n in train_sizes:

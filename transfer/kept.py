@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bench.core import results_folder as rf
 from bench.core.errors import UserError
 from bench.core.kept_weights import load_kept_weights, save_kept_weights, verified_checkpoint
 from transfer.model import SegmentationModel, build_model
 
-FINAL_WEIGHTS = "final.safetensors"  # written only with keep_weights
 
 
 def keep_cell_weights(config: dict, out_dir: Path, model: SegmentationModel, steps_done: int) -> Path:
@@ -27,7 +27,7 @@ def keep_cell_weights(config: dict, out_dir: Path, model: SegmentationModel, ste
             "steps": steps_done, "normalization": model.encoder.normalization, "seed": int(cell["seed"]),
             "fingerprint": config["fingerprint"]}
     return save_kept_weights(
-        Path(out_dir) / FINAL_WEIGHTS, meta, decoder_state=model.decoder.state_dict(),
+        Path(out_dir) / rf.KEPT_WEIGHTS, meta, decoder_state=model.decoder.state_dict(),
         encoder_state=model.encoder.state_dict() if own_encoder else None,
         checkpoint_sha256=config.get("checkpoint_sha256"),
         decoder={"kind": cell["decoder"], "num_classes": _num_classes(model), "options": config.get("decoder_options")})
@@ -41,12 +41,12 @@ def rebuild_cell_model(record: dict, run_dir: Path) -> SegmentationModel:
     """The model of a finished cell from its kept weights, in eval mode, float32: its fine-tuned
     encoder (full cells) or the verified checkpoint's (frozen, linear), and its trained decoder."""
     run_dir = Path(run_dir)
-    path = run_dir / FINAL_WEIGHTS
+    path = run_dir / rf.KEPT_WEIGHTS
     config = record.get("config") or {}
     cell = record["cell"]
     if not path.is_file():
         hint = "" if config.get("keep_weights") else " (run it with `transfer: {keep_weights: true}` or a list naming it)"
-        raise UserError(f"{run_dir}: no kept weights ({FINAL_WEIGHTS}){hint}")
+        raise UserError(f"{run_dir}: no kept weights ({rf.KEPT_WEIGHTS}){hint}")
     kept = load_kept_weights(path)
     if kept.meta.get("fingerprint") not in (None, record.get("fingerprint")):  # (older files name none)
         raise UserError(f"{path}: kept by another version of the cell (fingerprint {kept.meta['fingerprint'][:12]}..., "
@@ -76,5 +76,5 @@ def rebuild_cell_model(record: dict, run_dir: Path) -> SegmentationModel:
 
 def kept_weight_files(results_dir: Path) -> list[Path]:
     """The cell folders of a results folder that kept their weights, sorted."""
-    return sorted(p.parent for p in Path(results_dir).glob(f"runs/*/{FINAL_WEIGHTS}"))
+    return sorted(p.parent for p in Path(results_dir).glob(f"{rf.RUNS}/*/{rf.KEPT_WEIGHTS}"))
 

@@ -30,11 +30,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bench.core import results_folder as rf
 from bench.core.atomic import write_bytes_atomic
 from bench.core.records import write_json_atomic
 
-PREDICTIONS_DIR = "predictions"
-PREDICTIONS_NAME = "predictions.json"
 PREDICTIONS_SCHEMA = 1
 SAVED_IMAGES = 4
 PREVIEW_MAX_SIDE = 512
@@ -114,7 +113,7 @@ def save_predictions(out_dir, config: dict, model, eval_images, *, cache=None, d
     dataset = eval_images.dataset
     indices = saved_indices(len(eval_images.samples))
     preds = predict_images(model, eval_images, indices, cache=cache, device=device, autocast=autocast)
-    folder = Path(out_dir) / PREDICTIONS_DIR
+    folder = Path(out_dir) / rf.PREDICTIONS
     palette = [list(map(int, c)) for c in dataset.palette]
     entries = []
     for i, pred in zip(indices, preds):
@@ -131,7 +130,7 @@ def save_predictions(out_dir, config: dict, model, eval_images, *, cache=None, d
         entries.append({"index": i, "stem": eval_images.samples[i].stem, "native_size": list(label.shape),
                         "size": list(size), "image": names["image"], "label": names["label"],
                         "prediction": names["pred"]})
-    return write_json_atomic(folder / PREDICTIONS_NAME, {
+    return write_json_atomic(folder / rf.PREDICTIONS_INDEX, {
         "schema": PREDICTIONS_SCHEMA, "fingerprint": config["fingerprint"], "dataset": config["cell"]["dataset"],
         "num_eval_images": len(eval_images.samples), "class_names": list(dataset.class_names), "palette": palette,
         "ignore_index": int(dataset.ignore_index), "ignore_colour": list(ignore_colour(palette)), "images": entries})

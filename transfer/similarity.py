@@ -28,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.core import results_folder as rf
 from bench.core.cka import encoder_from_checkpoint, layer_cka_with_within
 from bench.core.errors import UserError
 from bench.core.records import read_json, write_json_atomic
 from transfer.data import EvalImages, as_size, open_pools
 
-CKA_NAME = "cka.json"
 CKA_SCHEMA = 1
 PROBE_IMAGES = 64
 PROBE_BATCH_SIZE = 16
@@ -97,12 +97,12 @@ def _json_rows(matrix: np.ndarray) -> list[list[float | None]]:
 
 
 def write_cka(out_dir: Path, document: dict) -> Path:
-    return write_json_atomic(Path(out_dir) / CKA_NAME, document)
+    return write_json_atomic(Path(out_dir) / rf.CELL_CKA, document)
 
 
 def read_cka_document(run_dir: Path, fingerprint: str | None) -> dict | None:
     """The stored `cka.json` of a cell folder, or None when there is none for this fingerprint."""
-    document = read_json(Path(run_dir) / CKA_NAME)
+    document = read_json(Path(run_dir) / rf.CELL_CKA)
     if not document or document.get("schema") != CKA_SCHEMA or document.get("fingerprint") != fingerprint:
         return None
     return document

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.core import results_folder as rf
 from bench.cli.common import existing_dir, key_values, out_parent, progress_parent, root_parent
 
 
@@ -70,7 +71,7 @@ def add_parser(sub) -> None:
 
 def main(args) -> int:
     from bench.core.models.backbones import backbone_spec
-    from pretrain.api import LAST_GOOD_NAME, run_pretrain
+    from pretrain.api import run_pretrain
     from pretrain.loop import Diverged
 
     root = existing_dir(args.root)
@@ -90,7 +91,7 @@ def main(args) -> int:
     try:
         print(run_pretrain(config, Path(args.out), progress=args.progress))
     except Diverged as exc:
-        print(f"error: diverged: {exc}; the last good weights are in {Path(args.out) / LAST_GOOD_NAME}",
+        print(f"error: diverged: {exc}; the last good weights are in {Path(args.out) / rf.LAST_GOOD}",
               file=sys.stderr)
         return 3
     return 0

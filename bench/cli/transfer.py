@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.core import results_folder as rf
 from bench.cli.common import (classes_parent, eval_resize_parent, existing_dir, key_values, out_parent,
                                   progress_parent, root_parent)
 from bench.core.errors import UserError
@@ -153,5 +154,5 @@ def main(args) -> int:
     record = run_cell(config, Path(args.out), progress=args.progress)
     m = record["metrics"]
     print(f"{record['status']}: mIoU {100 * m['miou']:.2f} pixel acc {100 * m['pixel_acc']:.2f} -> "
-          f"{Path(args.out) / 'record.json'}" if m else f"{record['status']}: {record['error']}")
-    return 0 if record["status"] == "ok" else 1
+          f"{Path(args.out) / rf.RECORD}" if m else f"{record['status']}: {record['error']}")
+    return 0 if record["status"] == rf.OK else 1

@@ -48,11 +48,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from bench.core import results_folder as rf
 from bench.core.atomic import ordinary_file_mode
 
 CLAIMED = "claimed elsewhere"  # a job's result when another live driver holds its folder
-CLAIM_NAME = "claim.json"
-MUTEX_NAME = ".claim.lock"
 DEFAULT_HEARTBEAT_S = 30.0
 DEFAULT_STALE_AFTER_S = 600.0
 _warned_no_flock = False
@@ -114,7 +113,7 @@ def holder(info: dict) -> str:
 def read_claim(folder) -> dict | None:
     """The claim in `folder`: None when there is none; {} when the file is unreadable (junk)."""
     try:
-        text = (Path(folder) / CLAIM_NAME).read_text()
+        text = (Path(folder) / rf.CLAIM).read_text()
     except FileNotFoundError:
         return None
     except OSError:
@@ -156,7 +155,7 @@ def exclusive_lock(path) -> Iterator[bool]:
 def _publish(folder: Path, info: dict, *, replace: bool) -> bool:
     """Write `info` as the folder's claim from a complete temp file: link (fails if a claim
     exists: False) or, for a takeover, replace. True when it is in place."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{CLAIM_NAME}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{rf.CLAIM}.", suffix=".tmp")
     try:
         os.fchmod(fd, ordinary_file_mode())
         with os.fdopen(fd, "w") as f:
@@ -164,10 +163,10 @@ def _publish(folder: Path, info: dict, *, replace: bool) -> bool:
             f.flush()
             os.fsync(f.fileno())
         if replace:
-            os.replace(tmp, folder / CLAIM_NAME)
+            os.replace(tmp, folder / rf.CLAIM)
             return True
         try:
-            os.link(tmp, folder / CLAIM_NAME)
+            os.link(tmp, folder / rf.CLAIM)
         except FileExistsError:
             return False
         return True
@@ -196,7 +195,7 @@ class Claim:
 
     def beat(self) -> bool:
         """Refresh the heartbeat; False (and `lost` set) when the claim is no longer ours."""
-        with exclusive_lock(self.folder / MUTEX_NAME):
+        with exclusive_lock(self.folder / rf.CLAIM_MUTEX):
             if not self._ours(read_claim(self.folder)):
                 self.lost.set()
                 return False
@@ -226,9 +225,9 @@ class Claim:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        with exclusive_lock(self.folder / MUTEX_NAME):
+        with exclusive_lock(self.folder / rf.CLAIM_MUTEX):
             if self._ours(read_claim(self.folder)):
-                (self.folder / CLAIM_NAME).unlink(missing_ok=True)
+                (self.folder / rf.CLAIM).unlink(missing_ok=True)
         self.acquired = False
 
 
@@ -244,7 +243,7 @@ def acquire(folder, job: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     if _slurm_job():
         info["slurm_job"] = _slurm_job()
     claim = Claim(folder, job, acquired=False, info=info, heartbeat_s=heartbeat_s)
-    with exclusive_lock(folder / MUTEX_NAME) as locked:
+    with exclusive_lock(folder / rf.CLAIM_MUTEX) as locked:
         current = read_claim(folder)
         if current is not None:
             why = staleness(current, stale_after_s)
@@ -259,7 +258,7 @@ def acquire(folder, job: str, *, heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         # A driver killed while publishing a claim left its temp file. Every publish runs under this
         # lock, so while we really hold it any such file is a dead process's (without flock it may be
         # a live one's, about to be linked: left alone).
-        for debris in folder.glob(f".{CLAIM_NAME}.*.tmp") if locked else ():
+        for debris in folder.glob(f".{rf.CLAIM}.*.tmp") if locked else ():
             with contextlib.suppress(FileNotFoundError):
                 debris.unlink()
     claim.acquired = True
@@ -282,7 +281,7 @@ def claims_under(results_dir) -> list[tuple[Path, dict]]:
     """Every claim file of a results folder's pre-trainings and cells: (folder, claim)."""
     root = Path(results_dir)
     found = []
-    for pattern in ("pretrain/*/" + CLAIM_NAME, "runs/*/" + CLAIM_NAME):
+    for pattern in (f"{rf.PRETRAIN}/*/{rf.CLAIM}", f"{rf.RUNS}/*/{rf.CLAIM}"):
         for path in sorted(root.glob(pattern)):
             info = read_claim(path.parent)
             if info is not None:

@@ -12,9 +12,9 @@ import hashlib
 import json
 from pathlib import Path
 
+from bench.core import results_folder as rf
 from bench.core.atomic import write_text_atomic
 
-FINAL_STATUSES = ("ok", "diverged")
 # The cell fields that make a comparison: cells that differ only in backbone and seed are compared
 # (ranked, contrasted, drawn side by side). Every report groups by this one key.
 COMPARISON = ["dataset", "protocol", "decoder", "init", "train_size"]
@@ -27,6 +27,12 @@ def fingerprint(config: dict) -> str:
 
 def write_json_atomic(path, obj) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def write_record(folder, record: dict) -> Path:
+    """A job's record (`rf.RECORD`), written atomically with the schema version: the one writer of
+    records."""
+    return write_json_atomic(Path(folder) / rf.RECORD, {"schema": rf.RECORD_SCHEMA, **record})
 
 
 def read_json(path) -> dict | None:
@@ -44,13 +50,13 @@ def is_finished(record_path, expected_fingerprint: str) -> bool:
     return (
         record is not None
         and record.get("fingerprint") == expected_fingerprint
-        and record.get("status") in FINAL_STATUSES
+        and record.get("status") in rf.FINAL_STATUSES
     )
 
 
 def iter_records(results_dir):
     """All parseable run records below `results_dir` (corrupt ones are skipped)."""
-    for path in sorted(Path(results_dir).glob("runs/*/record.json")):
+    for path in rf.record_paths(results_dir):
         record = read_json(path)
         if record is not None and "cell" in record:
             yield path, record

@@ -18,6 +18,7 @@ marker (`running.json`) while a driver holds it.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 # --- the folder itself -----------------------------------------------------------------------------
@@ -61,7 +62,7 @@ CHECKPOINT = "checkpoint.safetensors"
 LAST_GOOD = "last_good.safetensors"  # a diverged pre-training's last good weights
 SUMMARY = "summary.json"
 HISTORY = "history.csv"
-DIVERGED = "diverged.json"
+DIVERGENCE = "diverged.json"  # why a pre-training diverged, and at which step
 
 # --- a converted import (imports/<backbone>/) ------------------------------------------------------
 IMPORT_REPORT = "import.json"
@@ -85,6 +86,7 @@ RECORD_SCHEMA = 1
 # (FAILED), or its pre-training failed so it never ran (SKIPPED).
 OK, DIVERGED, FAILED, SKIPPED = "ok", "diverged", "failed", "skipped"
 RECORD_STATUSES = (OK, DIVERGED, FAILED, SKIPPED)
+FINAL_STATUSES = (OK, DIVERGED)  # a record of the current config that a re-run keeps; the others run again
 # What `bench status` says of a job without a record: a driver runs it now, it was running when its
 # driver died, or it never started.
 RUNNING, INTERRUPTED, PENDING = "running", "interrupted", "pending"
@@ -114,3 +116,18 @@ def cell_folder(results: Path, cell_id: str) -> Path:
 def record_paths(results: Path):
     """Every cell's record.json under runs/ (those there now)."""
     return sorted(Path(results).glob(f"{RUNS}/*/{RECORD}"))
+
+
+def job_log_name(rank: int = 0) -> str:
+    """A job's log; a data-parallel rank other than 0 keeps its own beside it."""
+    return LOG if rank == 0 else f"log.rank{rank}.txt"
+
+
+def append_log(folder: Path, msg: str, rank: int = 0) -> None:
+    """One time-stamped line in the job's log, the one writer of job logs. Opened and closed per
+    line: a job logs a handful, and no line is lost in a buffer when the job is killed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / job_log_name(rank), "a") as log:
+        log.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
+

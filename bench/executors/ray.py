@@ -46,11 +46,13 @@ import shutil
 import tempfile
 import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Iterator
 
+from bench.core import results_folder as rf
 from bench.core.atomic import atomic_path
-from bench.core.claims import CLAIM_NAME, CLAIMED, MUTEX_NAME, acquire
+from bench.core.claims import CLAIMED, acquire
 from bench.core.errors import UserError
 from bench.executors.job import Job
 
@@ -127,76 +129,23 @@ class RayExecutor:
             return
         ray = self._connect()
         self._check_resources(ray, jobs)
-        task = ray.remote(_run_task)
-        # GPUs: for a task with num_gpus > 0 Ray sets CUDA_VISIBLE_DEVICES to the GPUs it
-        # assigned just before the task runs, so the job's cuda:0.. are those GPUs (and a DDP
-        # cell's ranks, which inherit the variable, take one each). That holds only in a worker
-        # process where CUDA has not started yet: CUDA reads the variable once, and Ray reuses
-        # worker processes. `@ray.remote(num_gpus=...)` would make such tasks single-use
-        # (max_calls=1), but `.options(num_gpus=...)` on a CPU-declared function does not -- a
-        # second GPU task in the same worker would stay on the first one's GPUs. Hence a
-        # single-use function of its own for GPU jobs (a fresh worker per task: seconds of start-up
-        # against a job of minutes). A job with gpus 0 is not hidden from the GPUs: Ray leaves
-        # CUDA_VISIBLE_DEVICES alone for it, as the local executor does.
-        gpu_task = ray.remote(max_calls=1)(_run_task)
+        remotes = _remote_functions(ray)
         pending: dict = {}  # object ref -> (job index, path map or None)
         shipped: dict[Path, object] = {}  # a need shared by many jobs (the world) is put once
         held: dict[int, object] = {}  # job index -> the claim this driver holds for it (no shared fs)
         try:
             for i, job in enumerate(jobs):
-                res = job.resources or {}
-                options = {"num_cpus": res.get("cpus", 1), "num_gpus": res.get("gpus", 0),
-                           "max_retries": self.spec.max_retries, "retry_exceptions": False,
-                           "name": job.name}
-                if res.get("memory_gb"):
-                    options["memory"] = int(res["memory_gb"] * 1024**3)
-                threads = int(res.get("cpus", 1))
-                remote_fn = gpu_task if options["num_gpus"] else task
-                if self.spec.shared_fs:
-                    ref = remote_fn.options(**options).remote(job.fn, job.kwargs, threads, None)
-                    pending[ref] = (i, None)
-                    continue
-                # The worker sees only a temp copy of out_dir, where a claim would guard nothing:
-                # the driver claims the real folder for it (before shipping, so that what is
-                # shipped is what the claim protects) and the job runs with `claims` None.
-                kwargs = job.kwargs
-                if kwargs.get("claims") is not None:
-                    claim = acquire(job.out_dir, job.name, **kwargs["claims"])
-                    if not claim.acquired:
-                        yield i, CLAIMED, None
-                        continue
-                    held[i] = claim
-                    kwargs = {**kwargs, "claims": None}
-                try:
-                    plan, refs = self._ship(ray, job, shipped)
-                except OSError as exc:  # an input missing on the driver: this job fails, the rest run
-                    _release_claim(held, i)
-                    yield i, None, exc
-                    continue
-                ref = remote_fn.options(**options).remote(job.fn, kwargs, threads, plan, *refs)
-                pending[ref] = (i, plan)
+                submitted = self._submit(ray, remotes, i, job, shipped, held)
+                if isinstance(submitted, _Outcome):  # claimed elsewhere, or its inputs could not ship
+                    yield i, submitted.result, submitted.exc
+                else:
+                    pending[submitted[0]] = (i, submitted[1])
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1)
                 i, plan = pending.pop(done[0])
-                try:
-                    out = ray.get(done[0])
-                except ray.exceptions.RayTaskError as exc:  # the job raised: its own exception
-                    _release_claim(held, i)
-                    yield i, None, _cause(exc)
-                    continue
-                except ray.exceptions.RayError as exc:  # worker died beyond max_retries, cancelled...
-                    _release_claim(held, i)
-                    yield i, None, exc
-                    continue
-                if plan is None:
-                    yield i, out, None
-                    continue
-                try:
-                    result, exc = self._land(jobs[i], plan, out)
-                except OSError as land_exc:
-                    result, exc = None, land_exc
+                outcome = self._collect(ray, done[0], jobs[i], plan)
                 _release_claim(held, i)  # after landing: the record is in place before the claim goes
-                yield i, result, exc
+                yield i, outcome.result, outcome.exc
         finally:  # closed early (Ctrl-C in the driver, an error): stop what is still running
             for i in list(held):
                 _release_claim(held, i)
@@ -205,6 +154,50 @@ class RayExecutor:
                     ray.cancel(ref)
                 except Exception:  # noqa: BLE001 -- best effort on the way out
                     pass
+
+    def _submit(self, ray, remotes: tuple, i: int, job: Job, shipped: dict, held: dict):
+        """The job as a Ray task: (object ref, path map or None), or its `_Outcome` when it is not
+        submitted (another driver holds its claim, or an input is missing on the driver)."""
+        res = job.resources or {}
+        options = {"num_cpus": res.get("cpus", 1), "num_gpus": res.get("gpus", 0),
+                   "max_retries": self.spec.max_retries, "retry_exceptions": False, "name": job.name}
+        if res.get("memory_gb"):
+            options["memory"] = int(res["memory_gb"] * 1024**3)
+        threads = int(res.get("cpus", 1))
+        remote_fn = remotes[1] if options["num_gpus"] else remotes[0]
+        if self.spec.shared_fs:
+            return remote_fn.options(**options).remote(job.fn, job.kwargs, threads, None), None
+        # The worker sees only a temp copy of out_dir, where a claim would guard nothing: the driver
+        # claims the real folder for it (before shipping, so that what is shipped is what the claim
+        # protects) and the job runs with `claims` None.
+        kwargs = job.kwargs
+        if kwargs.get("claims") is not None:
+            claim = acquire(job.out_dir, job.name, **kwargs["claims"])
+            if not claim.acquired:
+                return _Outcome(CLAIMED, None)
+            held[i] = claim
+            kwargs = {**kwargs, "claims": None}
+        try:
+            plan, refs = self._ship(ray, job, shipped)
+        except OSError as exc:  # an input missing on the driver: this job fails, the rest run
+            _release_claim(held, i)
+            return _Outcome(None, exc)
+        return remote_fn.options(**options).remote(job.fn, kwargs, threads, plan, *refs), plan
+
+    def _collect(self, ray, ref, job: Job, plan) -> "_Outcome":
+        """A finished task's result, landed in the results folder when it ran on a copy of it."""
+        try:
+            out = ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:  # the job raised: its own exception
+            return _Outcome(None, _cause(exc))
+        except ray.exceptions.RayError as exc:  # worker died beyond max_retries, cancelled...
+            return _Outcome(None, exc)
+        if plan is None:
+            return _Outcome(out, None)
+        try:
+            return _Outcome(*self._land(job, plan, out))
+        except OSError as land_exc:
+            return _Outcome(None, land_exc)
 
     def _check_resources(self, ray, jobs: list[Job]) -> None:
         """A job that asks for more than the whole cluster would wait forever: say so instead.
@@ -273,6 +266,28 @@ class RayExecutor:
         return _rewrite(out["result"], back), out["error"]
 
 
+@dataclass
+class _Outcome:
+    """A job's result or exception, as `run` yields it."""
+
+    result: object
+    exc: BaseException | None
+
+
+def _remote_functions(ray) -> tuple:
+    """(the task for CPU jobs, the task for GPU jobs). For a task with num_gpus > 0 Ray sets
+    CUDA_VISIBLE_DEVICES to the GPUs it assigned just before the task runs, so the job's cuda:0..
+    are those GPUs (and a DDP cell's ranks, which inherit the variable, take one each). That holds
+    only in a worker process where CUDA has not started yet: CUDA reads the variable once, and Ray
+    reuses worker processes. `@ray.remote(num_gpus=...)` would make such tasks single-use
+    (max_calls=1), but `.options(num_gpus=...)` on a CPU-declared function does not -- a second GPU
+    task in the same worker would stay on the first one's GPUs. Hence a single-use function of its
+    own for GPU jobs (a fresh worker per task: seconds of start-up against a job of minutes). A job
+    with gpus 0 is not hidden from the GPUs: Ray leaves CUDA_VISIBLE_DEVICES alone for it, as the
+    local executor does."""
+    return ray.remote(_run_task), ray.remote(max_calls=1)(_run_task)
+
+
 def _release_claim(held: dict, i: int) -> None:
     claim = held.pop(i, None)
     if claim is not None:
@@ -299,7 +314,7 @@ def _is_text(data: bytes) -> bool:
 def _read_tree(folder: Path) -> dict[str, bytes]:
     # A claim and its lock file belong to the real folder (the driver holds them), not a copy.
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name not in (CLAIM_NAME, MUTEX_NAME)}
+            if p.is_file() and p.name not in (rf.CLAIM, rf.CLAIM_MUTEX)}
 
 
 def _write_tree(folder: Path, files: dict[str, bytes]) -> None:

@@ -33,11 +33,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+from bench.core import results_folder as rf
 from bench.core.errors import UserError
 from bench.executors.job import Job
 from bench.core.records import read_json, write_json_atomic
 
-STATE_FILE = "slurm.json"
 INSTALL_HINT = 'the slurm executor needs submitit: pip install -e ".[slurm]"'
 
 # sacct states of a job that still holds or waits for a slot. PREEMPTED is left out: a requeued job
@@ -55,14 +55,6 @@ def _submitit():
     except ImportError as exc:
         raise UserError(INSTALL_HINT) from exc
     return submitit
-
-
-def _log(out_dir, msg: str) -> None:
-    """Append to the job's own log.txt (the cell's log), next to what the job writes itself."""
-    path = Path(out_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / "log.txt", "a") as f:
-        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
 
 
 def job_key(job: Job) -> str:
@@ -95,14 +87,14 @@ class _Requeueable:
         # LocalExecutor), not one per core of the node.
         os.environ.setdefault("OMP_NUM_THREADS", str(self.cpus))
         where = os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID") or "?"
-        _log(self.out_dir, f"slurm: {self.name} started as job {where} on {socket.gethostname()}"
+        rf.append_log(self.out_dir, f"slurm: {self.name} started as job {where} on {socket.gethostname()}"
                            f" (requeue {self.requeues}/{self.max_requeues})")
         try:
             return ("ok", self.fn(**self.kwargs))
         except Exception as exc:  # noqa: BLE001 -- returned, so the driver re-raises the same type
             tb = traceback.format_exc()
             print(tb, file=sys.stderr, flush=True)  # submitit's .err log
-            _log(self.out_dir, f"slurm: {self.name} failed:\n{tb}")
+            rf.append_log(self.out_dir, f"slurm: {self.name} failed:\n{tb}")
             try:
                 pickle.dumps(exc)
             except Exception:  # noqa: BLE001
@@ -113,10 +105,10 @@ class _Requeueable:
         from submitit.helpers import DelayedSubmission
 
         if self.requeues >= self.max_requeues:  # None: submitit does not requeue, the job fails
-            _log(self.out_dir, f"slurm: preempted or timed out after {self.requeues} requeues "
+            rf.append_log(self.out_dir, f"slurm: preempted or timed out after {self.requeues} requeues "
                                f"(max_requeues {self.max_requeues}); not requeued")
             return None
-        _log(self.out_dir, f"slurm: preempted or timed out; requeued ({self.requeues + 1}/{self.max_requeues})")
+        rf.append_log(self.out_dir, f"slurm: preempted or timed out; requeued ({self.requeues + 1}/{self.max_requeues})")
         return DelayedSubmission(replace(self, requeues=self.requeues + 1))
 
 
@@ -181,7 +173,7 @@ def job_state(out_dir) -> str | None:
     """The scheduler's state of the job last submitted for `out_dir` (PENDING, RUNNING,
     COMPLETED, FAILED, ... for Slurm; RUNNING, FINISHED or INTERRUPTED for `cluster: local`),
     or None when it was never submitted through Slurm."""
-    info = read_json(Path(out_dir) / STATE_FILE)
+    info = read_json(Path(out_dir) / rf.SLURM_JOB)
     return None if info is None else _state(info)
 
 
@@ -257,7 +249,7 @@ class SlurmExecutor:
     def _prior(self, job: Job) -> dict | None:
         """slurm.json of a job for this out_dir that is still queued or running, else None. A
         running job for an older config is cancelled: it would write into the same folder."""
-        info = read_json(Path(job.out_dir) / STATE_FILE)
+        info = read_json(Path(job.out_dir) / rf.SLURM_JOB)
         if info is None or info.get("cluster") != self.spec.cluster or self.spec.cluster == "debug":
             return None
         state = _state(info)
@@ -265,7 +257,7 @@ class SlurmExecutor:
             return None
         if info.get("key") == job_key(job):
             return info
-        _log(job.out_dir, f"slurm: cancelling job {info['job_id']} ({state}): its config is out of date")
+        rf.append_log(job.out_dir, f"slurm: cancelling job {info['job_id']} ({state}): its config is out of date")
         self._cancel(info)
         return None
 
@@ -320,8 +312,8 @@ class SlurmExecutor:
                         "name": jobs[i].name, "key": job_key(jobs[i]),
                         "log": str(handle.paths.stderr) if self.spec.cluster != "debug" else None}
                 if self.spec.cluster != "debug":
-                    write_json_atomic(Path(jobs[i].out_dir) / STATE_FILE, info)
-                    _log(jobs[i].out_dir, f"slurm: submitted {jobs[i].name} as job {job_id} (logs: {info['log']})")
+                    write_json_atomic(Path(jobs[i].out_dir) / rf.SLURM_JOB, info)
+                    rf.append_log(jobs[i].out_dir, f"slurm: submitted {jobs[i].name} as job {job_id} (logs: {info['log']})")
                 if self.spec.cluster == "local":  # local disk: no need for submitit's 15 s wait on a slow NFS
                     handle._results_timeout_s = 2
                 out.append(_Running(i, handle, info))

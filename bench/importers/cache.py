@@ -12,13 +12,13 @@ import json
 import shutil
 from pathlib import Path
 
+from bench.core import results_folder as rf
 from bench.core.checkpoint import file_sha256
 from bench.core.errors import UserError
 from bench.core.models.backbones import parse_normalization
 from bench.core.records import fingerprint, write_json_atomic
 from bench.importers.validate import convert
 
-IMPORT_REPORT = "import.json"
 # The conversion rules' version, in every import's key: a conversion that would now write another
 # checkpoint from the same file (2: the monodepth2 family records its own 0.45/0.225 input
 # normalisation instead of ImageNet's) converts again.
@@ -38,15 +38,15 @@ def import_backbone(name: str, arch: str, spec, out_dir: Path, *, log=print) -> 
     """The harness checkpoint of an imported backbone, converted now unless it is current.
     `spec` has the fields of a manifest's `import:` entry (file, format, key_map, allow_partial,
     normalization)."""
-    folder = Path(out_dir) / "imports" / name
+    folder = rf.import_folder(out_dir, name)
     settings = {"arch": arch, "format": spec.format, "allow_partial": spec.allow_partial,
                 "source": source_digest(spec.file),
                 "key_map": source_digest(spec.key_map) if spec.key_map else None,
                 "normalization": parse_normalization(spec.normalization, "import.normalization"),
                 "rules": CONVERSION_RULES}
     key = fingerprint(settings)
-    target = folder / "checkpoint.safetensors"
-    report_path = folder / IMPORT_REPORT
+    target = folder / rf.CHECKPOINT
+    report_path = folder / rf.IMPORT_REPORT
     if target.is_file() and report_path.is_file():
         try:
             if json.loads(report_path.read_text()).get("fingerprint") == key:

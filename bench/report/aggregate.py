@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.core import results_folder as rf
 from bench.core.atomic import write_text_atomic
 from bench.core.claims import exclusive_lock
 from bench.core.errors import UserError
@@ -117,7 +118,7 @@ def mixed_versions(df: pd.DataFrame) -> dict[tuple, str]:
     those sets in words and how many records carry each: their differences mix a library change
     with the backbones'."""
     out = {}
-    for key, group in df[df["status"] == "ok"].groupby(COMPARISON, sort=False, dropna=False):
+    for key, group in df[df["status"] == rf.OK].groupby(COMPARISON, sort=False, dropna=False):
         counts = group["versions"].value_counts()
         if len(counts) > 1:
             out[key] = "; ".join(f"{text} ({n} record{'s' if n != 1 else ''})" for text, n in sorted(counts.items()))
@@ -180,8 +181,8 @@ def comparison_inits(group: pd.DataFrame) -> tuple[bool, str]:
 def leaderboard(df: pd.DataFrame, baseline: str | None = None) -> pd.DataFrame:
     rows, seeds = [], {}
     for key, group in df.groupby(CELL, sort=False, dropna=False):
-        ok = group[group["status"] == "ok"]
-        row = dict(zip(CELL, key), n_seeds=int(ok["seed"].nunique()), n_not_ok=int((group["status"] != "ok").sum()),
+        ok = group[group["status"] == rf.OK]
+        row = dict(zip(CELL, key), n_seeds=int(ok["seed"].nunique()), n_not_ok=int((group["status"] != rf.OK).sum()),
                    selected="; ".join(dict.fromkeys(v for v in ok["selected"] if v)))
         for k in METRICS:
             row[f"{k}_mean"], row[f"{k}_std"], row[f"{k}_ci_low"], row[f"{k}_ci_high"] = t_interval(ok[k], PERCENT)
@@ -234,14 +235,14 @@ def baseline_row(group: pd.DataFrame, baseline: str | None):
 def per_class_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per-class IoU (percent, mean over ok seeds) for each leaderboard row, one column per class."""
     rows = []
-    for key, group in df[df["status"] == "ok"].groupby(CELL, sort=False, dropna=False):
+    for key, group in df[df["status"] == rf.OK].groupby(CELL, sort=False, dropna=False):
         ious = pd.DataFrame(list(group["per_class_iou"])).astype(float) * 100.0
         rows.append({**dict(zip(CELL, key)), "n_seeds": len(group), **ious.mean().to_dict()})
     return pd.DataFrame(rows)
 
 
 def failures_table(df: pd.DataFrame) -> pd.DataFrame:
-    bad = df[df["status"] != "ok"]
+    bad = df[df["status"] != rf.OK]
     return bad[CELL + ["seed", "status", "error", "record"]].reset_index(drop=True)
 
 
@@ -250,7 +251,7 @@ def manifest_order(results_dir: Path) -> dict[str, list[str]]:
     `backbones` and `datasets` as display names (`NAME@LABEL` for a variant), `decoders` as
     listed. Each is [] where the folder has no readable resolved manifest, or it lacks that part."""
     try:
-        resolved = json.loads((Path(results_dir) / "manifest.resolved.json").read_text())
+        resolved = json.loads(rf.resolved_manifest(results_dir).read_text())
     except (OSError, ValueError):
         resolved = {}
 
@@ -276,7 +277,6 @@ def manifest_backbones(results_dir: Path) -> list[str]:
     return manifest_order(results_dir)["backbones"]
 
 
-AGGREGATE_LOCK = ".aggregate.lock"
 
 
 def write_reports(results_dir, baseline: str | None = None, plots: bool = True, compare=None) -> dict:
@@ -293,14 +293,14 @@ def write_reports(results_dir, baseline: str | None = None, plots: bool = True, 
     from bench.report.compare import read_published
 
     published = (Path(compare), read_published(compare, METRICS)) if compare is not None else None
-    with exclusive_lock(results_dir / AGGREGATE_LOCK):
+    with exclusive_lock(results_dir / rf.AGGREGATE_LOCK):
         return _write_reports(results_dir, baseline, plots, published)
 
 
 def _write_reports(results_dir: Path, baseline: str | None, plots: bool, published=None) -> dict:
     df = records_frame(results_dir)
     if df.empty:
-        raise UserError(f"{results_dir}: no run records under runs/*/record.json")
+        raise UserError(f"{results_dir}: no run records under {rf.RUNS}/*/{rf.RECORD}")
     manifest = manifest_order(results_dir)
     order = backbone_order(manifest["backbones"], df)
     known = set(df["backbone"])
@@ -315,44 +315,49 @@ def _write_reports(results_dir: Path, baseline: str | None, plots: bool, publish
     tables = all_tables(df, board, order, manifest["decoders"], manifest["datasets"], published)  # may refuse: before anything is written
     per_class, failures = per_class_table(df), failures_table(df)
     paths = {name: results_dir / name for name in
-             ("leaderboard.csv", "leaderboard.md", "per_class.csv", "failures.csv", "report.html")}
-    write_text_atomic(paths["leaderboard.csv"], board.to_csv(index=False, float_format="%.4f"))
-    write_text_atomic(paths["per_class.csv"], per_class.to_csv(index=False, float_format="%.4f"))
-    write_text_atomic(paths["failures.csv"], failures.to_csv(index=False))
+             (rf.LEADERBOARD_CSV, rf.LEADERBOARD_MD, rf.PER_CLASS_CSV, rf.FAILURES_CSV, rf.REPORT_HTML)}
+    write_text_atomic(paths[rf.LEADERBOARD_CSV], board.to_csv(index=False, float_format="%.4f"))
+    write_text_atomic(paths[rf.PER_CLASS_CSV], per_class.to_csv(index=False, float_format="%.4f"))
+    write_text_atomic(paths[rf.FAILURES_CSV], failures.to_csv(index=False))
     # each comparison's Δ column names the baseline row it has (a world study's differs per world)
     sections = [(header, note, _display(rows, rows["baseline"].iloc[0]))
                 for header, note, rows in _sections(board, mixed_versions(df))]
     markdown = "\n\n".join(f"### {header}\n\n{note}\n\n{shown.to_markdown(index=False)}"
                              for header, note, shown in sections)
     fail_md = failures.drop(columns=["record"]).to_markdown(index=False) if not failures.empty else "None."
-    write_text_atomic(paths["leaderboard.md"], f"# Leaderboard: {results_dir.name}\n\n{_LEGEND.format(baseline=baseline)}"
+    write_text_atomic(paths[rf.LEADERBOARD_MD], f"# Leaderboard: {results_dir.name}\n\n{_LEGEND.format(baseline=baseline)}"
                       f"\n\n{markdown}\n\n## Failed or diverged cells\n\n{fail_md}\n")
-    table_files = write_tables(results_dir / "tables", tables)
-    figures = []
-    if plots:
-        from bench.report.contrasts import plot_contrasts
-        from bench.report.layer_cka import cka_across_frame, pretrained_vs_finetuned
-        from bench.report.plots import backbone_colours, plot_cka_across, plot_pretrain_losses, write_all
-        from bench.report.qualitative import write_qualitative
-        from bench.report.html import pretrain_histories
-
-        figures = write_all(board, df, results_dir / "plots", order)
-        figures += [p for p in pretrained_vs_finetuned(results_dir, df) if p.suffix in (".png", ".svg")]
-        figures += write_qualitative(df, results_dir / "plots", order)
-        colours = backbone_colours([*order, *df["backbone"].dropna()])
-        figures += plot_cka_across(cka_across_frame(df), results_dir / "plots", colours)
-        figures += plot_contrasts(board, results_dir / "plots", order, manifest["datasets"])
-        figures += plot_pretrain_losses(pretrain_histories(results_dir), results_dir / "plots", colours,
-                                        results_dir.name)
-        # `bench explain`'s figures: written by that verb, not here; every one present is shown (a cell
-        # re-run since keeps its old figure until `bench explain` runs again).
-        figures += sorted((results_dir / "plots").glob("explain_*.png"))
-    write_text_atomic(paths["report.html"], render_report(results_dir, _LEGEND.format(baseline=baseline), sections,
+    table_files = write_tables(results_dir / rf.TABLES, tables)
+    figures = _draw_figures(results_dir, board, df, order, manifest) if plots else []
+    write_text_atomic(paths[rf.REPORT_HTML], render_report(results_dir, _LEGEND.format(baseline=baseline), sections,
                                                           failures, per_class,
                                                           [p for p in figures if p.suffix == ".png"]))
-    return {"csv": paths["leaderboard.csv"], "md": paths["leaderboard.md"], "html": paths["report.html"],
+    return {"csv": paths[rf.LEADERBOARD_CSV], "md": paths[rf.LEADERBOARD_MD], "html": paths[rf.REPORT_HTML],
             "markdown": markdown, "frame": board, "plots": figures,
             "tables": table_files}
+
+
+def _draw_figures(results_dir: Path, board: pd.DataFrame, df: pd.DataFrame, order: list[str],
+                  manifest: dict) -> list[Path]:
+    """Every figure of plots/ and cka/, in the report's order."""
+    from bench.report.contrasts import plot_contrasts
+    from bench.report.html import pretrain_histories
+    from bench.report.layer_cka import cka_across_frame, pretrained_vs_finetuned
+    from bench.report.plots import backbone_colours, plot_cka_across, plot_pretrain_losses, write_all
+    from bench.report.qualitative import write_qualitative
+
+    plots_dir = results_dir / rf.PLOTS
+    figures = write_all(board, df, plots_dir, order)
+    figures += [p for p in pretrained_vs_finetuned(results_dir, df) if p.suffix in (".png", ".svg")]
+    figures += write_qualitative(df, plots_dir, order)
+    colours = backbone_colours([*order, *df["backbone"].dropna()])
+    figures += plot_cka_across(cka_across_frame(df), plots_dir, colours)
+    figures += plot_contrasts(board, plots_dir, order, manifest["datasets"])
+    figures += plot_pretrain_losses(pretrain_histories(results_dir), plots_dir, colours, results_dir.name)
+    # `bench explain`'s figures: written by that verb, not here; every one present is shown (a cell
+    # re-run since keeps its old figure until `bench explain` runs again).
+    figures += sorted(plots_dir.glob("explain_*.png"))
+    return figures
 
 
 def where(table: dict) -> str:

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.core import results_folder as rf
 from bench.core.atomic import atomic_path, write_bytes_atomic
 from bench.core.errors import UserError
 from bench.core.gradcam import normalise_cams, segmentation_grad_cam
 from bench.core.records import read_json
 
-EXPLAIN_DIR = "explain"
 OVERLAY_ALPHA = 0.5
 COLOURMAP = "jet"
 
@@ -38,16 +38,16 @@ COLOURMAP = "jet"
 def cell_folders(run: Path) -> list[Path]:
     """The cell folders RUN names: itself (a cell folder), or every cell of a results folder that
     kept its weights."""
-    from transfer.kept import FINAL_WEIGHTS, kept_weight_files
+    from transfer.kept import kept_weight_files
 
     run = Path(run)
-    if (run / "record.json").is_file():
+    if (run / rf.RECORD).is_file():
         return [run]
-    if not (run / "runs").is_dir():
-        raise UserError(f"{run}: neither a cell folder (record.json) nor a results folder (runs/)")
+    if not (run / rf.RUNS).is_dir():
+        raise UserError(f"{run}: neither a cell folder ({rf.RECORD}) nor a results folder ({rf.RUNS}/)")
     cells = kept_weight_files(run)
     if not cells:
-        raise UserError(f"{run}: no cell kept its weights ({FINAL_WEIGHTS}); set `transfer: {{keep_weights: true}}` "
+        raise UserError(f"{run}: no cell kept its weights ({rf.KEPT_WEIGHTS}); set `transfer: {{keep_weights: true}}` "
                         f"(or a list such as [frozen/monodepth2, linear]) in the manifest and re-run")
     return cells
 
@@ -100,14 +100,14 @@ def explain_cell(run_dir: Path, images: int, layer: str, *, root=None, device: s
     from transfer.kept import rebuild_cell_model
 
     run_dir = Path(run_dir)
-    record = read_json(run_dir / "record.json")
+    record = read_json(run_dir / rf.RECORD)
     if record is None:
-        raise UserError(f"{run_dir}: no readable record.json")
+        raise UserError(f"{run_dir}: no readable {rf.RECORD}")
     model = rebuild_cell_model(record, run_dir).to(device)
     target = resolve_layer(model, layer)
     model.requires_grad_(False)  # only the layer's output is differentiated (bench.core.gradcam)
     eval_images = first_eval_images(record, images, root)
-    out = run_dir / EXPLAIN_DIR
+    out = run_dir / rf.EXPLAIN
     cams, labels, indices, written = [], [], [], []
     for index, x, _ in eval_images.indexed_batches(batch_size):
         cam, predicted, _ = segmentation_grad_cam(model, target, x.to(device))

@@ -17,9 +17,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from bench.core import results_folder as rf
 from bench.core.records import COMPARISON, read_json
 from bench.core.errors import UserError
-from bench.report.explain import COLOURMAP, EXPLAIN_DIR, cell_folders, explain_cell, first_eval_images, layer_file_part
+from bench.report.explain import COLOURMAP, cell_folders, explain_cell, first_eval_images, layer_file_part
 from bench.report.qualitative import (Grid, comparison_slug, comparison_words, draw_grid,
                                first_seed_cells)
 
@@ -39,19 +40,19 @@ def explain_grid(rows: pd.DataFrame, order: list[str], layer: str, explained: se
     for b in backbones:
         run_dir = Path(first[first["backbone"] == b].iloc[0]["record"]).parent
         if run_dir.resolve() in explained:
-            with np.load(run_dir / EXPLAIN_DIR / f"{part}.npz") as arrays:
+            with np.load(run_dir / rf.EXPLAIN / f"{part}.npz") as arrays:
                 maps[b] = (run_dir, arrays["indices"].tolist(), arrays["stems"].tolist())
     if not maps:
         return None
     reference_dir, indices, stems = next(iter(maps.values()))
     shown = [b for b in backbones if b in maps and maps[b][1:] == (indices, stems)]
     # The same first evaluation images for every cell of a dataset (bench.report.explain.first_eval_images).
-    images = first_eval_images(read_json(reference_dir / "record.json"), max(indices) + 1, root)
+    images = first_eval_images(read_json(reference_dir / rf.RECORD), max(indices) + 1, root)
     grid_rows = []
     for i, stem in zip(indices, stems):
         panels = [images.items[i][0]]
         for b in shown:
-            with Image.open(maps[b][0] / EXPLAIN_DIR / f"{part}_eval{i:05d}.png") as im:
+            with Image.open(maps[b][0] / rf.EXPLAIN / f"{part}_eval{i:05d}.png") as im:
                 panels.append(np.asarray(im.convert("RGB")))
         grid_rows.append((stem, panels))
     title = f"{comparison_words(first, seed)}: Grad-CAM of layer {layer} for each backbone"
@@ -86,7 +87,7 @@ def write_explain_grids(results_dir: Path, layer: str, explained, root=None) -> 
             dataset, protocol, decoder, init, train_size = key
             subject = (f"layer {layer} on {dataset}, {protocol}, {decoder} decoder, init {init}, "
                        f"{train_size} training images")
-            paths += draw_grid(grid, results_dir / "plots" / f"{PREFIX}{_slug(layer)}_{comparison_slug(key)}",
+            paths += draw_grid(grid, results_dir / rf.PLOTS / f"{PREFIX}{_slug(layer)}_{comparison_slug(key)}",
                                key=colour_bar, subject=subject)
     return paths
 
@@ -98,6 +99,6 @@ def explain(run, images: int, layer: str, *, root=None, device: str = "cpu") -> 
         raise UserError(f"--images must be at least 1, not {images}")
     run = Path(run)
     written = {cell: explain_cell(cell, images, layer, root=root, device=device) for cell in cell_folders(run)}
-    if (run / "record.json").is_file():
+    if (run / rf.RECORD).is_file():
         return written, []
     return written, write_explain_grids(run, layer, written, root)

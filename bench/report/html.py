@@ -25,6 +25,7 @@ import markdown as md
 import pandas as pd
 from PIL import Image
 
+from bench.core import results_folder as rf
 from bench.core.records import iter_records, read_json
 
 CAPTIONS = {  # prefix -> sentence; {subject} is what the figure compares
@@ -94,7 +95,7 @@ def figure_kind(path: Path) -> str | None:
     for prefix in sorted(CAPTIONS, key=len, reverse=True):
         if stem.startswith(prefix):
             return prefix
-    return "cka_" if Path(path).parent.name == "cka" else None
+    return "cka_" if Path(path).parent.name == rf.CKA else None
 
 
 def figure_subject(path: Path) -> str:
@@ -124,7 +125,7 @@ def pretrain_histories(results_dir: Path) -> dict:
     """{pre-training: (method, frame of step and loss)} from `pretrain/*/history.csv`; a history that cannot
     be read, or has no step and loss, is left out (the report never fails on it)."""
     methods = {}
-    resolved = read_json(results_dir / "manifest.resolved.json") or {}
+    resolved = read_json(rf.resolved_manifest(results_dir)) or {}
     for b in resolved.get("backbones", []) or []:
         if isinstance(b, dict) and b.get("name"):
             method = (b.get("pretrain") or {}).get("method")
@@ -132,7 +133,7 @@ def pretrain_histories(results_dir: Path) -> dict:
             if b.get("variant"):
                 methods[f"{b['name']}@{b['variant']}"] = method
     out = {}
-    for history in sorted((results_dir / "pretrain").glob("*/history.csv")):
+    for history in sorted((results_dir / rf.PRETRAIN).glob(f"*/{rf.HISTORY}")):
         try:
             frame = pd.read_csv(history)
         except (OSError, ValueError):
@@ -146,7 +147,8 @@ def provenance(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(harness commits, package versions) over the records and pre-trainings, each with how many carry it."""
     commits, versions = Counter(), Counter()
     sources = [(r, "cell") for _, r in iter_records(results_dir)]
-    sources += [(read_json(p) or {}, "pre-training") for p in sorted((results_dir / "pretrain").glob("*/summary.json"))]
+    sources += [(read_json(p) or {}, "pre-training")
+                for p in sorted((results_dir / rf.PRETRAIN).glob(f"*/{rf.SUMMARY}"))]
     for doc, kind in sources:
         git = doc.get("harness_git")
         commits[(kind, git.get("commit", "?"), "yes" if git.get("dirty") else "no") if isinstance(git, dict)
@@ -228,10 +230,10 @@ def render_report(results_dir: Path, legend: str, sections, failures: pd.DataFra
                        for header, note, shown in sections)
     fail = failures.drop(columns=["record"], errors="ignore")
     commits, versions = provenance(results_dir)
-    manifest = results_dir / "manifest.resolved.json"
-    manifest_html = (f"<details><summary>Resolved manifest (<code>manifest.resolved.json</code>)</summary>\n"
+    manifest = rf.resolved_manifest(results_dir)
+    manifest_html = (f"<details><summary>Resolved manifest (<code>{manifest.name}</code>)</summary>\n"
                      f"<pre>{html.escape(_pretty_json(manifest))}</pre></details>" if manifest.is_file()
-                     else "<p>No <code>manifest.resolved.json</code> in this folder.</p>")
+                     else f"<p>No <code>{manifest.name}</code> in this folder.</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>depth2seg-bench: {html.escape(name)}</title>
 <style>{_STYLE}</style>

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.core import results_folder as rf
 from bench.core.atomic import write_text_atomic
 from bench.core.checkpoint import read_checkpoint_meta
 from bench.core.cka import encoder_from_checkpoint, layer_cka
@@ -29,7 +30,7 @@ from bench.core.records import COMPARISON, read_json
 __all__ = ["resolve_weights", "load_encoder", "layer_cka", "dataset_batches", "write_cka", "pretrained_vs_finetuned",
            "cka_across_frame"]
 
-WEIGHT_FILES = ("final.safetensors", "checkpoint.safetensors")  # a transfer cell, a pre-training
+WEIGHT_FILES = (rf.KEPT_WEIGHTS, rf.CHECKPOINT)  # a transfer cell's, a pre-training's
 
 
 def resolve_weights(path) -> Path:
@@ -52,7 +53,7 @@ def load_encoder(path) -> torch.nn.Module:
     path = resolve_weights(path)
     kept = read_checkpoint_meta(path).get("kept") or {}
     if kept.get("encoder") == "checkpoint":
-        record = read_json(path.parent / "record.json") or {}
+        record = read_json(path.parent / rf.RECORD) or {}
         checkpoint = verified_checkpoint((record.get("checkpoint") or {}).get("path"), kept.get("checkpoint_sha256"),
                                          what=f"the encoder of {path.parent.name}")
         return encoder_from_checkpoint(checkpoint.path)
@@ -111,21 +112,21 @@ def pretrained_vs_finetuned(results_dir: Path, df: pd.DataFrame, images: int | N
     `RESULTS/cka/<cell-id>.*`: from the matrix the cell stored (`cka.json`), or, for a cell run
     before cells stored one, from its kept weights (`images`/`batch_size`: the probe, by default
     the one cells use). Up-to-date heatmaps are not redrawn."""
-    from transfer.similarity import CKA_NAME, PROBE_BATCH_SIZE, PROBE_IMAGES, read_cka
+    from transfer.similarity import PROBE_BATCH_SIZE, PROBE_IMAGES, read_cka
 
     paths: list[Path] = []
-    full = df[(df["protocol"] == "full") & (df["status"] == "ok")].sort_values("seed")
+    full = df[(df["protocol"] == "full") & (df["status"] == rf.OK)].sort_values("seed")
     for _, group in full.groupby(["backbone", "dataset", "decoder", "init", "train_size"], sort=False):
         row = group.iloc[0]
         run_dir = Path(row["record"]).parent
-        stored, final = run_dir / CKA_NAME, run_dir / WEIGHT_FILES[0]
+        stored, final = run_dir / rf.CELL_CKA, run_dir / WEIGHT_FILES[0]
         # pandas holds a missing checkpoint (random init) as NaN, not None.
         ckpt = row["checkpoint"] if isinstance(row["checkpoint"], str) else None
         matrix = read_cka(run_dir, row["config"].get("fingerprint"))
         source = stored if matrix is not None else final
         if matrix is None and not (final.is_file() and ckpt and Path(ckpt).is_file()):
             continue  # nothing stored nor kept, or a random-init backbone: nothing pre-trained to compare
-        stem = results_dir / "cka" / run_dir.name
+        stem = results_dir / rf.CKA / run_dir.name
         subject = f"{row['backbone']} on {_cell_words(row)}, seed {int(row['seed'])}"
         if _up_to_date(stem, source, subject):
             paths += [stem.with_name(stem.name + s) for s in (".csv", ".png", ".svg")]
@@ -152,7 +153,7 @@ def cka_across_frame(df: pd.DataFrame) -> pd.DataFrame:
     from transfer.similarity import as_matrix, read_cka_document
 
     rows = []
-    full = df[(df["protocol"] == "full") & (df["status"] == "ok")]
+    full = df[(df["protocol"] == "full") & (df["status"] == rf.OK)]
     for _, cell in full.iterrows():
         doc = read_cka_document(Path(cell["record"]).parent, (cell["config"] or {}).get("fingerprint"))
         if doc is None:

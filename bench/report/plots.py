@@ -36,6 +36,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import NullLocator
 
+from bench.core import results_folder as rf
 from bench.core.records import COMPARISON
 from transfer.protocols import PROTOCOLS
 
@@ -281,7 +282,7 @@ def plot_few_shot(board, plots_dir, colours) -> list[Path]:
 def _curve_points(records) -> pd.DataFrame:
     """One row per (run, curve point with an mIoU), miou in percent; successful runs only."""
     rows = []
-    ok = records if "status" not in records.columns else records[records["status"] == "ok"]
+    ok = records if "status" not in records.columns else records[records["status"] == rf.OK]
     for rec in ok.to_dict("records"):
         curve = rec.get("curve")
         if not isinstance(curve, (list, tuple)):

@@ -22,8 +22,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from bench.core import results_folder as rf
 from bench.core.records import COMPARISON, read_json
-from transfer.predictions import PREDICTIONS_DIR, PREDICTIONS_NAME, PREDICTIONS_SCHEMA, palette_table
+from transfer.predictions import PREDICTIONS_SCHEMA, palette_table
 
 PANEL_WIDTH_IN = 2.4
 MAX_LEGEND_CLASSES = 40
@@ -42,7 +43,7 @@ class Grid:
 
 def saved_predictions(run_dir: Path, fingerprint: str | None) -> dict | None:
     """A cell folder's `predictions/predictions.json`, or None (none saved, or another version's)."""
-    document = read_json(Path(run_dir) / PREDICTIONS_DIR / PREDICTIONS_NAME)
+    document = read_json(Path(run_dir) / rf.PREDICTIONS / rf.PREDICTIONS_INDEX)
     if not document or document.get("schema") != PREDICTIONS_SCHEMA or document.get("fingerprint") != fingerprint:
         return None
     return document
@@ -64,7 +65,7 @@ def colour(labels: np.ndarray, palette: list, ignore_index: int, ignore_colour) 
 def first_seed_cells(rows: pd.DataFrame, order: list[str]) -> tuple[int, pd.DataFrame, list[str]] | None:
     """A comparison's first seed with an `ok` cell, its ok rows, and their backbones in `order`
     (backbones not in it after, in record order); None when no cell is ok."""
-    ok = rows[rows["status"] == "ok"]
+    ok = rows[rows["status"] == rf.OK]
     if ok.empty:
         return None
     seed = ok["seed"].min()
@@ -100,7 +101,7 @@ def comparison_grid(rows: pd.DataFrame, order: list[str]) -> Grid | None:
         run_dir = Path(row["record"]).parent
         document = saved_predictions(run_dir, (row["config"] or {}).get("fingerprint"))
         if document is not None:
-            saved[b] = (run_dir / PREDICTIONS_DIR, document)
+            saved[b] = (run_dir / rf.PREDICTIONS, document)
     if not saved:
         return None
     reference_dir, reference = next(iter(saved.values()))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.core import results_folder as rf
 from bench.report.compare import compare_table
 from bench.report.contrasts import contrast_tables
 from bench.core.atomic import write_text_atomic
@@ -42,10 +43,10 @@ def summarise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     of ok seeds, the statuses of the others, and the effective inits its records name."""
     rows = []
     for key, group in df.groupby(keys, sort=False, dropna=False):
-        ok = group[group["status"] == "ok"]
+        ok = group[group["status"] == rf.OK]
         mean, std, _, _ = t_interval(ok["miou"])
         rows.append({**dict(zip(keys, key if isinstance(key, tuple) else (key,))), "mean": mean, "std": std,
-                     "n": int(ok["seed"].nunique()), "not_ok": tuple(group.loc[group["status"] != "ok", "status"]),
+                     "n": int(ok["seed"].nunique()), "not_ok": tuple(group.loc[group["status"] != rf.OK, "status"]),
                      "inits": tuple(dict.fromkeys(e for e in group["init_effective"] if e != "unknown"))})
     return pd.DataFrame(rows, columns=keys + ["mean", "std", "n", "not_ok", "inits"])
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from bench.core.errors import UserError
 from bench.core.models.backbones import is_known_arch, list_backbones
 from bench.core.models.initialisation import DEFAULT_RANDOM_INIT, RandomInit
-from bench.core.synth.world import WORLD_CONTROLS, SynthWorld
+from bench.core.synth.world import SynthWorld
 from bench.core.variants import display_name
 from transfer.api import TransferSettings
 from transfer.protocols import LINEAR_DECODER, PROTOCOLS, Protocol

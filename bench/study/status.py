@@ -2,7 +2,7 @@
 
 Each cell of the resolved manifest (plus any submitted backbone's records) is one of:
 
-- `done` / `diverged`: its record has that final status;
+- `ok` / `diverged`: its record has that final status;
 - `failed` / `skipped`: its record says so, with a one-line reason (skipped: its pre-training failed);
 - `running`: no record yet, and a live process holds its `running.json` marker, or its Slurm
   job is queued or running;
@@ -10,7 +10,7 @@ Each cell of the resolved manifest (plus any submitted backbone's records) is on
   resumes it);
 - `pending`: nothing yet.
 
-Pre-trainings (`pretrain/NAME/`, a variant's `pretrain/NAME@LABEL/`) are `done` (a checkpoint), `diverged`, `running` (a live
+Pre-trainings (`pretrain/NAME/`, a variant's `pretrain/NAME@LABEL/`) are `ok` (a checkpoint), `diverged`, `running` (a live
 marker), `interrupted` (a dead marker or a `state.pt`) or `pending`. Finished cells show their
 mIoU, and each backbone its mean over its finished cells.
 
@@ -33,19 +33,22 @@ import socket
 from collections import Counter
 from pathlib import Path
 
+from bench.core import results_folder as rf
 from bench.core.errors import UserError
 from bench.core.records import read_json
+from bench.core.results_folder import DIVERGED, FAILED, INTERRUPTED, OK, PENDING, RUNNING, SKIPPED
 from bench.core.variants import cell_display
 
-MARKER = "running.json"
-ORDER = ["done", "diverged", "running", "interrupted", "failed", "skipped", "pending"]
+# The order `bench status` lists its counts in: the record's words, then those of jobs without one.
+ORDER = [OK, DIVERGED, RUNNING, INTERRUPTED, FAILED, SKIPPED, PENDING]
+FINISHED = (OK, DIVERGED, FAILED, SKIPPED)  # a cell with a record: nothing left to run (until re-run)
 
 
 @contextlib.contextmanager
 def running_marker(cell_dir: Path):
-    """`running.json` (host, pid, start) for as long as the cell runs in this process."""
+    """The running marker (host, pid, start) for as long as the cell runs in this process."""
     cell_dir.mkdir(parents=True, exist_ok=True)
-    path = cell_dir / MARKER
+    path = cell_dir / rf.RUNNING_MARKER
     path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
                                 "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}))
     try:
@@ -67,7 +70,7 @@ def _alive(marker: dict) -> bool:
 
 
 def _slurm_state(cell_dir: Path) -> str | None:
-    if not (cell_dir / "slurm.json").is_file():
+    if not (cell_dir / rf.SLURM_JOB).is_file():
         return None
     try:
         from bench.executors.slurm import job_state
@@ -77,26 +80,25 @@ def _slurm_state(cell_dir: Path) -> str | None:
 
 
 def cell_status(cell_dir: Path) -> tuple[str, str | None]:
-    record = read_json(cell_dir / "record.json")
+    record = read_json(cell_dir / rf.RECORD)
     if record is not None:
-        status = record.get("status")
-        return ("done" if status == "ok" else status or "failed"), record.get("error")
-    marker = read_json(cell_dir / MARKER)
+        return record.get("status") or FAILED, record.get("error")
+    marker = read_json(cell_dir / rf.RUNNING_MARKER)
     if marker is not None:
-        return ("running", None) if _alive(marker) else ("interrupted", "its process is gone; bench run resumes it")
+        return (RUNNING, None) if _alive(marker) else (INTERRUPTED, "its process is gone; bench run resumes it")
     slurm = _slurm_state(cell_dir)
     if slurm is not None and slurm.upper() in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING"):
-        return "running", f"slurm {slurm.lower()}"
-    if (cell_dir / "state.pt").is_file():
-        return "interrupted", "an in-cell state is waiting; bench run resumes it"
-    return "pending", None
+        return RUNNING, f"slurm {slurm.lower()}"
+    if (cell_dir / rf.STATE).is_file():
+        return INTERRUPTED, "an in-cell state is waiting; bench run resumes it"
+    return PENDING, None
 
 
 def matrix_status(results_dir) -> dict:
     results_dir = Path(results_dir)
-    resolved = results_dir / "manifest.resolved.json"
+    resolved = rf.resolved_manifest(results_dir)
     if not resolved.is_file():
-        raise UserError(f"{results_dir}: no manifest.resolved.json; is this the results folder of a `bench run`?")
+        raise UserError(f"{results_dir}: no {resolved.name}; is this the results folder of a `bench run`?")
     from bench.study.manifest import RESOLVED_OVERRIDES, Manifest
     from bench.study.matrix import expand
 
@@ -107,10 +109,10 @@ def matrix_status(results_dir) -> dict:
     except Exception as exc:  # noqa: BLE001 -- a corrupt or foreign file
         raise UserError(f"{resolved}: unreadable ({type(exc).__name__}); re-run bench run to rewrite it") from None
     ids = [c.id for c in expand(manifest)]
-    ids += sorted(p.name for p in (results_dir / "runs").glob("*") if p.is_dir() and p.name not in set(ids))
+    ids += sorted(p.name for p in (results_dir / rf.RUNS).glob("*") if p.is_dir() and p.name not in set(ids))
     cells = []
     for cell_id in ids:
-        status, reason = cell_status(results_dir / "runs" / cell_id)
+        status, reason = cell_status(rf.cell_folder(results_dir, cell_id))
         cells.append({"cell": cell_id, "status": status, "reason": reason})
     counts = Counter(c["status"] for c in cells)
     summary = {"results": str(results_dir), "total": len(cells),
@@ -125,33 +127,33 @@ def add_cell_metrics(summary: dict, results_dir: Path) -> None:
     """Each finished cell's mIoU and wall time (from its record), and each backbone's mean mIoU."""
     by_backbone: dict[str, list[float]] = {}
     for c in summary["cells"]:
-        record = read_json(results_dir / "runs" / c["cell"] / "record.json") or {}
+        record = read_json(rf.cell_folder(results_dir, c["cell"]) / rf.RECORD) or {}
         miou = (record.get("metrics") or {}).get("miou")
-        c["miou"] = miou if c["status"] == "done" else None
+        c["miou"] = miou if c["status"] == OK else None
         c["wall_s"] = (record.get("timings") or {}).get("wall_s")
         if c["miou"] is not None:
             cell = record.get("cell") or {}
             by_backbone.setdefault(cell_display(cell, "backbone") if "backbone" in cell else "?", []).append(miou)
-    summary["backbones"] = {name: {"done": len(v), "mean_miou": sum(v) / len(v)} for name, v in by_backbone.items()}
+    summary["backbones"] = {name: {OK: len(v), "mean_miou": sum(v) / len(v)} for name, v in by_backbone.items()}
 
 
 def pretraining_status(results_dir: Path, manifest) -> list[dict]:
-    """One entry per backbone that pre-trains here: status, final loss and wall time when done."""
+    """One entry per backbone that pre-trains here: status, final loss and wall time when ok."""
     out = []
     for b in manifest.backbones:
         if b.pretrain is None:
             continue
-        folder = results_dir / "pretrain" / b.display_name
-        summary = read_json(folder / "summary.json") or {}
-        if (folder / "checkpoint.safetensors").is_file():
-            status, reason = "done", None
-        elif (folder / "diverged.json").is_file():
-            status, reason = "diverged", (read_json(folder / "diverged.json") or {}).get("reason")
+        folder = rf.pretrain_folder(results_dir, b.display_name)
+        summary = read_json(folder / rf.SUMMARY) or {}
+        if (folder / rf.CHECKPOINT).is_file():
+            status, reason = OK, None
+        elif (folder / rf.DIVERGENCE).is_file():
+            status, reason = DIVERGED, (read_json(folder / rf.DIVERGENCE) or {}).get("reason")
         else:
-            status, reason = cell_status(folder)  # the same marker / state.pt / Slurm reading as a cell's
+            status, reason = cell_status(folder)  # the same marker / state / Slurm reading as a cell's
         out.append({"name": b.display_name, "status": status, "reason": reason,
-                    "final_loss": summary.get("final_loss") if status == "done" else None,
-                    "wall_s": summary.get("wall_s") if status == "done" else None})
+                    "final_loss": summary.get("final_loss") if status == OK else None,
+                    "wall_s": summary.get("wall_s") if status == OK else None})
     return out
 
 
@@ -163,12 +165,11 @@ def _eta_part(walls: list[float], left: int, workers: int) -> float | None:
 
 def estimate_remaining(summary: dict, workers: int) -> dict:
     """Seconds left: mean wall time of finished jobs x jobs not finished / workers, per kind."""
-    finished = ("done", "diverged", "failed", "skipped")
     cells, pre = summary["cells"], summary["pretrainings"]
-    cell_s = _eta_part([c["wall_s"] for c in cells if c["status"] == "done" and c.get("wall_s")],
-                       sum(c["status"] not in finished for c in cells), workers)
+    cell_s = _eta_part([c["wall_s"] for c in cells if c["status"] == OK and c.get("wall_s")],
+                       sum(c["status"] not in FINISHED for c in cells), workers)
     pre_s = _eta_part([p["wall_s"] for p in pre if p.get("wall_s")],
-                      sum(p["status"] not in ("done", "diverged") for p in pre), workers)
+                      sum(p["status"] not in (OK, DIVERGED) for p in pre), workers)
     total = None if cell_s is None or pre_s is None else cell_s + pre_s
     return {"cells_s": cell_s, "pretrainings_s": pre_s, "total_s": total, "workers": workers}
 
@@ -178,7 +179,7 @@ def format_status(summary: dict, verbose: bool = False) -> str:
     lines += [f"{summary['results']}: {summary['total']} cells"]
     lines += [f"  {status:<12}{n}" for status, n in summary["counts"].items()]
     for c in summary["cells"]:
-        if verbose or c["status"] in ("failed", "skipped", "interrupted", "running"):
+        if verbose or c["status"] in (FAILED, SKIPPED, INTERRUPTED, RUNNING):
             miou = f"  mIoU {100 * c['miou']:.2f}" if c.get("miou") is not None else ""
             lines.append(f"{c['status']:<12}{c['cell']}{miou}" + (f"  ({c['reason']})" if c["reason"] else ""))
     lines += format_metrics(summary.get("backbones") or {})
@@ -193,7 +194,7 @@ def format_pretrainings(pre: list[dict], verbose: bool) -> list[str]:
     counts = Counter(p["status"] for p in pre)
     lines = [f"pre-trainings: {len(pre)} (" + ", ".join(f"{n} {s}" for s, n in counts.items()) + ")"]
     for p in pre:
-        if verbose or p["status"] != "done":
+        if verbose or p["status"] != OK:
             loss = f"  final loss {p['final_loss']:.4f}" if p.get("final_loss") is not None else ""
             lines.append(f"  {p['status']:<12}{p['name']}{loss}" + (f"  ({p['reason']})" if p["reason"] else ""))
     return lines
@@ -203,7 +204,7 @@ def format_metrics(backbones: dict) -> list[str]:
     if not backbones:
         return []
     return ["finished cells, mean mIoU per backbone:"] + [
-        f"  {name:<20}{100 * b['mean_miou']:6.2f}  ({b['done']} cells)" for name, b in backbones.items()]
+        f"  {name:<20}{100 * b['mean_miou']:6.2f}  ({b[OK]} cells)" for name, b in backbones.items()]
 
 
 def _duration(seconds: float) -> str:
@@ -231,7 +232,7 @@ def claims_held(results_dir) -> list[dict]:
     from bench.core.claims import DEFAULT_STALE_AFTER_S, claims_under, holder, staleness
 
     results_dir = Path(results_dir)
-    resolved = read_json(results_dir / "manifest.resolved.json") or {}
+    resolved = read_json(rf.resolved_manifest(results_dir)) or {}
     stale_after = (((resolved.get("executor") or {}).get("claims") or {}).get("stale_after_s")
                    or DEFAULT_STALE_AFTER_S)
     now = time.time()

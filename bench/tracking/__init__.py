@@ -20,11 +20,11 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from bench.core import results_folder as rf
 from bench.core.errors import one_line
 from bench.core.records import read_json, write_json_atomic
 from bench.tracking.base import JobLog, Sink, read_job
 
-MARKER_NAME = "tracked.json"
 EXTRA_HINT = 'pip install -e ".[track]"'
 
 
@@ -53,7 +53,7 @@ class Tracker:
     def _tensorboard(self) -> Sink:
         from bench.tracking.tensorboard import TensorBoardSink
 
-        return TensorBoardSink(self.spec.tensorboard.dir or self.out_dir / "tensorboard", self.matrix)
+        return TensorBoardSink(self.spec.tensorboard.dir or self.out_dir / rf.TENSORBOARD, self.matrix)
 
     def _mlflow(self) -> Sink:
         from bench.tracking.mlflow import MlflowSink, default_tracking_uri
@@ -92,7 +92,7 @@ class Tracker:
         job = read_job(job_dir)
         if job is None:
             return
-        marker_path = Path(job_dir) / MARKER_NAME
+        marker_path = Path(job_dir) / rf.TRACKED
         marker = read_json(marker_path) or {}
         logged = [s.key for s in list(self.sinks()) if marker.get(s.key) != job.digest and self._log_one(s, job)]
         if logged:
@@ -102,7 +102,7 @@ class Tracker:
         """Log every finished job in the results folder that some sink is missing."""
         if not self.enabled:
             return
-        for job_dir in sorted(p for p in [*self.out_dir.glob("pretrain/*"), *self.out_dir.glob("runs/*")]
+        for job_dir in sorted(p for p in [*self.out_dir.glob(f"{rf.PRETRAIN}/*"), *self.out_dir.glob(f"{rf.RUNS}/*")]
                               if p.is_dir()):
             if not self.sinks():
                 break

@@ -15,13 +15,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.core import results_folder as rf
 from bench.core.checkpoint import read_checkpoint_meta
-from bench.core.records import FINAL_STATUSES, read_json
+from bench.core.records import read_json
 
-RECORD_NAME = "record.json"  # a cell's (transfer.api.RECORD_NAME)
-SUMMARY_NAME = "summary.json"  # a finished pre-training's (pretrain/api.py)
-HISTORY_NAME = "history.csv"
-CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 @dataclass
@@ -75,17 +72,17 @@ def _digest(path: Path) -> str:
 def read_job(job_dir: Path) -> JobLog | None:
     """The finished job in `job_dir`, or None when it holds none to log (still running, failed,
     skipped, or not a job folder)."""
-    if (job_dir / RECORD_NAME).is_file():
+    if (job_dir / rf.RECORD).is_file():
         return _read_cell(job_dir)
-    if (job_dir / SUMMARY_NAME).is_file() and (job_dir / CHECKPOINT_NAME).is_file():
+    if (job_dir / rf.SUMMARY).is_file() and (job_dir / rf.CHECKPOINT).is_file():
         return _read_pretraining(job_dir)
     return None
 
 
 def _read_cell(job_dir: Path) -> JobLog | None:
-    path = job_dir / RECORD_NAME
+    path = job_dir / rf.RECORD
     record = read_json(path)
-    if record is None or record.get("status") not in FINAL_STATUSES:
+    if record is None or record.get("status") not in rf.FINAL_STATUSES:
         return None  # failed cells are retried, skipped ones never ran
     metrics: dict[str, list[tuple[int, float]]] = {}
     for point in record.get("curve") or []:  # the selected candidate's validation curve
@@ -110,13 +107,13 @@ def _read_cell(job_dir: Path) -> JobLog | None:
 
 
 def _read_pretraining(job_dir: Path) -> JobLog | None:
-    path = job_dir / SUMMARY_NAME
+    path = job_dir / rf.SUMMARY
     summary_json = read_json(path)
     if summary_json is None:
         return None
-    meta = read_checkpoint_meta(job_dir / CHECKPOINT_NAME)
+    meta = read_checkpoint_meta(job_dir / rf.CHECKPOINT)
     metrics: dict[str, list[tuple[int, float]]] = {}
-    history = job_dir / HISTORY_NAME
+    history = job_dir / rf.HISTORY
     if history.is_file():
         with open(history, newline="") as f:
             for row in csv.DictReader(f):  # columns: step, loss, lr, then each loss term and counter
@@ -127,7 +124,7 @@ def _read_pretraining(job_dir: Path) -> JobLog | None:
     config = {"arch": meta.get("arch"), "method": meta.get("method"), "seed": meta.get("seed"),
               **(meta.get("config") or {})}
     summary = {f"summary/{k}": x for k, v in summary_json.items() if (x := _number(v)) is not None}
-    return JobLog(name=f"pretrain/{job_dir.name}", kind="pretrain", status="ok", params=flatten(config),
+    return JobLog(name=f"{rf.PRETRAIN}/{job_dir.name}", kind="pretrain", status=rf.OK, params=flatten(config),
                   metrics=metrics, summary=summary,
                   artifacts=[path, *([history] if history.is_file() else [])], digest=_digest(path),
                   tags={"bench.kind": "pretrain", "bench.fingerprint": str(meta.get("fingerprint")),

@@ -17,6 +17,7 @@ import re
 import time
 from pathlib import Path
 
+from bench.core import results_folder as rf
 from bench.tracking.base import JobLog, Sink
 
 # Names MLflow accepts for params and metrics (mlflow.utils.validation): others become "_".
@@ -28,7 +29,7 @@ def _name(key: str) -> str:
 
 
 def default_tracking_uri(out_dir: Path) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(out_dir).resolve() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(out_dir).resolve() / rf.MLFLOW_DB}"
 
 
 class MlflowSink(Sink):
